@@ -1,0 +1,69 @@
+"""Process-wide settings: what agentmesh.init() and the AGENTMESH_* variables set."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+from typing import Any
+
+log = logging.getLogger("agentmesh")
+
+
+@dataclasses.dataclass
+class Settings:
+    """What a process of the mesh uses: registry, namespace, token and tuning."""
+
+    registry: str | None = None
+    namespace: str = "default"
+    token: str | None = None
+    child_servers: int = max(1, min(4, os.cpu_count() or 1))
+    child_capacity: int = 10_000
+    max_message_size: int = 64 * 1024 * 1024
+    connect_timeout: float = 5.0
+    registry_timeout: float = 2.0
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    _generated_token: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            registry=os.environ.get("AGENTMESH_REGISTRY") or None,
+            namespace=os.environ.get("AGENTMESH_NAMESPACE") or "default",
+            token=os.environ.get("AGENTMESH_TOKEN") or None,
+        )
+
+    def client_token(self) -> str:
+        """The token this process sends: the configured one, else one made up for its children."""
+        if self.token:
+            return self.token
+        if self._generated_token is None:
+            self._generated_token = secrets.token_urlsafe(32)
+        return self._generated_token
+
+
+settings = Settings.from_env()
+
+_OPTIONS = {f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
+
+
+def init(registry: str | None = None, namespace: str | None = None, token: str | None = None,
+         **options: Any) -> None:
+    """Configure this process: registry URL, namespace, shared token and tuning options.
+
+    With no arguments the ``AGENTMESH_REGISTRY``, ``AGENTMESH_NAMESPACE`` and
+    ``AGENTMESH_TOKEN`` environment variables apply; with none of those,
+    agents go to child servers. Unknown options are accepted (for code written
+    for AgentScope's ``init``) and logged at DEBUG.
+    """
+    env = Settings.from_env()
+    settings.registry = registry if registry is not None else env.registry
+    settings.namespace = namespace if namespace is not None else env.namespace
+    settings.token = token if token is not None else env.token
+    for key, value in options.items():
+        if key in _OPTIONS:
+            setattr(settings, key, value)
+        else:
+            log.debug("agentmesh.init: option %r is not used by agentmesh", key)

@@ -1,0 +1,1 @@
+"""Discovery: servers registering in etcd, and placement of new agents."""

@@ -1,0 +1,4 @@
+"""Messages exchanged by agents."""
+from ._msg import Msg
+
+__all__ = ["Msg"]

@@ -1,0 +1,4 @@
+"""The server side: the agent server, its launcher, child servers."""
+from .launcher import RpcAgentServerLauncher
+
+__all__ = ["RpcAgentServerLauncher"]

@@ -1,0 +1,200 @@
+"""Server processes started by this process: child mode and launch(in_subprocess=True).
+
+A child is a fresh interpreter (never a fork: gRPC is not fork-safe) that
+reads its configuration from a pipe on stdin and keeps that pipe as a
+lifeline: when the parent exits, even by SIGKILL, the pipe closes and the
+child stops. Nothing secret travels in argv or the environment.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from .. import errors
+from ..rpc import _wire
+
+log = logging.getLogger("agentmesh.server")
+
+READY_PREFIX = "AGENTMESH_READY"
+
+
+class ServerProcess:
+    """An agent server running in a child interpreter of this process."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.port: int | None = None
+        self.server_id = ""
+        self.error: str | None = None
+        self._ready = threading.Event()
+        classes = config.pop("custom_agent_classes", None) or []
+        outer = dict(config, sys_path=list(sys.path), classes_blob=_wire.dumps(classes))
+        blob = pickle.dumps(outer)
+        env = dict(os.environ)
+        env.pop("AGENTMESH_TOKEN", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agentmesh.server"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(struct.pack("!Q", len(blob)) + blob)
+        self.proc.stdin.flush()
+        threading.Thread(target=self._read_ready, name="agentmesh-child-ready", daemon=True).start()
+        _live.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def address(self) -> str:
+        return f"{self.config['host']}:{self.port}"
+
+    def _read_ready(self) -> None:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode(errors="replace").strip()
+        if line.startswith(READY_PREFIX):
+            _, port, server_id = line.split()
+            self.port, self.server_id = int(port), server_id
+        else:
+            self.error = f"agent server process {self.proc.pid} exited before it was ready (code {self.proc.wait()})"
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Wait until the server listens; return its address."""
+        if not self._ready.wait(timeout):
+            self.kill()
+            raise errors.ServerUnavailableError(f"agent server process {self.pid} did not start within {timeout} s")
+        if self.error:
+            raise errors.ServerUnavailableError(self.error)
+        return self.address
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Ask the server to drain and exit (close its lifeline), then reap it; SIGKILL if it lingers."""
+        _live.discard(self)
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("agent server process %d did not stop in %g s; killing it", self.pid, timeout)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM: the server drains and exits."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        _live.discard(self)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+_live: set[ServerProcess] = set()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for child in list(_live):
+        try:
+            child.stop(timeout=3.0)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+class ChildPool:
+    """A few child servers shared by all child-mode agents of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children: list[ServerProcess] = []
+        self._placed: dict[ServerProcess, int] = {}
+
+    def _start(self, n: int) -> None:
+        from .._config import settings
+
+        for _ in range(n):
+            child = ServerProcess({
+                "host": "127.0.0.1", "port": 0, "capacity": settings.child_capacity,
+                "token": settings.client_token(), "max_message_size": settings.max_message_size,
+                "lifeline": True,
+            })
+            self._children.append(child)
+            self._placed[child] = 0
+
+    def choose(self, exclude: set[str] | frozenset = frozenset()) -> ServerProcess:
+        """The child with the fewest agents placed so far (starting the pool on first use)."""
+        from .._config import settings
+
+        with self._lock:
+            alive = [c for c in self._children if c.proc.poll() is None]
+            if len(alive) < len(self._children):
+                self._children = alive
+            if not self._children:
+                self._start(settings.child_servers)
+            candidates = [c for c in self._children if c.address not in exclude] or self._children
+            child = min(candidates, key=lambda c: self._placed[c])
+            self._placed[child] += 1
+        return child
+
+    def grow(self) -> ServerProcess:
+        """Start one more child (the others are full)."""
+        with self._lock:
+            self._start(1)
+            return self._children[-1]
+
+    def stop(self) -> None:
+        with self._lock:
+            children, self._children = self._children, []
+        for child in children:
+            child.stop(timeout=3.0)
+
+
+child_pool = ChildPool()
+
+
+def child_main() -> None:
+    """Entry of a server process: read config from stdin, serve, exit when told or orphaned."""
+    from .launcher import serve_forever
+
+    stdin = sys.stdin.buffer
+    header = stdin.read(8)
+    if len(header) < 8:
+        sys.exit("agentmesh.server: expects its configuration on stdin (start it with RpcAgentServerLauncher)")
+    (length,) = struct.unpack("!Q", header)
+    config = pickle.loads(stdin.read(length))
+    for path in reversed(config.pop("sys_path")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    classes = _wire.loads(config.pop("classes_blob"))
+    lifeline = config.pop("lifeline", True)
+
+    def announce(port: int, server_id: str) -> None:
+        sys.stdout.write(f"{READY_PREFIX} {port} {server_id}\n")
+        sys.stdout.flush()
+
+    def watch_lifeline(stop: Any) -> None:
+        stdin.read()  # returns at EOF: the parent closed the pipe or died
+        stop("the parent process closed the lifeline")
+
+    logging.basicConfig(level=os.environ.get("AGENTMESH_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s agentmesh-server[%(process)d] %(levelname)s %(name)s: %(message)s")
+    code = serve_forever(custom_agent_classes=classes, on_ready=announce,
+                         lifeline=watch_lifeline if lifeline else None, **config)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)  # skip interpreter teardown: gRPC's can take seconds
+

@@ -1,0 +1,528 @@
+"""The agent server: hosts agents, runs their calls in order, keeps results for later holders."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from .. import __version__
+from ..agents import _agent
+from ..rpc import _connection, _wire
+from ..rpc._result import loads_collecting
+from ..v1 import agent_server_pb2 as pb
+from ..v1 import agent_server_pb2_grpc as pb_grpc
+from ._auth import Gate
+
+log = logging.getLogger("agentmesh.server")
+
+
+class ResultStore:
+    """Replies of finished calls, bounded in count and age, and waiters for running ones."""
+
+    def __init__(self, max_results: int, ttl: float) -> None:
+        self.max_results = max_results
+        self.ttl = ttl
+        self._done: collections.OrderedDict[str, tuple[pb.Reply, float]] = collections.OrderedDict()
+        self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self.running: set[str] = set()
+
+    def get(self, call_id: str) -> pb.Reply | None:
+        entry = self._done.get(call_id)
+        if entry is None:
+            return None
+        if time.monotonic() - entry[1] > self.ttl:
+            self._expire(call_id)
+            return None
+        return entry[0]
+
+    def finish(self, reply: pb.Reply) -> None:
+        """Keep reply and wake whoever waits for it (I/O loop)."""
+        call_id = reply.call_id
+        self.running.discard(call_id)
+        done = self._done
+        done[call_id] = (reply, time.monotonic())
+        if len(done) > self.max_results:
+            self._expire(next(iter(done)))
+        waiters = self._waiters.pop(call_id, None)
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(reply)
+
+    def _expire(self, call_id: str) -> None:
+        self._done.pop(call_id, None)
+        self._gone[call_id] = None
+        if len(self._gone) > self.max_results:
+            self._gone.popitem(last=False)
+
+    def sweep(self) -> None:
+        """Drop results older than the TTL."""
+        now = time.monotonic()
+        done = self._done
+        while done:
+            call_id, (_, t) = next(iter(done.items()))
+            if now - t <= self.ttl:
+                break
+            self._expire(call_id)
+
+    async def wait(self, call_id: str, grace: float) -> pb.Reply | None:
+        """The reply, waiting while the call runs or for up to grace s if not yet seen."""
+        reply = self.get(call_id)
+        if reply is not None:
+            return reply
+        if call_id in self._gone:
+            return None
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(fut)
+        try:
+            if call_id in self.running:
+                return await fut
+            return await asyncio.wait_for(asyncio.shield(fut), grace)
+        except asyncio.TimeoutError:
+            if call_id in self.running:
+                return await fut
+            return None
+        finally:
+            waiters = self._waiters.get(call_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[call_id]
+
+
+class _Session:
+    """One client's session stream: replies to it are batched into frames."""
+
+    __slots__ = ("outbox", "wake", "closed")
+
+    def __init__(self) -> None:
+        self.outbox: list[pb.Reply] = []
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def send(self, reply: pb.Reply) -> None:
+        if not self.closed:
+            self.outbox.append(reply)
+            self.wake.set()
+
+
+class _Work:
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions")
+
+    def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: _Session | None):
+        self.call = call
+        self.args = args
+        self.kwargs = kwargs
+        self.placeholders = placeholders
+        self.sessions = [session] if session is not None else []
+
+
+class AgentHost:
+    """One hosted agent: its mailbox and the runner that works through it in order."""
+
+    def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int) -> None:
+        self.agent_id = agent_id
+        self.agent = agent
+        self.cls_name = cls_name
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.lock = threading.Lock()
+        self.ready: collections.deque[_Work] = collections.deque()
+        self.active = 0
+        self.waiting: collections.deque[_Work] = collections.deque()   # held back by pending placeholders
+        self.pump: asyncio.Task | None = None
+        self.queued = 0        # calls accepted and not yet finished
+        self.seq = 0           # calls completed
+
+
+class AgentServer(pb_grpc.AgentServerServicer):
+    """The gRPC service that hosts agents. Runs on the process's I/O loop."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        capacity: int,
+        custom_agent_classes: list[type] | None = None,
+        token: str | None = None,
+        max_message_size: int = _wire.DEFAULT_MAX_MESSAGE_SIZE,
+        max_pending_calls: int = 10_000,
+        result_ttl: float = 600.0,
+        max_results: int = 100_000,
+        max_workers: int = 512,
+        server_id: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.capacity = capacity
+        self.token = token
+        self.max_message_size = max_message_size
+        self.max_pending_calls = max_pending_calls
+        self.server_id = server_id or uuid.uuid4().hex[:12]
+        self.epoch = time.time_ns()
+        self.agents: dict[str, AgentHost] = {}
+        self.classes: dict[str, type] = {}       # digest -> class
+        self.class_names: list[str] = []
+        for cls in custom_agent_classes or ():
+            self._remember_class(cls)
+        self.results = ResultStore(max_results, result_ttl)
+        self.inflight = 0
+        self.started_at = time.time()
+        self.draining = False
+        self._creating = 0
+        self._sessions: set[_Session] = set()
+        self._done_queue: collections.deque[tuple[AgentHost, _Work, pb.Reply]] = collections.deque()
+        self._done_scheduled = False
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="agentmesh-agent")
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.finished = threading.Event()   # set once stop() is done; threads wait on it
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self) -> int:
+        """Bind and serve; returns the port. A port in use is an error, never a second listener."""
+        self._loop = asyncio.get_running_loop()
+        options = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_send_message_length", self.max_message_size + 64 * 1024),
+            ("grpc.max_receive_message_length", self.max_message_size + 64 * 1024),
+            *_wire.SERVER_KEEPALIVE_OPTIONS,
+        ]
+        server = grpc.aio.server(interceptors=[Gate(self.token)], options=options)
+        pb_grpc.add_AgentServerServicer_to_server(self, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError as exc:
+            raise OSError(f"agentmesh: cannot listen on {self.host}:{self.port}: the port is in use "
+                          f"or the address is not local ({exc})") from None
+        self.port = port
+        await server.start()
+        self._server = server
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(_wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        _connection.local_servers[self.server_id] = self
+        self._sweeper = asyncio.ensure_future(self._sweep_results())
+        log.info("agent server %s listening on %s:%d (capacity %d)", self.server_id, self.host, port, self.capacity)
+        return port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop: NOT_SERVING, let running calls finish (up to grace s), end sessions, close."""
+        if self._server is None or self.draining:
+            return
+        self.draining = True
+        await self._health.enter_graceful_shutdown()
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for session in list(self._sessions):
+            session.closed = True
+            session.wake.set()
+        await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
+        if self._sweeper:
+            self._sweeper.cancel()
+        _connection.local_servers.pop(self.server_id, None)
+        self._executor.shutdown(wait=False)
+        self.finished.set()
+        log.info("agent server %s stopped", self.server_id)
+
+    async def _sweep_results(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, max(1.0, self.results.ttl / 4)))
+            self.results.sweep()
+
+    # -- classes and agents ---------------------------------------------------
+    def _remember_class(self, cls: type) -> None:
+        blob = _wire.dumps(cls)
+        self.classes[hashlib.sha256(blob).hexdigest()] = cls
+        self.class_names.append(f"{cls.__module__}:{cls.__qualname__}")
+
+    def _resolve_class(self, ref: pb.ClassRef) -> type:
+        cls = self.classes.get(ref.digest)
+        if cls is not None:
+            return cls
+        if not ref.blob:
+            raise LookupError("unknown class digest")
+        if hashlib.sha256(ref.blob).hexdigest() != ref.digest:
+            raise ValueError(f"class {ref.name}: blob does not match its digest")
+        cls = _wire.loads(ref.blob)
+        if not isinstance(cls, type):
+            raise TypeError(f"{ref.name} is not a class but {type(cls).__name__}")
+        self.classes[ref.digest] = cls
+        return cls
+
+    async def CreateAgent(self, request: pb.CreateAgentRequest, context: grpc.aio.ServicerContext) -> pb.CreateAgentResponse:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"agent server {self.server_id} is draining")
+        existing = self.agents.get(request.agent_id)
+        if existing is not None:
+            return self._created(existing, existed=True)
+        if not request.agent_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is empty")
+        if len(self.agents) + self._creating >= self.capacity:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"agent server {self.server_id} is full: capacity {self.capacity} agents")
+        try:
+            cls = self._resolve_class(request.cls)
+        except LookupError:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "unknown class digest: send the class")
+        except Exception as exc:  # noqa: BLE001 - a class that cannot be loaded here
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"class {request.cls.name} cannot be loaded on this server: {type(exc).__name__}: {exc}")
+        try:
+            args, kwargs = _wire.loads(request.init_args) if request.init_args else ((), {})
+        except Exception as exc:  # noqa: BLE001
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"constructor arguments of {request.cls.name} do not unpickle: {type(exc).__name__}: {exc}")
+        self._creating += 1
+        try:
+            agent = await self._loop.run_in_executor(
+                self._executor, _construct, cls, request.agent_id, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - the constructor raised
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{request.cls.name}({request.agent_id}) raised in its constructor: "
+                                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        finally:
+            self._creating -= 1
+        host = AgentHost(request.agent_id, agent, request.cls.name, getattr(cls, "max_concurrency", 1) or 1)
+        self.agents[request.agent_id] = host
+        log.debug("created agent %s (%s)", request.agent_id, request.cls.name)
+        return self._created(host, existed=False)
+
+    def _created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
+        name = getattr(host.agent, "name", "")
+        return pb.CreateAgentResponse(agent_id=host.agent_id, name=name if isinstance(name, str) else "",
+                                      server_id=self.server_id, epoch=self.epoch, existed=existed)
+
+    async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAgentResponse:
+        return pb.DeleteAgentResponse(deleted=self.agents.pop(request.agent_id, None) is not None)
+
+    async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        return pb.ServerInfo(
+            server_id=self.server_id, host=self.host, port=self.port, capacity=self.capacity,
+            agents=len(self.agents), inflight=self.inflight, classes=self.class_names,
+            python=_wire.PYTHON_VERSION, version=__version__, epoch=self.epoch, pid=os.getpid(),
+            status="DRAINING" if self.draining else "SERVING")
+
+    async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
+        host = self.agents.get(request.agent_id)
+        if host is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent {request.agent_id} on server {self.server_id}")
+        state = await self._loop.run_in_executor(self._executor, _agent.checkpoint_of, host.agent)
+        return pb.AgentState(agent_id=host.agent_id, state=state, seq=host.seq)
+
+    async def FetchResult(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> pb.Reply:
+        reply = await self.fetch_result(request.call_id, request.agent_id)
+        if reply.status == pb.EXPIRED:
+            await context.abort(grpc.StatusCode.NOT_FOUND, reply.error_message)
+        return reply
+
+    async def fetch_result(self, call_id: str, agent_id: str = "") -> pb.Reply:
+        """The reply of call_id, waiting while it runs (also used in-process, without gRPC)."""
+        reply = await self.results.wait(call_id, grace=30.0)
+        if reply is None:
+            return pb.Reply(
+                call_id=call_id, status=pb.EXPIRED, error_type="ResultExpiredError",
+                error_message=(f"the result of call {call_id} is unknown or has expired on server "
+                               f"{self.server_id} (results are kept {self.results.ttl:g} s, at most "
+                               f"{self.results.max_results} of them)"))
+        return reply
+
+    # -- the call path --------------------------------------------------------
+    async def Session(self, request_iterator, context: grpc.aio.ServicerContext) -> None:
+        session = _Session()
+        self._sessions.add(session)
+        await context.write(pb.ServerFrame(hello=pb.Hello(
+            server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size)))
+        reader = asyncio.ensure_future(self._read_session(request_iterator, session))
+        try:
+            while True:
+                if not session.outbox:
+                    if session.closed or reader.done():
+                        break
+                    waiter = asyncio.ensure_future(session.wake.wait())
+                    await asyncio.wait((waiter, reader), return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                session.wake.clear()
+                if session.outbox:
+                    replies, session.outbox = session.outbox, []
+                    await context.write(pb.ServerFrame(replies=replies))
+        finally:
+            session.closed = True
+            self._sessions.discard(session)
+            reader.cancel()
+
+    async def _read_session(self, request_iterator, session: _Session) -> None:
+        try:
+            async for frame in request_iterator:
+                for call in frame.calls:
+                    self.dispatch(call, session)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
+            log.warning("session ended by an error", exc_info=True)
+
+    def dispatch(self, call: pb.Call, session: _Session | None) -> None:
+        """Route one call to its agent's mailbox (I/O loop)."""
+        done = self.results.get(call.call_id)
+        if done is not None:                       # a replay of a finished call: answer from its result
+            if session is not None:
+                session.send(done)
+            return
+        host = self.agents.get(call.agent_id)
+        if host is None:
+            self._refuse(session, call, pb.UNKNOWN_AGENT, "UnknownAgentError",
+                         f"no agent {call.agent_id} on server {self.server_id} (deleted, or never created here)")
+            return
+        if call.epoch and call.epoch != self.epoch:
+            self._refuse(session, call, pb.STALE_EPOCH, "StaleEpochError",
+                         f"server {self.server_id} is at epoch {self.epoch}, the call expected {call.epoch}")
+            return
+        if call.call_id in self.results.running:   # a replay of a running call: wait for the same result
+            asyncio.ensure_future(self._answer_later(call.call_id, session))
+            return
+        if host.queued >= self.max_pending_calls:
+            self._refuse(session, call, pb.OVERLOADED, "BackpressureError",
+                         f"agent {call.agent_id} has {host.queued} calls pending (limit {self.max_pending_calls})")
+            return
+        if len(call.payload) > self.max_message_size:
+            self._refuse(session, call, pb.TOO_LARGE, "MessageTooLargeError",
+                         f"arguments of {call.method}() are {len(call.payload)} bytes, over the "
+                         f"limit of {self.max_message_size} bytes")
+            return
+        if call.method.startswith("_") and call.method not in ("__call__", "__getattr__"):
+            self._refuse(session, call, pb.UNKNOWN_METHOD, "UnknownMethodError",
+                         f"{call.method} is private to {host.cls_name}; only public methods can be called")
+            return
+        try:
+            (args, kwargs), placeholders = loads_collecting(call.payload) if call.payload else (((), {}), [])
+        except Exception as exc:  # noqa: BLE001 - anything a bad pickle raises
+            self._refuse(session, call, pb.BAD_PAYLOAD, type(exc).__name__,
+                         f"arguments of {call.method}() on agent {call.agent_id} do not unpickle: "
+                         f"{type(exc).__name__}: {exc}")
+            return
+        work = _Work(call, args, kwargs, placeholders, session)
+        host.queued += 1
+        self.inflight += 1
+        self.results.running.add(call.call_id)
+        if placeholders or host.waiting:
+            host.waiting.append(work)
+            if host.pump is None:
+                host.pump = asyncio.ensure_future(self._pump(host))
+        else:
+            self._ready(host, work)
+
+    def _refuse(self, session: _Session | None, call: pb.Call, status: int, error_type: str, message: str) -> None:
+        if session is not None:
+            session.send(pb.Reply(call_id=call.call_id, status=status, error_type=error_type, error_message=message))
+
+    async def _answer_later(self, call_id: str, session: _Session | None) -> None:
+        reply = await self.results.wait(call_id, grace=0)
+        if reply is not None and session is not None:
+            session.send(reply)
+
+    async def _pump(self, host: AgentHost) -> None:
+        """Resolve the placeholders of waiting calls without holding a thread, in order."""
+        try:
+            while host.waiting:
+                work = host.waiting[0]
+                for placeholder in work.placeholders:
+                    await placeholder._resolve_async()
+                host.waiting.popleft()
+                self._ready(host, work)
+        finally:
+            host.pump = None
+
+    def _ready(self, host: AgentHost, work: _Work) -> None:
+        with host.lock:
+            host.ready.append(work)
+            if host.active >= host.max_concurrency:
+                return
+            host.active += 1
+        self._executor.submit(self._run, host)
+
+    # -- worker threads ---------------------------------------------------------
+    def _run(self, host: AgentHost) -> None:
+        """Work through an agent's ready calls (worker thread)."""
+        while True:
+            with host.lock:
+                if not host.ready:
+                    host.active -= 1
+                    return
+                work = host.ready.popleft()
+            reply = self._execute(host, work)
+            self._done_queue.append((host, work, reply))
+            if not self._done_scheduled:
+                self._done_scheduled = True
+                self._loop.call_soon_threadsafe(self._drain_done)
+
+    def _execute(self, host: AgentHost, work: _Work) -> pb.Reply:
+        call = work.call
+        call_id = call.call_id
+        try:
+            if call.method == "__getattr__":
+                name = work.args[0] if work.args and isinstance(work.args[0], str) else ""
+                if not name or name.startswith("_") or not hasattr(host.agent, name):
+                    return pb.Reply(call_id=call_id, status=pb.UNKNOWN_METHOD, error_type="UnknownMethodError",
+                                    error_message=f"{host.cls_name} has no public attribute or method {name!r}")
+                result = getattr(host.agent, name)
+            else:
+                method = getattr(host.agent, call.method, None)
+                if method is None or not callable(method):
+                    return pb.Reply(call_id=call_id, status=pb.UNKNOWN_METHOD, error_type="UnknownMethodError",
+                                    error_message=f"{host.cls_name} has no method {call.method}()")
+                result = method(*work.args, **work.kwargs)
+        except Exception as exc:  # noqa: BLE001 - the agent's own error goes back to the caller
+            return pb.Reply(call_id=call_id, status=pb.ERROR, error_type=type(exc).__qualname__,
+                            error_message=str(exc), traceback=traceback.format_exc())
+        try:
+            payload = _wire.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            return pb.Reply(call_id=call_id, status=pb.BAD_PAYLOAD, error_type=type(exc).__name__,
+                            error_message=f"the result of {call.method}() ({type(result).__name__}) "
+                                          f"cannot be pickled: {exc}")
+        if len(payload) > self.max_message_size:
+            return pb.Reply(call_id=call_id, status=pb.TOO_LARGE, error_type="MessageTooLargeError",
+                            error_message=f"the result of {call.method}() is {len(payload)} bytes, over the "
+                                          f"limit of {self.max_message_size} bytes")
+        return pb.Reply(call_id=call_id, status=pb.OK, payload=payload)
+
+    def _drain_done(self) -> None:
+        """Hand finished replies to their sessions and the result store (I/O loop)."""
+        self._done_scheduled = False
+        queue = self._done_queue
+        results = self.results
+        while queue:
+            host, work, reply = queue.popleft()
+            host.queued -= 1
+            host.seq += 1
+            self.inflight -= 1
+            results.finish(reply)
+            for session in work.sessions:
+                session.send(reply)
+
+
+def _construct(cls: type, agent_id: str, args: tuple, kwargs: dict) -> Any:
+    """Build an agent with its proxy's id (worker thread)."""
+    with _agent.assigned_agent_id(agent_id):
+        agent = cls(*args, **kwargs)
+    try:
+        agent.agent_id = agent_id
+    except AttributeError:
+        pass
+    return agent
+

@@ -1,0 +1,201 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReplyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OK: _ClassVar[ReplyStatus]
+    ERROR: _ClassVar[ReplyStatus]
+    UNKNOWN_AGENT: _ClassVar[ReplyStatus]
+    UNKNOWN_METHOD: _ClassVar[ReplyStatus]
+    BAD_PAYLOAD: _ClassVar[ReplyStatus]
+    TOO_LARGE: _ClassVar[ReplyStatus]
+    STALE_EPOCH: _ClassVar[ReplyStatus]
+    OVERLOADED: _ClassVar[ReplyStatus]
+    EXPIRED: _ClassVar[ReplyStatus]
+    UNAVAILABLE: _ClassVar[ReplyStatus]
+OK: ReplyStatus
+ERROR: ReplyStatus
+UNKNOWN_AGENT: ReplyStatus
+UNKNOWN_METHOD: ReplyStatus
+BAD_PAYLOAD: ReplyStatus
+TOO_LARGE: ReplyStatus
+STALE_EPOCH: ReplyStatus
+OVERLOADED: ReplyStatus
+EXPIRED: ReplyStatus
+UNAVAILABLE: ReplyStatus
+
+class ClassRef(_message.Message):
+    __slots__ = ("name", "digest", "blob")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    BLOB_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    blob: bytes
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., blob: _Optional[bytes] = ...) -> None: ...
+
+class CreateAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoint")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLS_FIELD_NUMBER: _ClassVar[int]
+    INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    cls: ClassRef
+    init_args: bytes
+    state: bytes
+    state_seq: int
+    checkpoint: bool
+    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+
+class CreateAgentResponse(_message.Message):
+    __slots__ = ("agent_id", "name", "server_id", "epoch", "existed")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EXISTED_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    server_id: str
+    epoch: int
+    existed: bool
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., existed: _Optional[bool] = ...) -> None: ...
+
+class DeleteAgentRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class DeleteAgentResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("call_id", "agent_id", "method", "payload", "epoch")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    agent_id: str
+    method: str
+    payload: bytes
+    epoch: int
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class Reply(_message.Message):
+    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    status: ReplyStatus
+    payload: bytes
+    error_type: str
+    error_message: str
+    traceback: str
+    seq: int
+    state: bytes
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("server_id", "epoch", "max_message_size")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    epoch: int
+    max_message_size: int
+    def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+
+class ClientFrame(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ...) -> None: ...
+
+class ServerFrame(_message.Message):
+    __slots__ = ("hello", "replies")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    replies: _containers.RepeatedCompositeFieldContainer[Reply]
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., replies: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("call_id", "agent_id")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    agent_id: str
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class InfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerInfo(_message.Message):
+    __slots__ = ("server_id", "host", "port", "capacity", "agents", "inflight", "classes", "python", "version", "epoch", "pid", "status")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    host: str
+    port: int
+    capacity: int
+    agents: int
+    inflight: int
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    python: str
+    version: str
+    epoch: int
+    pid: int
+    status: str
+    def __init__(self, server_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., capacity: _Optional[int] = ..., agents: _Optional[int] = ..., inflight: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., python: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+
+class StateRequest(_message.Message):
+    __slots__ = ("agent_id",)
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+
+class AgentState(_message.Message):
+    __slots__ = ("agent_id", "cls", "init_args", "state", "seq")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLS_FIELD_NUMBER: _ClassVar[int]
+    INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    cls: ClassRef
+    init_args: bytes
+    state: bytes
+    seq: int
+    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...

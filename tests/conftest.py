@@ -1,0 +1,95 @@
+"""Fixtures: real agent servers in real processes on free ports, always stopped by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import pytest
+
+from agentmesh import RpcAgentServerLauncher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
+    """Poll predicate until it is truthy; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def servers():
+    """Start agent servers in subprocesses: servers(capacity=..., ...) -> launcher."""
+    started: list[RpcAgentServerLauncher] = []
+
+    def start(**kwargs) -> RpcAgentServerLauncher:
+        kwargs.setdefault("host", "127.0.0.1")
+        launcher = RpcAgentServerLauncher(**kwargs)
+        launcher.launch(in_subprocess=True)
+        started.append(launcher)
+        return launcher
+
+    yield start
+    for launcher in started:
+        try:
+            launcher.shutdown()
+        finally:
+            kill_pid(launcher.pid)
+
+
+@pytest.fixture
+def server(servers):
+    """One agent server with room for 64 agents."""
+    return servers(capacity=64)
+
+
+@pytest.fixture
+def procs():
+    """Popen helper for CLI and script processes; everything started is killed by PID at the end."""
+    started: list[subprocess.Popen] = []
+
+    def popen(args, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("cwd", ROOT)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
+        env.update(kwargs.pop("env", {}))
+        proc = subprocess.Popen(args, env=env, **kwargs)
+        started.append(proc)
+        return proc
+
+    yield popen
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+PYTHON = sys.executable

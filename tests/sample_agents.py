@@ -1,0 +1,144 @@
+"""Agents the tests place on real servers (importable there: servers inherit sys.path)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from agentmesh import AgentBase, Msg
+from agentmesh.rpc import async_func, sync_func
+
+
+class Echo(AgentBase):
+    """Counts its calls; reply answers with the count and what it got."""
+
+    def __init__(self, name: str, start: int = 0) -> None:
+        super().__init__(name)
+        self.count = start
+
+    def reply(self, x=None):
+        self.count += 1
+        self.observe(x)
+        return Msg(self.name, {"count": self.count, "got": getattr(x, "content", x)})
+
+    def ping(self, value=None):
+        return value
+
+    def get_count(self) -> int:
+        return self.count
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    @async_func
+    def slow(self, seconds: float, value=None):
+        time.sleep(seconds)
+        return value
+
+    def boom(self, message: str = "bad thing"):
+        raise ValueError(message)
+
+
+class Sleeper(AgentBase):
+    """reply sleeps, then adds one to the content: chains of them take the sum of their sleeps."""
+
+    def __init__(self, name: str, seconds: float = 1.0) -> None:
+        super().__init__(name)
+        self.seconds = seconds
+
+    def reply(self, x=None):
+        time.sleep(self.seconds)
+        return Msg(self.name, x.content + 1)
+
+
+class Recorder(AgentBase):
+    """Records the order calls arrive in; max_concurrency overridable by subclasses."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.seen: list = []
+        self.active = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    @async_func
+    def record(self, value, seconds: float = 0.0):
+        with self._lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(seconds)
+        self.seen.append(value)
+        with self._lock:
+            self.active -= 1
+        return value
+
+    def get_seen(self) -> list:
+        return list(self.seen)
+
+    def get_peak(self) -> int:
+        return self.peak
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class Parallel2(Recorder):
+    max_concurrency = 2
+
+
+class Relay(AgentBase):
+    """Waits for a placeholder from another agent and adds one."""
+
+    def reply(self, x=None):
+        return Msg(self.name, x.content + 1)
+
+
+class FanOut(AgentBase):
+    """Holds proxies of other agents (constructor arguments) and asks them all at once."""
+
+    def __init__(self, name: str, workers: list) -> None:
+        super().__init__(name)
+        self.workers = workers
+
+    def reply(self, x=None):
+        results = [w.reply(x) for w in self.workers]
+        return Msg(self.name, [r.content for r in results])
+
+
+class WithFunction(AgentBase):
+    """Takes a function (a lambda) as a constructor argument."""
+
+    def __init__(self, name: str, fn) -> None:
+        super().__init__(name)
+        self.fn = fn
+
+    def reply(self, x=None):
+        return Msg(self.name, self.fn(x.content))
+
+
+class Modes(AgentBase):
+    """Custom methods: one made asynchronous, one made synchronous."""
+
+    @async_func
+    def later(self, value):
+        time.sleep(0.2)
+        return value * 2
+
+    @sync_func
+    def now(self, value):
+        return value * 3
+
+    def plain(self, value):
+        return value - 1
+
+
+class BrokenInit(AgentBase):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        raise RuntimeError("no model for this agent")
