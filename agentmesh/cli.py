@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
+import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Sequence
 
 from . import __version__
@@ -53,9 +58,130 @@ def cmd_server(args: argparse.Namespace) -> int:
     classes = [_load_class(spec) for spec in args.agent_class]
     return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
                          custom_agent_classes=classes, token=token, grace=args.grace,
-                         max_message_size=args.max_message_size,
+                         max_message_size=args.max_message_size, registry=args.registry,
+                         namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
+                         advertise_host=args.advertise_host,
                          on_ready=lambda port, sid: log.warning(
                              "agentmesh server %s listening on %s:%d", sid, args.host, port))
+
+
+def _registry_url(args: argparse.Namespace) -> str:
+    if not args.registry:
+        raise SystemExit("no registry: give --registry etcd://host:port or set AGENTMESH_REGISTRY "
+                         "(agentmesh registry up starts one for development)")
+    return args.registry
+
+
+async def _read_records(url: str, prefix: str) -> list[dict]:
+    from .discovery.etcd import EtcdClient, EtcdError
+
+    client = EtcdClient.from_url(url)
+    try:
+        kvs, _ = await client.get_prefix(prefix)
+    except EtcdError as exc:
+        raise SystemExit(f"registry {url}: {exc}") from None
+    finally:
+        await client.close()
+    records = []
+    for kv in kvs:
+        try:
+            records.append(json.loads(kv.value))
+        except ValueError:
+            log.warning("ignoring malformed record %s", kv.key.decode(errors="replace"))
+    return records
+
+
+async def _health(address: str) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _age(started_at: float) -> str:
+    seconds = max(0, int(time.time() - started_at))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    from .discovery import keys
+
+    url = _registry_url(args)
+
+    async def gather() -> list[dict]:
+        records = await _read_records(url, keys.servers_prefix(args.namespace))
+        healths = await asyncio.gather(*(_health(r.get("address", "")) for r in records))
+        for record, health in zip(records, healths):
+            record["health"] = health
+        return sorted(records, key=lambda r: r.get("address", ""))
+
+    records = asyncio.run(gather())
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    rows = [[r.get("server_id", ""), r.get("address", ""), r.get("capacity", ""), r.get("agents", ""),
+             r.get("inflight", ""), r.get("health", ""),
+             ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())) or "-",
+             _age(r.get("started_at", time.time()))] for r in records]
+    print(_table(["ID", "ADDRESS", "CAPACITY", "AGENTS", "INFLIGHT", "HEALTH", "LABELS", "AGE"], rows))
+    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {url}")
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    from .discovery import keys
+
+    url = _registry_url(args)
+    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace))),
+                     key=lambda r: (r.get("address", ""), r.get("name", "")))
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
+             r.get("address", "")] for r in records]
+    print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
+    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {url}")
+    return 0
+
+
+def cmd_registry_up(args: argparse.Namespace) -> int:
+    from .discovery.etcd_server import EtcdProcess, free_port
+
+    port = args.port or free_port()
+    etcd = EtcdProcess(name="agentmesh-dev")
+    etcd.start(data_dir=args.data_dir, client_port=port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"etcd {etcd.pid} serving; use it with:\n  export AGENTMESH_REGISTRY={etcd.url}", flush=True)
+    try:
+        while not stop.wait(0.5) and etcd.running:
+            pass
+    finally:
+        etcd.stop()
+    return 0
+
+
+def _add_registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", default=os.environ.get("AGENTMESH_REGISTRY"),
+                        help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
+    parser.add_argument("--namespace", default=os.environ.get("AGENTMESH_NAMESPACE", "default"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,16 +196,34 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="agents this server accepts")
     server.add_argument("--agent-class", action="append", default=[], metavar="MODULE:CLASS",
                         help="a class this server hosts (repeatable)")
-    server.add_argument("--registry", default=os.environ.get("AGENTMESH_REGISTRY"),
-                        help="etcd://host:port[,host:port...] to register in")
-    server.add_argument("--namespace", default=os.environ.get("AGENTMESH_NAMESPACE", "default"))
+    _add_registry_args(server)
     server.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    server.add_argument("--ttl", type=int, default=3, help="registry lease TTL in seconds (default 3)")
+    server.add_argument("--advertise-host", default=None,
+                        help="host others dial (default: --host, or this machine's address for 0.0.0.0)")
     server.add_argument("--token", default=None, help="shared token (default: AGENTMESH_TOKEN)")
     server.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback address with neither token nor TLS")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
     server.set_defaults(func=cmd_server)
+
+    servers = sub.add_parser("servers", help="the servers registered in the registry")
+    _add_registry_args(servers)
+    servers.add_argument("--json", action="store_true", help="JSON instead of a table")
+    servers.set_defaults(func=cmd_servers)
+
+    agents = sub.add_parser("agents", help="where each agent lives")
+    _add_registry_args(agents)
+    agents.add_argument("--json", action="store_true", help="JSON instead of a table")
+    agents.set_defaults(func=cmd_agents)
+
+    registry = sub.add_parser("registry", help="the registry (etcd)")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    up = registry_sub.add_parser("up", help="run a local single-node etcd for development")
+    up.add_argument("--port", type=int, default=0, help="client port (default: a free one)")
+    up.add_argument("--data-dir", default=None, help="where etcd keeps its data (default: a temporary dir)")
+    up.set_defaults(func=cmd_registry_up)
     return parser
 
 

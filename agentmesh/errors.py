@@ -83,6 +83,10 @@ class CapacityError(AgentCreationError):
     """The server is full (``RESOURCE_EXHAUSTED``)."""
 
 
+class ClassNotFoundError(AgentCreationError):
+    """The server cannot load the agent's class (and does not accept shipped classes)."""
+
+
 class ServerUnavailableError(AgentMeshError):
     """No agent server could be reached at the given address."""
 
@@ -111,6 +115,7 @@ __all__ = [
     "ResultExpiredError",
     "AgentCreationError",
     "CapacityError",
+    "ClassNotFoundError",
     "ServerUnavailableError",
     "AuthenticationError",
     "VersionMismatchError",

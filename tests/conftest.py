@@ -93,3 +93,16 @@ def procs():
 
 
 PYTHON = sys.executable
+
+
+def server_info(port: int, token: str | None = None, host: str = "127.0.0.1"):
+    """GetInfo of a server over a raw gRPC channel: id, capacity, agents, in-flight calls."""
+    import grpc
+
+    from agentmesh.rpc import _wire
+    from agentmesh.v1 import agent_server_pb2 as pb
+    from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        return pb_grpc.AgentServerStub(channel).GetInfo(
+            pb.InfoRequest(), metadata=_wire.call_metadata(token), timeout=5)

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from .. import errors
+from .._config import settings
 from ..rpc import _connection, _loop
 from ..rpc._proxy import create_on
 from ..server._child import child_pool
@@ -12,22 +14,90 @@ from ..v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh.discovery")
 
+#: an unreachable registry is not asked again for this long (placements go to child mode meanwhile)
+RETRY_UNREACHABLE_AFTER = 5.0
 
-def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]
-          ) -> tuple[_connection.Connection, pb.CreateAgentResponse]:
+_views: dict[tuple[str, str], Any] = {}
+_last_fallback_reason = ""
+
+Placed = tuple[_connection.Connection, pb.CreateAgentResponse]
+
+
+def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]) -> Placed:
     """Create the agent where placement says; returns the connection and the server's answer."""
+    url = options.get("registry") or settings.registry
+    if url:
+        namespace = options.get("namespace") or settings.namespace
+        placed, reason = _loop.run_sync(_place_by_registry(url, namespace, cls, agent_id, init_blob, options))
+        if placed is not None:
+            return placed
+        _fallback(reason)
     return place_in_child(cls, agent_id, init_blob, options)
 
 
-def place_in_child(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]
-                   ) -> tuple[_connection.Connection, pb.CreateAgentResponse]:
+def _fallback(reason: str) -> None:
+    global _last_fallback_reason
+    if reason != _last_fallback_reason:
+        _last_fallback_reason = reason
+        log.info("agentmesh: placing agents in child mode: %s", reason)
+
+
+def view_for(url: str, namespace: str) -> Any:
+    """The process's view of the servers of namespace in the registry at url."""
+    from ._view import ServerView
+
+    view = _views.get((url, namespace))
+    if view is None:
+        view = _views[(url, namespace)] = ServerView(url, namespace, settings.registry_timeout)
+    return view
+
+
+async def _place_by_registry(url: str, namespace: str, cls: type, agent_id: str, init_blob: bytes,
+                             options: dict[str, Any]) -> tuple[Placed | None, str]:
+    from .etcd import EtcdError
+
+    view = view_for(url, namespace)
+    if not view.ready:
+        if view.failed_at and time.monotonic() - view.failed_at < RETRY_UNREACHABLE_AFTER:
+            return None, f"registry {url} is unreachable"
+        try:
+            await view.ensure_started()
+        except EtcdError as exc:
+            return None, str(exc)
+    labels = options.get("labels")
+    cls_name = f"{cls.__module__}:{cls.__qualname__}"
+    timeout = options.get("max_timeout_seconds")
+    refusals = []
+    for record in view.candidates(labels, cls_name):
+        address = record.get("address") or f"{record['host']}:{record['port']}"
+        try:
+            conn = await _connection.get_connection(address, timeout=settings.registry_timeout)
+            response = await create_on(conn, cls, agent_id, init_blob, timeout)
+        except errors.CapacityError:
+            view.full(record["server_id"])
+            refusals.append(f"{address} full")
+            continue
+        except errors.ClassNotFoundError:
+            refusals.append(f"{address} lacks {cls_name}")
+            continue
+        except (errors.ServerUnavailableError, errors.AuthenticationError, errors.VersionMismatchError) as exc:
+            refusals.append(f"{address} refused: {exc}")
+            continue
+        view.placed(record["server_id"])
+        return (conn, response), ""
+    wanted = f" with labels {labels}" if labels else ""
+    detail = f" ({'; '.join(refusals)})" if refusals else ""
+    return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
+
+
+def place_in_child(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]) -> Placed:
     """Child mode: the least loaded child server of this process (started on first use)."""
     timeout = options.get("max_timeout_seconds")
     child = child_pool.choose()
     for _ in range(2):
         address = child.wait_ready()
 
-        async def create() -> tuple[_connection.Connection, pb.CreateAgentResponse]:
+        async def create() -> Placed:
             conn = await _connection.get_connection(address)
             return conn, await create_on(conn, cls, agent_id, init_blob, timeout)
 

@@ -35,6 +35,8 @@ def _status_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> Excepti
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
         return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}")
     if what == "agent creation":
+        if code == grpc.StatusCode.NOT_FOUND:
+            return errors.ClassNotFoundError(f"agent server {address}: {detail}")
         return errors.AgentCreationError(f"agent server {address}: {detail}")
     return errors.AgentMeshError(f"agent server {address} ({what}): {code.name}: {detail}")
 

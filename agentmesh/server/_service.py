@@ -163,6 +163,12 @@ class AgentServer(pb_grpc.AgentServerServicer):
         max_results: int = 100_000,
         max_workers: int = 512,
         server_id: str | None = None,
+        allow_shipped_classes: bool = True,
+        registry: str | None = None,
+        namespace: str = "default",
+        labels: dict[str, str] | None = None,
+        registry_ttl: int = 3,
+        advertise_host: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -177,6 +183,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.class_names: list[str] = []
         for cls in custom_agent_classes or ():
             self._remember_class(cls)
+        self.allow_shipped_classes = allow_shipped_classes
+        self.registry_options = (
+            dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host)
+            if registry else None)
+        self.registration: Any = None
         self.results = ResultStore(max_results, result_ttl)
         self.inflight = 0
         self.started_at = time.time()
@@ -217,6 +228,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         await self._health.set(_wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         _connection.local_servers[self.server_id] = self
         self._sweeper = asyncio.ensure_future(self._sweep_results())
+        if self.registry_options:
+            from ..discovery.registration import Registration
+
+            self.registration = Registration(self, **self.registry_options)
+            await self.registration.start(wait=2.0)
         log.info("agent server %s listening on %s:%d (capacity %d)", self.server_id, self.host, port, self.capacity)
         return port
 
@@ -226,6 +242,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             return
         self.draining = True
         await self._health.enter_graceful_shutdown()
+        if self.registration is not None:
+            await self.registration.stop()
         deadline = time.monotonic() + grace
         while self.inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -257,6 +275,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             return cls
         if not ref.blob:
             raise LookupError("unknown class digest")
+        if not self.allow_shipped_classes:
+            raise LookupError(f"class {ref.name} is not hosted here (hosted: {', '.join(self.class_names) or 'none'})")
         if hashlib.sha256(ref.blob).hexdigest() != ref.digest:
             raise ValueError(f"class {ref.name}: blob does not match its digest")
         cls = _wire.loads(ref.blob)
@@ -278,8 +298,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
                                 f"agent server {self.server_id} is full: capacity {self.capacity} agents")
         try:
             cls = self._resolve_class(request.cls)
-        except LookupError:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "unknown class digest: send the class")
+        except LookupError as exc:
+            if "unknown class digest" in str(exc):
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "unknown class digest: send the class")
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except Exception as exc:  # noqa: BLE001 - a class that cannot be loaded here
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"class {request.cls.name} cannot be loaded on this server: {type(exc).__name__}: {exc}")
@@ -300,6 +322,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self._creating -= 1
         host = AgentHost(request.agent_id, agent, request.cls.name, getattr(cls, "max_concurrency", 1) or 1)
         self.agents[request.agent_id] = host
+        if self.registration is not None:
+            self.registration.agent_added(host.agent_id, self._created(host, False).name, host.cls_name)
         log.debug("created agent %s (%s)", request.agent_id, request.cls.name)
         return self._created(host, existed=False)
 
@@ -309,7 +333,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
                                       server_id=self.server_id, epoch=self.epoch, existed=existed)
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAgentResponse:
-        return pb.DeleteAgentResponse(deleted=self.agents.pop(request.agent_id, None) is not None)
+        deleted = self.agents.pop(request.agent_id, None) is not None
+        if deleted and self.registration is not None:
+            self.registration.agent_removed(request.agent_id)
+        return pb.DeleteAgentResponse(deleted=deleted)
 
     async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         return pb.ServerInfo(
@@ -371,6 +398,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             async for frame in request_iterator:
                 for call in frame.calls:
                     self.dispatch(call, session)
+                if self.registration is not None:
+                    self.registration.load_changed()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
@@ -514,6 +543,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             results.finish(reply)
             for session in work.sessions:
                 session.send(reply)
+        if self.registration is not None:
+            self.registration.load_changed()
 
 
 def _construct(cls: type, agent_id: str, args: tuple, kwargs: dict) -> Any:

@@ -16,7 +16,9 @@ from ._service import AgentServer
 log = logging.getLogger("agentmesh.server")
 
 DEFAULT_CAPACITY = 32
-_SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_workers", "server_id")
+_SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_workers",
+                   "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
+                   "advertise_host")
 
 
 def is_loopback(host: str) -> bool:
@@ -86,7 +88,7 @@ class RpcAgentServerLauncher:
         self.port = int(port) if port not in (None, "") else None
         self.capacity = capacity
         self.custom_agent_classes = list(custom_agent_classes or [])
-        self.registry = registry
+        self.registry = registry if registry is not None else settings.registry
         self.namespace = namespace
         self.labels = dict(labels or {})
         self.token = token if token is not None else settings.token
@@ -113,7 +115,7 @@ class RpcAgentServerLauncher:
                 "host": self.host, "port": self.port or 0, "capacity": self.capacity,
                 "custom_agent_classes": self.custom_agent_classes, "token": self.token,
                 "max_message_size": self.max_message_size, "grace": self.grace, "lifeline": True,
-                **self.options,
+                **self._registry_options(), **self.options,
             })
             self._process.wait_ready()
             self.port = self._process.port
@@ -123,11 +125,17 @@ class RpcAgentServerLauncher:
             settings.token = self.token
         self._server = AgentServer(host=self.host, port=self.port or 0, capacity=self.capacity,
                                    custom_agent_classes=self.custom_agent_classes, token=self.token,
-                                   max_message_size=self.max_message_size, **self.options)
+                                   max_message_size=self.max_message_size, **self._registry_options(),
+                                   **self.options)
         self.port = _loop.run_sync(self._server.start())
         self.server_id = self._server.server_id
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
+
+    def _registry_options(self) -> dict[str, Any]:
+        if not self.registry:
+            return {}
+        return {"registry": self.registry, "namespace": self.namespace, "labels": self.labels}
 
     @property
     def pid(self) -> int:

@@ -1,0 +1,127 @@
+"""The process's watch-backed view of the servers in one namespace.
+
+One per process and namespace: a prefix read, then a watch that keeps the
+map current, so a warm placement needs no etcd round trip.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from typing import Any
+
+from ..rpc import _wire
+from . import keys
+from .etcd import EtcdClient, EtcdError
+
+log = logging.getLogger("agentmesh.discovery")
+
+
+class ServerView:
+    """Server records of a namespace, kept current by a watch (lives on the I/O loop)."""
+
+    def __init__(self, url: str, namespace: str, timeout: float = 2.0) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.timeout = timeout
+        self.servers: dict[str, dict[str, Any]] = {}
+        self.client = EtcdClient.from_url(url, timeout=timeout)
+        self.ready = False
+        self.failed_at = 0.0
+        self._task: asyncio.Task | None = None
+        self._starting: asyncio.Future | None = None
+        self._watch = None
+
+    async def ensure_started(self) -> None:
+        """Read the servers once and start watching; raises EtcdError within the timeout."""
+        if self.ready:
+            return
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        starting = self._starting
+        try:
+            await asyncio.wait_for(asyncio.shield(starting), self.timeout)
+        except (asyncio.TimeoutError, EtcdError) as exc:
+            if self._starting is starting:
+                self._starting = None
+                starting.cancel()
+            self.failed_at = time.monotonic()
+            raise EtcdError(f"registry {self.url} unreachable: {exc or 'timed out'}") from None
+
+    async def _start(self) -> None:
+        prefix = keys.servers_prefix(self.namespace)
+        kvs, revision = await self.client.get_prefix(prefix)
+        self.servers = {}
+        for kv in kvs:
+            self._put(kv.key.decode(), kv.value)
+        self._watch = self.client.watch_prefix(prefix, start_revision=revision + 1)
+        await self._watch.start()
+        self._task = asyncio.ensure_future(self._follow())
+        self.ready = True
+
+    def _put(self, key: str, value: bytes) -> None:
+        try:
+            record = json.loads(value)
+        except ValueError:
+            log.warning("registry: ignoring malformed server record %s", key)
+            return
+        self.servers[key.rsplit("/", 1)[-1]] = record
+
+    async def _follow(self) -> None:
+        try:
+            async for event in self._watch:
+                if event.type == "RESYNC":
+                    self.servers = {}
+                    for snap in event.snapshot:
+                        self._put(snap.key, snap.value)
+                elif event.type == "PUT":
+                    self._put(event.key, event.value)
+                elif event.type == "DELETE":
+                    self.servers.pop(event.key.rsplit("/", 1)[-1], None)
+        except asyncio.CancelledError:
+            return
+        except EtcdError as exc:
+            log.warning("registry %s: watch ended (%s); the next placement reads again", self.url, exc)
+        self.ready = False
+        self._starting = None
+
+    def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
+                   exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
+        """Servers that fit, with room, most free capacity first (ties at random)."""
+        fits = []
+        for record in list(self.servers.values()):
+            if record.get("status", "SERVING") != "SERVING" or record.get("server_id") in exclude:
+                continue
+            if record.get("python") != _wire.PYTHON_VERSION:
+                continue
+            have = record.get("labels") or {}
+            if labels and any(str(have.get(k)) != str(v) for k, v in labels.items()):
+                continue
+            if cls_name and not record.get("ship_classes", True) and cls_name not in record.get("classes", ()):
+                continue
+            free = int(record.get("capacity", 0)) - int(record.get("agents", 0))
+            if free > 0:
+                fits.append((free, random.random(), record))
+        fits.sort(key=lambda f: (-f[0], f[1]))
+        return [record for _, _, record in fits]
+
+    def placed(self, server_id: str) -> None:
+        """Count an agent we just placed before the server's own update arrives."""
+        record = self.servers.get(server_id)
+        if record is not None:
+            record["agents"] = int(record.get("agents", 0)) + 1
+
+    def full(self, server_id: str) -> None:
+        """The server refused for lack of room: treat it as full until it says otherwise."""
+        record = self.servers.get(server_id)
+        if record is not None:
+            record["agents"] = int(record.get("capacity", 0))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._watch is not None:
+            await self._watch.aclose()
+        await self.client.close()

@@ -1,0 +1,173 @@
+"""A server's registration in etcd: its record and its agents' records, under a lease.
+
+The record holds address, capacity and live load; it is rewritten when the
+load changes (at most every ``min_interval`` s) and vanishes with the lease
+when the server stops renewing it. A lost lease (etcd outage, a long pause)
+is replaced by a new one and everything is written again under the same
+keys: no duplicate, and the old keys die with the old lease, so no ghost.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from .. import __version__
+from ..rpc import _wire
+from . import keys
+from .etcd import EtcdClient, EtcdError, Lease
+
+log = logging.getLogger("agentmesh.discovery")
+
+
+def advertised_host(host: str) -> str:
+    """The host other machines should dial: the bound one, or this machine's address for a wildcard."""
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.gethostname()
+    return host
+
+
+class Registration:
+    """Keeps a server's record and its agents' records in etcd while it serves."""
+
+    def __init__(self, server: Any, url: str, namespace: str = "default", labels: dict[str, str] | None = None,
+                 ttl: int = 3, min_interval: float = 0.2, advertise_host: str | None = None) -> None:
+        self.server = server
+        self.url = url
+        self.namespace = namespace
+        self.labels = dict(labels or {})
+        self.ttl = ttl
+        self.min_interval = min_interval
+        self.host = advertise_host or advertised_host(server.host)
+        self.key = keys.server_key(namespace, server.server_id)
+        self.client = EtcdClient.from_url(url)
+        self.lease: Lease | None = None
+        self.registered = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._agents_changed: dict[str, dict | None] = {}
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._lost = asyncio.Event()
+
+    # -- what the server tells us --------------------------------------------
+    def load_changed(self) -> None:
+        """The server's load changed (I/O loop); written within min_interval."""
+        if not self._dirty.is_set():
+            self._dirty.set()
+
+    def agent_added(self, agent_id: str, name: str, cls_name: str) -> None:
+        self._agents_changed[agent_id] = {"agent_id": agent_id, "name": name, "class": cls_name,
+                                          "server_id": self.server.server_id,
+                                          "address": f"{self.host}:{self.server.port}"}
+        self.load_changed()
+
+    def agent_removed(self, agent_id: str) -> None:
+        self._agents_changed[agent_id] = None
+        self.load_changed()
+
+    # -- the record ------------------------------------------------------------
+    def record(self) -> dict[str, Any]:
+        s = self.server
+        return {
+            "server_id": s.server_id, "host": self.host, "port": s.port,
+            "address": f"{self.host}:{s.port}", "capacity": s.capacity, "agents": len(s.agents),
+            "inflight": s.inflight, "labels": self.labels, "pid": os.getpid(),
+            "hostname": socket.gethostname(), "started_at": s.started_at, "version": __version__,
+            "python": _wire.PYTHON_VERSION, "classes": list(s.class_names),
+            "ship_classes": s.allow_shipped_classes, "epoch": s.epoch,
+            "status": "DRAINING" if s.draining else "SERVING", "updated_at": time.time(),
+        }
+
+    async def start(self, wait: float | None = None) -> None:
+        """Register in the background; with wait, wait up to that long for the first registration."""
+        self._task = asyncio.ensure_future(self._run())
+        if wait:
+            try:
+                await asyncio.wait_for(asyncio.shield(self.registered.wait()), wait)
+            except asyncio.TimeoutError:
+                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id, self.url)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                await self._register()
+                backoff = 0.1
+                await self._update_until_lost()
+            except (EtcdError, OSError) as exc:
+                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id, self.url, exc)
+            except asyncio.CancelledError:
+                return
+            self.registered.clear()
+            if self._stopping:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _register(self) -> None:
+        """A new lease, then the server record and every agent record under it."""
+        self._lost.clear()
+        self.lease = await self.client.lease(self.ttl, on_lost=self._lost.set)
+        agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
+                        "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
+                  for aid, h in self.server.agents.items()}
+        self._agents_changed.clear()
+        await self._write(agents)
+        self.registered.set()
+        log.info("server %s registered in %s as %s (lease %x, ttl %d s)",
+                 self.server.server_id, self.url, self.key, self.lease.id, self.ttl)
+
+    async def _write(self, agents: dict[str, dict | None]) -> None:
+        lease_id = self.lease.id if self.lease else 0
+        puts = [(self.key, json.dumps(self.record()).encode(), lease_id)]
+        deletes = []
+        for agent_id, rec in agents.items():
+            if rec is None:
+                deletes.append(keys.agent_key(self.namespace, agent_id))
+            else:
+                puts.append((keys.agent_key(self.namespace, agent_id), json.dumps(rec).encode(), lease_id))
+        await self.client.put_many(puts, deletes)
+
+    async def _update_until_lost(self) -> None:
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            while not self._stopping:
+                dirty = asyncio.ensure_future(self._dirty.wait())
+                await asyncio.wait((dirty, lost), return_when=asyncio.FIRST_COMPLETED)
+                dirty.cancel()
+                if lost.done():
+                    log.warning("server %s: registry lease lost; registering again", self.server.server_id)
+                    return
+                self._dirty.clear()
+                changed, self._agents_changed = self._agents_changed, {}
+                try:
+                    await self._write(changed)
+                except EtcdError:
+                    for aid, rec in changed.items():   # keep them for the next try
+                        self._agents_changed.setdefault(aid, rec)
+                    self._dirty.set()
+                    raise
+                await asyncio.sleep(self.min_interval)
+        finally:
+            lost.cancel()
+
+    async def stop(self) -> None:
+        """Withdraw at once: revoking the lease deletes the server's and its agents' records."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.lease is not None:
+            try:
+                await self.lease.revoke()
+            except EtcdError as exc:
+                log.info("server %s: could not revoke its lease (%s); the key expires in %d s",
+                         self.server.server_id, exc, self.ttl)
+        await self.client.close()

@@ -1,0 +1,106 @@
+"""RpcAgentServerLauncher and `agentmesh server`: start, serve, stop."""
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agentmesh import Msg, RpcAgentServerLauncher
+from conftest import PYTHON, pid_alive, server_info, wait_until
+from sample_agents import Echo
+
+
+def test_in_process_launch_serves_and_shuts_down_fast():
+    launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4, custom_agent_classes=[Echo])
+    launcher.launch(in_subprocess=False)
+    try:
+        assert launcher.port
+        agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
+        assert agent.reply(Msg("u", 1)).content["count"] == 1
+    finally:
+        start = time.monotonic()
+        launcher.shutdown()
+        took = time.monotonic() - start
+    assert took < 1.0, f"an idle server took {took:.2f} s to stop"
+    launcher.wait_until_terminate()  # returns at once: the server has stopped
+
+
+def test_subprocess_launch_shutdown_is_fast_and_clean():
+    launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4)
+    launcher.launch(in_subprocess=True)
+    try:
+        agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
+        assert agent.ping(3) == 3
+        start = time.monotonic()
+        launcher.shutdown()
+        took = time.monotonic() - start
+        assert not pid_alive(launcher.pid)
+        assert launcher._process.proc.returncode == 0
+        assert took < 1.0, f"an idle server took {took:.2f} s to stop"
+    finally:
+        if pid_alive(launcher.pid):
+            launcher._process.kill()
+
+
+def test_shutdown_lets_running_calls_finish():
+    launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4)
+    launcher.launch(in_subprocess=True)
+    try:
+        agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
+        pending = agent.slow(1.0, "done")
+        wait_until(lambda: server_info(launcher.port).inflight == 1)
+        launcher.shutdown()
+        assert pending.result(timeout=5) == "done"
+    finally:
+        if pid_alive(launcher.pid):
+            launcher._process.kill()
+
+
+def _start_cli(procs, *args):
+    proc = procs([PYTHON, "-m", "agentmesh.cli", "server", *args],
+                 stderr=subprocess.PIPE, text=True)
+    line = ""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        match = re.search(r"listening on (\S+):(\d+)", line)
+        if match:
+            return proc, int(match.group(2))
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"agentmesh server did not start: {line!r}, code {proc.poll()}")
+
+
+def test_cli_server_with_agent_class_and_sigterm(procs):
+    proc, port = _start_cli(procs, "--port", "0", "--capacity", "3", "--agent-class", "sample_agents:Echo")
+    agent = Echo("E").to_dist(host="127.0.0.1", port=port)
+    assert agent.reply(Msg("u", "x")).content == {"count": 1, "got": "x"}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+
+
+def test_cli_refuses_a_port_in_use(procs):
+    first, port = _start_cli(procs, "--port", "0")
+    second = procs([PYTHON, "-m", "agentmesh.cli", "server", "--port", str(port)],
+                   stderr=subprocess.PIPE, text=True)
+    _, err = second.communicate(timeout=20)
+    assert second.returncode != 0
+    assert f"{port}" in err and "in use" in err
+    assert first.poll() is None
+
+
+def test_cli_refuses_network_address_without_token(procs):
+    proc = procs([PYTHON, "-m", "agentmesh.cli", "server", "--host", "0.0.0.0", "--port", "0"],
+                 stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0
+    assert "without a token or TLS" in err
+
+
+def test_cli_bad_agent_class(procs):
+    proc = procs([PYTHON, "-m", "agentmesh.cli", "server", "--agent-class", "no_such_module:X"],
+                 stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0 and "no_such_module" in err
