@@ -21,7 +21,7 @@ class Settings:
     child_capacity: int = 10_000
     max_message_size: int = 64 * 1024 * 1024
     connect_timeout: float = 5.0
-    registry_timeout: float = 2.0
+    registry_timeout: float = 1.5
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

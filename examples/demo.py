@@ -1,57 +1,82 @@
-"""The README's demo: the tutorial's web-search agents on agentmesh, child then independent mode.
+"""The README's demo: the tutorial's web-search agents, placed through an etcd registry.
 
-Runs examples/distribution/dist_main.py as the tutorial does, then starts
-dist_server.py (port 12345, as in the tutorial) and runs dist_main.py
-against it. Stops everything it started, also on Ctrl-C or failure.
+Brings up a local etcd and three agent servers that register in it, creates
+the tutorial's five WebAgents with plain ``to_dist()`` (no host: the registry
+picks the server with the most room), runs them in parallel, prints
+``agentmesh servers`` and ``agentmesh agents``, then stops everything it
+started, also on Ctrl-C or failure.
 """
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-HERE = pathlib.Path(__file__).resolve().parent / "distribution"
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "distribution"))
+
+import agentmesh  # noqa: E402
+from agentmesh.discovery.etcd_server import EtcdProcess  # noqa: E402
+
+import dist_main  # noqa: E402  (the tutorial's code, unchanged but for the package name)
 
 
-def run_main(*flags: str) -> None:
-    print(f"\n$ python dist_main.py {' '.join(flags)}".rstrip(), flush=True)
-    subprocess.run([sys.executable, "dist_main.py", *flags], cwd=HERE, check=True, timeout=120)
-
-
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def start_server(url: str, capacity: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "server", "--registry", url, "--capacity", str(capacity)],
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("localhost", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"dist_server.py did not listen on port {port} within {timeout} s")
+        line = proc.stderr.readline()
+        found = re.search(r"listening on (\S+)", line)
+        if found:
+            return proc, found.group(1)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise SystemExit(f"agent server did not start (exit code {proc.poll()})")
+
+
+def cli(*args: str) -> None:
+    print(f"\n$ agentmesh {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, "-m", "agentmesh.cli", *args], check=True, timeout=60)
 
 
 def main() -> None:
-    run_main()
-    run_main("--init-form")
-    print("\n$ python dist_server.py &", flush=True)
-    server = subprocess.Popen([sys.executable, "dist_server.py"], cwd=HERE)
-    try:
-        wait_port(12345, 20)
-        run_main("--independent")
-        run_main("--independent", "--init-form")
-    finally:
-        server.send_signal(signal.SIGTERM)
+    servers: list[subprocess.Popen] = []
+    with EtcdProcess(name="agentmesh-demo") as etcd:
+        print(f"etcd up at {etcd.url}", flush=True)
         try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-    print(f"\ndist_server.py exited with code {server.returncode}")
+            for capacity in (2, 2, 4):
+                proc, address = start_server(etcd.url, capacity)
+                servers.append(proc)
+                print(f"agent server on {address}, capacity {capacity}, registered", flush=True)
+            os.environ["AGENTMESH_REGISTRY"] = etcd.url
+            agentmesh.init()
+            start = time.time()
+            agents = dist_main.init_with_dist()
+            print(f"\nInitialization time (registry placement): {time.time() - start:.3f}", flush=True)
+            for agent in agents:
+                print(f"  {agent.name} -> {agent.server}")
+            print(f"Runtime with distributed mode: {dist_main.run(agents):.3f}", flush=True)
+            time.sleep(1.0)  # registry load updates are at most 0.2 s behind; give the table a moment
+            cli("servers", "--registry", etcd.url)
+            cli("agents", "--registry", etcd.url)
+        finally:
+            for proc in servers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in servers:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    print("\nservers drained and exited, etcd stopped", flush=True)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -35,6 +35,15 @@ def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]) -
     return place_in_child(cls, agent_id, init_blob, options)
 
 
+async def _close_views() -> None:
+    for view in list(_views.values()):
+        await view.close()
+    _views.clear()
+
+
+_loop.on_exit(_close_views)
+
+
 def _fallback(reason: str) -> None:
     global _last_fallback_reason
     if reason != _last_fallback_reason:

@@ -360,8 +360,11 @@ class EtcdClient:
         self._conn(self._idx)  # bind to this loop before reading any state
         if deadline is None:
             deadline = loop.time() + self.timeout
+        # With several endpoints one attempt may not use up the whole budget, so
+        # a black-holed endpoint (no RST, connect hangs) still leaves time for
+        # the others; with one endpoint it gets everything.
         per_attempt = self.timeout if len(self.endpoints) == 1 else max(
-            min(0.5, self.timeout), self.timeout / len(self.endpoints))
+            min(1.0, self.timeout), self.timeout / len(self.endpoints))
         attempts = failed_in_round = 0
         backoff = 0.05
         reauthed = False
@@ -496,6 +499,14 @@ class EtcdClient:
         request = pb.TxnRequest(compare=compare, success=[_op(o) for o in success],
                                 failure=[_op(o) for o in failure])
         return await self._unary("Txn", request)
+
+    async def put_many(self, puts: Iterable[tuple[str, bytes | str, int]],
+                       deletes: Iterable[str] = ()) -> None:
+        """Write (key, value, lease) triples and delete keys, atomically per batch of 100 ops."""
+        ops = [pb.PutRequest(key=_b(k), value=_b(v), lease=lease) for k, v, lease in puts]
+        ops += [pb.DeleteRangeRequest(key=_b(k)) for k in deletes]
+        for start in range(0, len(ops), 100):  # etcd's default --max-txn-ops is 128
+            await self.txn([], ops[start:start + 100], [])
 
     async def compact(self, revision: int, physical: bool = False) -> None:
         """Discard history before ``revision`` (watches from older revisions get RESYNC)."""
@@ -685,6 +696,8 @@ class Lease:
                     if response.TTL <= 0:
                         await self._lose("expired (etcd answered TTL 0)")
                         return
+                    if backoff > 0.05:
+                        log.info("etcd lease %x renewed again", self.id)
                     self._expiry = sent + response.TTL
                     backoff, reauthed = 0.05, False
                     await asyncio.sleep(interval)
@@ -696,8 +709,9 @@ class Lease:
                     continue
                 client._rotate(idx, failure)
                 left = self._expiry - loop.time()
-                log.warning("keepalive of etcd lease %x failed (%s); retrying, %.1fs left",
-                            self.id, _short(failure), left)
+                log.log(logging.WARNING if backoff == 0.05 else logging.DEBUG,
+                        "keepalive of etcd lease %x failed (%s); retrying, %.1fs left",
+                        self.id, _short(failure), left)
                 await asyncio.sleep(max(0.0, min(backoff, left)))
                 backoff = min(backoff * 2, 0.5)
         finally:
@@ -721,7 +735,7 @@ class Lease:
     async def stop(self) -> None:
         """Stop renewing (the lease then expires after its TTL); does not call on_lost."""
         task, self._task = self._task, None
-        if task is not None and not task.done():
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._client._leases.discard(self)
@@ -867,7 +881,7 @@ class Watch:
         if self._started is not None and not self._started.done():
             self._started.set_exception(EtcdError("watch closed before it was created"))
             self._started.exception()
-        if task is not None and not task.done():
+        if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         self._client._watches.discard(self)

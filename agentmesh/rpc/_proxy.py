@@ -1,6 +1,7 @@
 """RpcObject: the local stand-in of an object that lives on an agent server."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -142,15 +143,24 @@ def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, e
 
 async def create_on(conn: _connection.Connection, cls: type, agent_id: str, init_blob: bytes,
                     timeout: float | None = None) -> pb.CreateAgentResponse:
-    """Create an agent of cls on the server behind conn (I/O loop); ships the class once."""
-    for _ in range(2):
-        ref = _wire.class_cache.ref(cls, conn.server_id)
+    """Create an agent of cls on the server behind conn (I/O loop).
+
+    The class goes by reference when the server can import it, else by value;
+    either way its bytes are sent once per server.
+    """
+    by_value = False
+    for _ in range(4):
+        ref = _wire.class_cache.ref(cls, conn.server_id, by_value)
         request = pb.CreateAgentRequest(agent_id=agent_id, cls=ref, init_args=init_blob)
         try:
             response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "unknown class digest" in (exc.details() or ""):
+            detail = exc.details() or ""
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "unknown class digest" in detail:
                 _wire.class_cache.forget(conn.server_id, ref.digest)
+                continue
+            if exc.code() == grpc.StatusCode.NOT_FOUND and "cannot be loaded" in detail and not by_value:
+                by_value = True
                 continue
             raise _connection._status_error(exc, conn.address, "agent creation") from None
         _wire.class_cache.mark_shipped(conn.server_id, ref.digest)
@@ -158,8 +168,31 @@ async def create_on(conn: _connection.Connection, cls: type, agent_id: str, init
     raise errors.AgentCreationError(f"agent server {conn.address} keeps losing class {ref.name}")
 
 
+#: agents this process created: (address, agent_id); deleted when the process exits
+_owned: dict[str, str] = {}
+
+
+async def _delete_owned() -> None:
+    """At exit, delete the agents this process created so they do not hold capacity forever."""
+    async def delete(agent_id: str, address: str) -> None:
+        try:
+            conn = await _connection.get_connection(address, timeout=1.0)
+            await conn.stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id), metadata=conn.metadata,
+                                        timeout=2.0)
+        except (grpc.aio.AioRpcError, errors.AgentMeshError):
+            log.debug("could not delete agent %s on %s at exit", agent_id, address)
+
+    owned = list(_owned.items())
+    _owned.clear()
+    await asyncio.gather(*(delete(agent_id, address) for agent_id, address in owned))
+
+
+_loop.on_exit(_delete_owned)
+
+
 def make_proxy(cls: type, agent_id: str, conn: _connection.Connection, response: pb.CreateAgentResponse,
                init_blob: bytes, options: dict) -> RpcObject:
+    _owned[agent_id] = conn.address
     return RpcObject(cls_name=f"{cls.__module__}:{cls.__qualname__}", agent_id=agent_id,
                      address=conn.address, server_id=response.server_id, epoch=response.epoch,
                      methods=method_table(cls), name=response.name, conn=conn, cls=cls,

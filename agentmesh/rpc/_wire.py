@@ -80,22 +80,42 @@ def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors
                agent_id=agent_id, method=method)
 
 
+def dumps_by_value(obj: Any, module_name: str) -> bytes:
+    """Pickle obj with its module's code included, for a server that cannot import the module."""
+    module = sys.modules.get(module_name)
+    if module is None or module_name in ("__main__", "builtins"):
+        return dumps(obj)
+    with _by_value_lock:
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return dumps(obj)
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+_by_value_lock = threading.Lock()
+
+
 class ClassCache:
     """Client side: pickles a class once and remembers which servers have it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._refs: dict[type, tuple[str, str, bytes]] = {}
+        self._refs: dict[tuple[type, bool], tuple[str, str, bytes]] = {}
         self._shipped: set[tuple[str, str]] = set()
 
-    def ref(self, cls: type, server_key: str) -> pb.ClassRef:
-        """A ClassRef for cls: with the blob only the first time for this server."""
+    def ref(self, cls: type, server_key: str, by_value: bool = False) -> pb.ClassRef:
+        """A ClassRef for cls: with the blob only the first time for this server.
+
+        by_value ships the class's code even when its module is importable
+        here (the server could not import it).
+        """
         with self._lock:
-            entry = self._refs.get(cls)
+            entry = self._refs.get((cls, by_value))
             if entry is None:
-                blob = dumps(cls)
+                blob = dumps_by_value(cls, cls.__module__) if by_value else dumps(cls)
                 entry = (f"{cls.__module__}:{cls.__qualname__}", hashlib.sha256(blob).hexdigest(), blob)
-                self._refs[cls] = entry
+                self._refs[(cls, by_value)] = entry
             name, digest, blob = entry
             if (server_key, digest) in self._shipped:
                 return pb.ClassRef(name=name, digest=digest)
