@@ -142,3 +142,32 @@ class BrokenInit(AgentBase):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         raise RuntimeError("no model for this agent")
+
+
+class Fragile(Echo):
+    """Error paths: a result that cannot be pickled, a large result, a slow call that changes state."""
+
+    def make_lock(self):
+        return threading.Lock()
+
+    def blob(self, size: int) -> bytes:
+        return b"x" * size
+
+    @async_func
+    def slow_add(self, seconds: float, n: int = 1) -> int:
+        time.sleep(seconds)
+        self.count += n
+        return self.count
+
+
+class Talker(Echo):
+    """Prints like an AgentScope agent speaking (to its process's stdout)."""
+
+    @async_func
+    def talk(self, lines: int, text: str) -> int:
+        import sys
+
+        for i in range(lines):
+            print(f"{text} {i:06d} ........................................")
+        sys.stdout.flush()
+        return lines

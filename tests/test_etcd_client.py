@@ -203,14 +203,18 @@ def test_wire_fields_match_etcd(etcd):
             by_value = await rng(sort_order=pb.RangeRequest.ASCEND,
                                  sort_target=pb.RangeRequest.VALUE)
             assert [k.value for k in by_value.kvs] == [b"3", b"from-etcdctl", b"v2"]
+            for target, order in (("MOD", b"bca"), ("CREATE", b"abc"), ("VERSION", b"bca")):
+                ranged = await rng(sort_order=pb.RangeRequest.ASCEND,
+                                   sort_target=getattr(pb.RangeRequest, target))
+                assert bytes(k.key[-1] for k in ranged.kvs) == order, target
             assert len((await rng(serializable=True)).kvs) == 3
             assert all(k.value == b"" for k in (await rng(keys_only=True)).kvs)
             counted = await rng(count_only=True)
             assert counted.count == 3 and not counted.kvs
             b_rev = (await c.get(p + "b")).mod_revision
+            c_rev = (await c.get(p + "c")).mod_revision
             # "a" was created first but modified last: mod and create filters differ.
-            assert [k.key[-1:] for k in (await rng(min_mod_revision=b_rev)).kvs] == [b"a", b"b",
-                                                                                   b"c"]
+            assert [k.key[-1:] for k in (await rng(min_mod_revision=c_rev)).kvs] == [b"a", b"c"]
             assert [k.key[-1:] for k in (await rng(max_mod_revision=b_rev)).kvs] == [b"b"]
             assert [k.key[-1:] for k in (await rng(min_create_revision=b_rev)).kvs] == [b"b", b"c"]
             assert [k.key[-1:] for k in (await rng(max_create_revision=b_rev)).kvs] == [b"a", b"b"]
@@ -221,9 +225,13 @@ def test_wire_fields_match_etcd(etcd):
             compares = [
                 cmp(key=a, target=cmp.VERSION, result=cmp.EQUAL, version=3),
                 cmp(key=a, target=cmp.CREATE, result=cmp.EQUAL, create_revision=kv.create_revision),
+                cmp(key=a, target=cmp.MOD, result=cmp.EQUAL, mod_revision=kv.mod_revision),
                 cmp(key=a, target=cmp.MOD, result=cmp.GREATER, mod_revision=kv.mod_revision - 1),
+                cmp(key=a, target=cmp.VALUE, result=cmp.EQUAL, value=b"v2"),
                 cmp(key=a, target=cmp.VALUE, result=cmp.NOT_EQUAL, value=b"nope"),
                 cmp(key=a, target=cmp.LEASE, result=cmp.EQUAL, lease=lease_id),
+                cmp(key=key, range_end=end, target=cmp.CREATE, result=cmp.GREATER,
+                    create_revision=0),  # every key in the range exists
                 cmp(key=key, range_end=end, target=cmp.VERSION, result=cmp.LESS, version=4),
             ]
             inner = pb.TxnRequest(success=[pb.RequestOp(request_range=pb.RangeRequest(key=a))])
@@ -241,17 +249,31 @@ def test_wire_fields_match_etcd(etcd):
             assert deleted.deleted == 1 and deleted.prev_kvs[0].value == b"3"
             assert resp.responses[3].response_txn.responses[0].response_range.kvs[0].value == b"v2"
             for wrong in (cmp(key=a, target=cmp.VERSION, result=cmp.EQUAL, version=2),
+                          cmp(key=a, target=cmp.VERSION, result=cmp.GREATER, version=3),
                           cmp(key=a, target=cmp.VALUE, result=cmp.EQUAL, value=b"v1"),
                           cmp(key=a, target=cmp.LEASE, result=cmp.EQUAL, lease=lease_id + 1),
                           cmp(key=a, target=cmp.MOD, result=cmp.LESS, mod_revision=1)):
-                assert not (await c.txn([wrong], [], [pb.RangeRequest(key=a)])).succeeded
+                failed = await c.txn([wrong], [], [pb.RangeRequest(key=a)])
+                assert not failed.succeeded
+                assert failed.responses[0].response_range.kvs[0].key == a
 
             # Lease: TimeToLive with keys, keepalive answer, revoke
             ttl = await c._unary("LeaseTimeToLive", pb.LeaseTimeToLiveRequest(ID=lease_id,
                                                                                keys=True))
             assert ttl.ID == lease_id and ttl.grantedTTL == 30 and 0 < ttl.TTL <= 30
             assert ttl.keys == [a]
+            call = c._open_stream(0, "LeaseKeepAlive")
+            try:
+                await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
+                renewed = await call.read()
+                assert (renewed.ID, renewed.TTL) == (lease_id, 30) and renewed.header.revision
+            finally:
+                call.cancel()
             assert await c.lease_keepalive_once(lease_id) == 30
+            revoked = await c._unary("LeaseRevoke", pb.LeaseRevokeRequest(ID=lease_id))
+            assert revoked.header.revision > 0
+            await c._unary("LeaseGrant", pb.LeaseGrantRequest(TTL=30, ID=lease_id))
+            await c.put(p + "a", "again", lease=lease_id)
             assert await c.lease_revoke(lease_id) is True
             assert await c.lease_revoke(lease_id) is False
             assert await c.lease_ttl(lease_id) == -1
@@ -266,6 +288,8 @@ def test_wire_fields_match_etcd(etcd):
                 await call.write(pb.WatchRequest(create_request=create))
                 created = await call.read()
                 assert created.created and created.watch_id == 7
+                assert created.header.cluster_id == status.header.cluster_id
+                assert created.header.revision == (await c.get_prefix(p))[1]
                 event = (await call.read()).events[0]  # only deletes pass NOPUT
                 assert event.type == pb.Event.DELETE and event.kv.key == (p + "c").encode()
                 assert event.prev_kv.value == b"3"
@@ -273,8 +297,24 @@ def test_wire_fields_match_etcd(etcd):
                 while not (cancelled := await call.read()).canceled:
                     pass
                 assert cancelled.watch_id == 7
+                create = pb.WatchCreateRequest(key=key, range_end=end,
+                                               start_revision=resp.header.revision,
+                                               filters=[pb.WatchCreateRequest.NODELETE])
+                await call.write(pb.WatchRequest(create_request=create))
+                assert (await call.read()).created
+                # the txn's revision holds "put d" and "delete c"; NODELETE drops the latter
+                events = (await call.read()).events
+                assert events[0].kv.key == (p + "d").encode()
+                assert all(e.type == pb.Event.PUT for e in events)
+                await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                while (progress := await call.read()).events:
+                    pass
+                assert progress.watch_id == -1 and progress.header.revision > b_rev
             finally:
                 call.cancel()
+            compacted = await c._unary("Compact", pb.CompactionRequest(revision=b_rev,
+                                                                       physical=True))
+            assert compacted.header.revision > b_rev
 
     run(main())
 
@@ -534,6 +574,9 @@ def test_auth_with_user_and_password(tmp_path):
                     assert (await next_event(watch, 10)).key == "/auth/m"
                     assert await c.lease_keepalive_once(lease.id) > 0
                     await lease.revoke()
+                request = pb.AuthenticateRequest(name="root", password="s3cret")
+                answer, _ = await c._call("Authenticate", request, auth=False)
+                assert answer.token and answer.header.revision > 0
 
             async with EtcdClient(proc.endpoint) as anonymous:
                 with pytest.raises(EtcdAuthError, match="user name is empty"):
@@ -547,6 +590,17 @@ def test_auth_with_user_and_password(tmp_path):
         run(main())
     finally:
         proc.stop()
+
+
+def test_credentials_accepted_when_etcd_has_no_auth(etcd):
+    p = fresh_prefix()
+
+    async def main():
+        async with EtcdClient(etcd.endpoint, user="root", password="unused") as c:
+            await c.put(p + "k", "v")
+            assert (await c.get(p + "k")).value == b"v"
+
+    run(main())
 
 
 def _make_certs(folder: Path) -> dict[str, str]:

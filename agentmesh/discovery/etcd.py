@@ -550,13 +550,9 @@ class EtcdClient:
         async def attempt(idx: int, timeout: float, metadata: Any) -> int:
             call = self._conn(idx).method("LeaseKeepAlive")(timeout=timeout, metadata=metadata)
             try:
-                await call.write(request)
-                response = await call.read()
+                return (await _exchange(call, request)).TTL
             finally:
                 call.cancel()
-            if response is grpc.aio.EOF:
-                raise _StreamBroken("LeaseKeepAlive stream closed without an answer")
-            return response.TTL
 
         return (await self._retry("LeaseKeepAlive", attempt))[0]
 
@@ -750,9 +746,17 @@ class Lease:
         return f"<Lease {self.id:x} ttl={self.ttl} {state}>"
 
 
+async def _write(call: Any, request: Any) -> None:
+    """Write on a stream; if the call has already ended, the next read raises why."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        pass
+
+
 async def _exchange(call: Any, request: Any) -> Any:
     """Write one request on a stream and read one answer."""
-    await call.write(request)
+    await _write(call, request)
     response = await call.read()
     if response is grpc.aio.EOF:
         raise _StreamBroken("stream closed by etcd")
@@ -984,7 +988,7 @@ class Watch:
         try:
             create = pb.WatchCreateRequest(key=self._key, range_end=self._range_end,
                                            start_revision=self._next_rev or 0)
-            await call.write(pb.WatchRequest(create_request=create))
+            await _write(call, pb.WatchRequest(create_request=create))
             wait = client.timeout
             if not self._started.done():
                 wait = max(0.05, begun + client.timeout - loop.time())
@@ -1009,7 +1013,7 @@ class Watch:
                 if not done:
                     if probed:
                         raise _StreamBroken("no answer to a watch progress request")
-                    await call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                    await _write(call, pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
                     probed = True
                     continue
                 response, pending, probed = pending.result(), None, False

@@ -91,7 +91,9 @@ class EtcdProcess:
                  key_file: str | None = None, ca_file: str | None = None,
                  client_cert_auth: bool = False) -> None:
         """``cert_file``/``key_file`` serve clients over TLS; ``ca_file`` with
-        ``client_cert_auth`` also requires client certificates signed by it."""
+        ``client_cert_auth`` also requires client certificates signed by it
+        (the start-up health probe then presents ``cert_file``, so give that
+        certificate the clientAuth usage too)."""
         if (cert_file is None) != (key_file is None):
             raise ValueError("give both cert_file and key_file, or neither")
         if client_cert_auth and ca_file is None:

@@ -23,6 +23,7 @@ from ..rpc import _wire
 log = logging.getLogger("agentmesh.server")
 
 READY_PREFIX = "AGENTMESH_READY"
+ERROR_PREFIX = "AGENTMESH_ERROR"
 
 
 class ServerProcess:
@@ -36,12 +37,19 @@ class ServerProcess:
         self._ready = threading.Event()
         classes = config.pop("custom_agent_classes", None) or []
         outer = dict(config, sys_path=list(sys.path), classes_blob=_wire.dumps(classes))
-        blob = pickle.dumps(outer)
         env = dict(os.environ)
         env.pop("AGENTMESH_TOKEN", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agentmesh.server"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        # READY or ERROR comes back on a pipe of its own; the child's stdout and stderr are ours,
+        # so whatever its agents print shows up and can never fill a pipe nobody reads.
+        ready_r, ready_w = os.pipe()
+        outer["ready_fd"] = ready_w
+        blob = pickle.dumps(outer)
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "agentmesh.server"],
+                                         stdin=subprocess.PIPE, env=env, pass_fds=(ready_w,))
+        finally:
+            os.close(ready_w)
+        self._ready_pipe = os.fdopen(ready_r, "rb")
         assert self.proc.stdin is not None
         self.proc.stdin.write(struct.pack("!Q", len(blob)) + blob)
         self.proc.stdin.flush()
@@ -54,14 +62,18 @@ class ServerProcess:
 
     @property
     def address(self) -> str:
-        return f"{self.config['host']}:{self.port}"
+        from ..rpc._proxy import format_address
+
+        return format_address(self.config["host"], self.port) if self.port else ""
 
     def _read_ready(self) -> None:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode(errors="replace").strip()
+        with self._ready_pipe:
+            line = self._ready_pipe.readline().decode(errors="replace").strip()
         if line.startswith(READY_PREFIX):
             _, port, server_id = line.split()
             self.port, self.server_id = int(port), server_id
+        elif line.startswith(ERROR_PREFIX):
+            self.error = f"agent server process {self.proc.pid} could not start: {line[len(ERROR_PREFIX):].strip()}"
         else:
             self.error = f"agent server process {self.proc.pid} exited before it was ready (code {self.proc.wait()})"
         self._ready.set()
@@ -181,10 +193,11 @@ def child_main() -> None:
             sys.path.insert(0, path)
     classes = _wire.loads(config.pop("classes_blob"))
     lifeline = config.pop("lifeline", True)
+    ready = os.fdopen(config.pop("ready_fd"), "w")
 
     def announce(port: int, server_id: str) -> None:
-        sys.stdout.write(f"{READY_PREFIX} {port} {server_id}\n")
-        sys.stdout.flush()
+        ready.write(f"{READY_PREFIX} {port} {server_id}\n")
+        ready.close()
 
     def watch_lifeline(stop: Any) -> None:
         stdin.read()  # returns at EOF: the parent closed the pipe or died
@@ -192,8 +205,14 @@ def child_main() -> None:
 
     logging.basicConfig(level=os.environ.get("AGENTMESH_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s agentmesh-server[%(process)d] %(levelname)s %(name)s: %(message)s")
-    code = serve_forever(custom_agent_classes=classes, on_ready=announce,
-                         lifeline=watch_lifeline if lifeline else None, **config)
+    try:
+        code = serve_forever(custom_agent_classes=classes, on_ready=announce,
+                             lifeline=watch_lifeline if lifeline else None, **config)
+    except Exception as exc:  # noqa: BLE001 - tell the parent why, in one line
+        if not ready.closed:
+            ready.write(f"{ERROR_PREFIX} {type(exc).__name__}: {' '.join(str(exc).split())}\n")
+            ready.close()
+        raise
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)  # skip interpreter teardown: gRPC's can take seconds

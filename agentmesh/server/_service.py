@@ -20,6 +20,7 @@ from grpc_health.v1.health import aio as health_aio
 from .. import __version__
 from ..agents import _agent
 from ..rpc import _connection, _wire
+from ..rpc._proxy import format_address
 from ..rpc._result import loads_collecting
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
@@ -33,6 +34,7 @@ class ResultStore:
 
     def __init__(self, max_results: int, ttl: float) -> None:
         self.max_results = max_results
+        self.max_gone = max(100_000, 10 * max_results)   # ids remembered as expired, so fetches fail fast
         self.ttl = ttl
         self._done: collections.OrderedDict[str, tuple[pb.Reply, float]] = collections.OrderedDict()
         self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -64,7 +66,7 @@ class ResultStore:
     def _expire(self, call_id: str) -> None:
         self._done.pop(call_id, None)
         self._gone[call_id] = None
-        if len(self._gone) > self.max_results:
+        if len(self._gone) > self.max_gone:
             self._gone.popitem(last=False)
 
     def sweep(self) -> None:
@@ -217,7 +219,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         pb_grpc.add_AgentServerServicer_to_server(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            port = server.add_insecure_port(format_address(self.host, self.port))
         except RuntimeError as exc:
             raise OSError(f"agentmesh: cannot listen on {self.host}:{self.port}: the port is in use "
                           f"or the address is not local ({exc})") from None
@@ -387,11 +389,26 @@ class AgentServer(pb_grpc.AgentServerServicer):
                 session.wake.clear()
                 if session.outbox:
                     replies, session.outbox = session.outbox, []
-                    await context.write(pb.ServerFrame(replies=replies))
+                    for frame in self._frames(replies):
+                        await context.write(frame)
         finally:
             session.closed = True
             self._sessions.discard(session)
             reader.cancel()
+
+    def _frames(self, replies: list[pb.Reply]) -> list[pb.ServerFrame]:
+        """Split replies into frames that stay under the message size limit."""
+        budget = max(1, self.max_message_size // 2)
+        frames, batch, size = [], [], 0
+        for reply in replies:
+            cost = len(reply.payload) + len(reply.state) + len(reply.traceback) + 64
+            if batch and size + cost > budget:
+                frames.append(pb.ServerFrame(replies=batch))
+                batch, size = [], 0
+            batch.append(reply)
+            size += cost
+        frames.append(pb.ServerFrame(replies=batch))
+        return frames
 
     async def _read_session(self, request_iterator, session: _Session) -> None:
         try:

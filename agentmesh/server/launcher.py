@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from .._config import settings
 from ..rpc import _loop, _wire
+from ..rpc._proxy import format_address
 from ._child import ServerProcess
 from ._service import AgentServer
 
@@ -105,7 +106,7 @@ class RpcAgentServerLauncher:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return format_address(self.host, self.port)
 
     def launch(self, in_subprocess: bool = True) -> None:
         """Start serving; returns once the server listens (self.port is then set)."""
