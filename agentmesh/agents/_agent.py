@@ -55,22 +55,30 @@ class AgentBase(metaclass=RpcMeta):
         return f"{type(self).__name__}(name={getattr(self, 'name', None)!r})"
 
 
+_STATE_DICT, _ATTRS = b"S", b"A"
+
+
 def checkpoint_of(agent: Any) -> bytes:
     """The agent's state as bytes: its state_dict() where defined, else its attributes."""
     from ..rpc import _wire
 
     state_dict = getattr(agent, "state_dict", None)
     if callable(state_dict):
-        return _wire.dumps(("state_dict", state_dict()))
-    return _wire.dumps(("attrs", copy.copy(agent.__dict__)))
+        return _STATE_DICT + _wire.dumps(state_dict())
+    return _ATTRS + _wire.dumps(copy.copy(agent.__dict__))
+
+
+def checkpoint_kind(blob: bytes) -> str:
+    """"state_dict" or "attrs": how a checkpoint was taken."""
+    return "state_dict" if blob[:1] == _STATE_DICT else "attrs"
 
 
 def restore_checkpoint(agent: Any, blob: bytes) -> None:
     """Put a checkpoint made by checkpoint_of back into agent."""
     from ..rpc import _wire
 
-    kind, state = _wire.loads(blob)
-    if kind == "state_dict":
+    state = _wire.loads(blob[1:])
+    if blob[:1] == _STATE_DICT:
         agent.load_state_dict(state)
     else:
         agent.__dict__.update(state)

@@ -23,16 +23,36 @@ _last_fallback_reason = ""
 Placed = tuple[_connection.Connection, pb.CreateAgentResponse]
 
 
-def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]) -> Placed:
-    """Create the agent where placement says; returns the connection and the server's answer."""
+class _Spec:
+    """What to create: the class, its constructor arguments, and a checkpoint to start from."""
+
+    def __init__(self, cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any],
+                 state: bytes, state_seq: int) -> None:
+        self.cls, self.agent_id, self.init_blob, self.options = cls, agent_id, init_blob, options
+        self.state, self.state_seq = state, state_seq
+        self.timeout = options.get("max_timeout_seconds")
+
+    async def create_on(self, conn: _connection.Connection) -> pb.CreateAgentResponse:
+        return await create_on(conn, self.cls, self.agent_id, self.init_blob, self.timeout,
+                               checkpoint=self.options.get("checkpoint", True), state=self.state,
+                               state_seq=self.state_seq)
+
+
+def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any],
+          exclude: tuple[str, ...] = (), state: bytes = b"", state_seq: int = 0) -> Placed:
+    """Create the agent where placement says; returns the connection and the server's answer.
+
+    exclude names servers (ids or addresses) not to use: the one just lost.
+    """
+    spec = _Spec(cls, agent_id, init_blob, options, state, state_seq)
     url = options.get("registry") or settings.registry
     if url:
         namespace = options.get("namespace") or settings.namespace
-        placed, reason = _loop.run_sync(_place_by_registry(url, namespace, cls, agent_id, init_blob, options))
+        placed, reason = _loop.run_sync(_place_by_registry(url, namespace, spec, set(exclude)))
         if placed is not None:
             return placed
         _fallback(reason)
-    return place_in_child(cls, agent_id, init_blob, options)
+    return place_in_child(spec, set(exclude))
 
 
 async def _close_views() -> None:
@@ -61,8 +81,8 @@ def view_for(url: str, namespace: str) -> Any:
     return view
 
 
-async def _place_by_registry(url: str, namespace: str, cls: type, agent_id: str, init_blob: bytes,
-                             options: dict[str, Any]) -> tuple[Placed | None, str]:
+async def _place_by_registry(url: str, namespace: str, spec: _Spec, exclude: set[str]
+                             ) -> tuple[Placed | None, str]:
     from .etcd import EtcdError
 
     view = view_for(url, namespace)
@@ -73,15 +93,16 @@ async def _place_by_registry(url: str, namespace: str, cls: type, agent_id: str,
             await view.ensure_started()
         except EtcdError as exc:
             return None, str(exc)
-    labels = options.get("labels")
-    cls_name = f"{cls.__module__}:{cls.__qualname__}"
-    timeout = options.get("max_timeout_seconds")
+    labels = spec.options.get("labels")
+    cls_name = f"{spec.cls.__module__}:{spec.cls.__qualname__}"
     refusals = []
-    for record in view.candidates(labels, cls_name):
+    for record in view.candidates(labels, cls_name, exclude):
         address = record.get("address") or f"{record['host']}:{record['port']}"
+        if address in exclude:
+            continue
         try:
             conn = await _connection.get_connection(address, timeout=settings.registry_timeout)
-            response = await create_on(conn, cls, agent_id, init_blob, timeout)
+            response = await spec.create_on(conn)
         except errors.CapacityError:
             view.full(record["server_id"])
             refusals.append(f"{address} full")
@@ -99,16 +120,15 @@ async def _place_by_registry(url: str, namespace: str, cls: type, agent_id: str,
     return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
 
 
-def place_in_child(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any]) -> Placed:
+def place_in_child(spec: _Spec, exclude: set[str]) -> Placed:
     """Child mode: the least loaded child server of this process (started on first use)."""
-    timeout = options.get("max_timeout_seconds")
-    child = child_pool.choose()
+    child = child_pool.choose(exclude)
     for _ in range(2):
         address = child.wait_ready()
 
         async def create() -> Placed:
             conn = await _connection.get_connection(address)
-            return conn, await create_on(conn, cls, agent_id, init_blob, timeout)
+            return conn, await spec.create_on(conn)
 
         try:
             return _loop.run_sync(create())

@@ -114,6 +114,12 @@ class Registration:
     async def _register(self) -> None:
         """A new lease, then the server record and every agent record under it."""
         self._lost.clear()
+        if self.lease is not None:      # the old lease (lost, or fenced): stop it, its keys go with it
+            old, self.lease = self.lease, None
+            try:
+                await old.revoke()
+            except EtcdError:
+                await old.stop()
         self.lease = await self.client.lease(self.ttl, on_lost=self._lost.set)
         agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
                         "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
@@ -157,6 +163,10 @@ class Registration:
                 await asyncio.sleep(self.min_interval)
         finally:
             lost.cancel()
+
+    def renew(self) -> None:
+        """Register anew (after a fence): a new lease and record; the old lease's keys expire."""
+        self._lost.set()
 
     async def stop(self) -> None:
         """Withdraw at once: revoking the lease deletes the server's and its agents' records."""

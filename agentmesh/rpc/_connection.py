@@ -4,9 +4,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import weakref
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .. import errors
 from .._config import settings
@@ -79,6 +81,8 @@ class Connection:
         self.max_message_size = settings.max_message_size
         self.metadata = _wire.call_metadata(settings.client_token())
         self.closed = False
+        self.draining = False
+        self.proxies: weakref.WeakSet = weakref.WeakSet()   # proxies whose agent lives on this server
         self.pending: dict[str, CallSlot] = {}
         self._outbox: collections.deque[CallSlot] = collections.deque()
         self._wake_scheduled = False
@@ -116,13 +120,17 @@ class Connection:
         self.epoch = first.hello.epoch
         if first.hello.max_message_size:
             self.max_message_size = min(self.max_message_size, first.hello.max_message_size)
-        self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer())]
+        self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer()),
+                       asyncio.ensure_future(self._watch_health())]
 
     # -- calls --------------------------------------------------------------
     def submit(self, slot: CallSlot) -> None:
         """Queue a call from any thread; the writer sends everything queued in one frame."""
         if self.closed:
-            self._lost_one(slot, "the connection is closed")
+            if slot.owner is not None:
+                slot.owner._server_lost(self, [slot], "the session had ended")
+            else:
+                self._lost_one(slot, "the connection is closed")
             return
         slot.conn = self
         self.pending[slot.call.call_id] = slot
@@ -168,8 +176,15 @@ class Connection:
                 pending = self.pending
                 for reply in frame.replies:
                     slot = pending.pop(reply.call_id, None)
-                    if slot is not None:
-                        slot.set(reply)
+                    if slot is None:
+                        continue
+                    if reply.state:
+                        slot.owner._note_checkpoint(reply)
+                        reply.ClearField("state")
+                    if reply.status == pb.STALE_EPOCH and slot.owner is not None:
+                        slot.owner._server_lost(self, [slot], f"fenced ({reply.error_message})")
+                        continue
+                    slot.set(reply)
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
@@ -188,14 +203,35 @@ class Connection:
         slots = list(self.pending.values())
         self.pending.clear()
         self._outbox.clear()
+        by_owner: dict[Any, list[CallSlot]] = {proxy: [] for proxy in list(self.proxies)}
         for slot in slots:
-            owner = slot.owner
-            if owner is not None:
-                owner._connection_lost(slot, self, reason)
+            if slot.owner is not None:
+                by_owner.setdefault(slot.owner, []).append(slot)
             else:
                 self._lost_one(slot, reason)
+        for owner, owned in by_owner.items():
+            owner._server_lost(self, owned, reason)
         if self._channel is not None:
             await self._channel.close()
+
+    async def _watch_health(self) -> None:
+        """Follow the server's health: NOT_SERVING means it drains, so its agents move now."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            async for response in stub.Watch(health_pb2.HealthCheckRequest(service=_wire.SERVICE_NAME)):
+                if response.status == health_pb2.HealthCheckResponse.NOT_SERVING and not self.draining:
+                    self.draining = True
+                    log.info("agent server %s is draining; moving its agents", self.address)
+                    for proxy in list(self.proxies):
+                        proxy._server_lost(self, [], "the server is draining")
+                    self.close_if_unused()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            return
+
+    def close_if_unused(self) -> None:
+        """Close a draining session once no proxy and no call needs it (I/O loop or any thread)."""
+        if self.draining and not self.closed and not self.proxies and not self.pending:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.close()))
 
     def _lost_one(self, slot: CallSlot, reason: str) -> None:
         fail(slot, pb.UNAVAILABLE, f"agent server {self.address} was lost: {reason}",
@@ -244,6 +280,13 @@ async def get_connection(address: str, timeout: float | None = None) -> Connecti
         raise
     finally:
         _connecting.pop(address, None)
+
+
+def closed_connection(address: str) -> Connection:
+    """A connection that is already lost: calls submitted to it go to their proxy's failover."""
+    conn = Connection(address)
+    conn.closed = True
+    return conn
 
 
 def connect(address: str, timeout: float | None = None) -> Connection:

@@ -5,6 +5,8 @@ import asyncio
 import itertools
 import logging
 import secrets
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -75,11 +77,24 @@ class RpcObject:
         self._server_id = server_id
         self._epoch = epoch
         self._methods = methods
-        self._conn = conn
-        self._cls = cls
+        self._conn = None
+        self._cls = cls                 # set on the proxy that created the agent: it can re-create it
         self._init_blob = init_blob
         self._options = options or {}
         self._timeout = self._options.get("max_timeout_seconds")
+        self._ckpt: tuple[int, bytes] = (0, b"")   # (calls completed, state) after the last reply
+        self._move_lock = threading.Lock()
+        self._held: list[CallSlot] | None = None   # calls waiting while the agent moves
+        if conn is not None:
+            self._bind(conn)
+
+    def _bind(self, conn: Any) -> None:
+        old = self._conn
+        self._conn = conn
+        conn.proxies.add(self)
+        if old is not None and old is not conn:
+            old.proxies.discard(self)
+            old.close_if_unused()
 
     @property
     def server(self) -> str:
@@ -101,8 +116,14 @@ class RpcObject:
 
     def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool) -> Any:
         conn = self._conn
-        if conn is None or conn.closed:
-            conn = self._conn = _connection.connect(self._address)
+        if conn is None:
+            try:
+                conn = _connection.connect(self._address)
+            except errors.ServerUnavailableError:
+                if not self._can_move():
+                    raise
+                conn = _connection.closed_connection(self._address)
+            self._bind(conn)
         try:
             payload = _wire.dumps((args, kwargs)) if args or kwargs else b""
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises
@@ -114,18 +135,134 @@ class RpcObject:
                 f"arguments of {method}() are {len(payload)} bytes, over the limit of "
                 f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         slot = CallSlot(pb.Call(call_id=next_call_id(), agent_id=self.agent_id, method=method,
-                                payload=payload), self)
-        conn.submit(slot)
+                                payload=payload, epoch=self._epoch), self)
+        if self._held is None or not self._hold(slot):
+            conn.submit(slot)
         result = AsyncResult(slot)
         if is_async:
             return result
         return result.result(self._timeout)
 
-    def _connection_lost(self, slot: CallSlot, conn: Any, reason: str) -> None:
-        """The server carrying slot's call was lost (I/O loop)."""
-        _connection.fail(slot, pb.UNAVAILABLE,
-                         f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}",
-                         "ServerUnavailableError")
+    # -- failover -------------------------------------------------------------
+    def _note_checkpoint(self, reply: pb.Reply) -> None:
+        """Keep the state that came with a reply (I/O loop)."""
+        if reply.seq > self._ckpt[0]:
+            self._ckpt = (reply.seq, reply.state)
+
+    def _can_move(self) -> bool:
+        return self._cls is not None or _locator is not None
+
+    def _hold(self, slot: CallSlot) -> bool:
+        with self._move_lock:
+            if self._held is None:
+                return False
+            self._held.append(slot)
+            return True
+
+    def _server_lost(self, conn: Any, slots: list[CallSlot], reason: str) -> None:
+        """The server behind conn is gone, hung, fenced or draining: move the agent, replay slots."""
+        with self._move_lock:
+            if self._held is not None:          # already moving: these calls go along
+                self._held.extend(slots)
+                return
+            current = self._conn
+            if current is not conn and current is not None and not current.closed:
+                moved_to = current               # already moved: just send them there
+            else:
+                moved_to = None
+                self._held = list(slots)
+        if moved_to is not None:
+            for slot in slots:
+                moved_to.submit(slot)
+            return
+        if not self._can_move():
+            self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
+            return
+        threading.Thread(target=self._move, args=(conn, reason), name="agentmesh-failover", daemon=True).start()
+
+    def _fail_held(self, message: str) -> None:
+        with self._move_lock:
+            held, self._held = self._held or [], None
+        for slot in held:
+            _connection.fail(slot, pb.UNAVAILABLE, message, "ServerUnavailableError")
+
+    def _move(self, lost: Any, reason: str) -> None:
+        """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread)."""
+        start = time.monotonic()
+        try:
+            target = self._same_server_again(lost)
+            how = "reconnected to the same server"
+            if target is None:
+                target, how = self._relocate(lost)
+        except Exception as exc:  # noqa: BLE001 - every held call must learn why
+            log.error("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
+                      self._cls_name, lost.address, exc)
+            self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
+                            f"not be moved: {exc}")
+            return
+        with self._move_lock:
+            held, self._held = self._held or [], None
+            self._address, self._server_id = target.address, target.server_id
+            self._bind(target)
+        held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
+        for slot in held:
+            slot.call.epoch = self._epoch
+            target.submit(slot)
+        log.warning("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
+                    self.name or self.agent_id, self._cls_name, lost.address, target.address, reason, how,
+                    len(held), time.monotonic() - start)
+
+    def _same_server_again(self, lost: Any) -> Any:
+        """The same server, if the loss was a blip and it still holds the agent at the same epoch."""
+        if lost.draining:
+            return None
+        try:
+            conn = _connection.connect(lost.address, timeout=_PROBE_TIMEOUT)
+        except errors.AgentMeshError:
+            return None
+        if conn.server_id == lost.server_id and conn.epoch == lost.epoch:
+            return conn
+        return None
+
+    def _finish_on(self, lost: Any, timeout: float = 30.0) -> None:
+        """A draining server: let our calls there finish, and take the state they leave."""
+        deadline = time.monotonic() + timeout
+        while any(slot.owner is self for slot in list(lost.pending.values())):
+            if time.monotonic() > deadline or lost.closed:
+                return
+            time.sleep(0.005)
+        if not self._ckpt[1]:   # checkpoints off: ask the server for the state once
+            async def get_state() -> pb.AgentState:
+                return await lost.stub.GetState(pb.StateRequest(agent_id=self.agent_id),
+                                                metadata=lost.metadata, timeout=5.0)
+
+            try:
+                state = _loop.run_sync(get_state())
+                self._ckpt = (state.seq, state.state)
+            except Exception as exc:  # noqa: BLE001 - then it restarts from its constructor
+                log.warning("agent %s: could not fetch its state from draining %s: %s",
+                            self.agent_id, lost.address, exc)
+
+    def _relocate(self, lost: Any) -> tuple[Any, str]:
+        if self._cls is None:        # a copy of the proxy: follow the agent's record in the registry
+            address = _locator(self.agent_id, avoid=lost.address) if _locator else None
+            if not address:
+                raise errors.ServerUnavailableError(
+                    f"no registry record says where agent {self.agent_id} went")
+            conn = _connection.connect(address)
+            self._epoch = 0
+            return conn, "found in the registry"
+        from ..discovery import _placement
+
+        if lost.draining and not lost.closed:
+            self._finish_on(lost)
+        seq, state = self._ckpt
+        conn, response = _placement.place(
+            self._cls, self.agent_id, self._init_blob, self._options,
+            exclude=(lost.server_id, lost.address), state=state, state_seq=seq)
+        self._epoch = response.epoch
+        return conn, (f"re-created from its checkpoint after call {seq}" if state
+                      else "re-created from its constructor arguments")
 
     def __reduce__(self):
         return (_rebuild_proxy, (self._cls_name, self.agent_id, self._address, self._server_id,
@@ -135,6 +272,13 @@ class RpcObject:
         return f"<RpcObject {self._cls_name} {self.name or self.agent_id} on {self._address}>"
 
 
+#: how long a lost server gets to answer again before its agents move
+_PROBE_TIMEOUT = 0.5
+
+#: finds an agent's current server in the registry: (agent_id, avoid=address) -> address | None
+_locator: Any = None
+
+
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
                    methods: dict[str, bool], name: str) -> RpcObject:
     return RpcObject(cls_name=cls_name, agent_id=agent_id, address=address, server_id=server_id,
@@ -142,7 +286,8 @@ def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, e
 
 
 async def create_on(conn: _connection.Connection, cls: type, agent_id: str, init_blob: bytes,
-                    timeout: float | None = None) -> pb.CreateAgentResponse:
+                    timeout: float | None = None, *, checkpoint: bool = True, state: bytes = b"",
+                    state_seq: int = 0) -> pb.CreateAgentResponse:
     """Create an agent of cls on the server behind conn (I/O loop).
 
     The class goes by reference when the server can import it, else by value;
@@ -151,7 +296,8 @@ async def create_on(conn: _connection.Connection, cls: type, agent_id: str, init
     by_value = False
     for _ in range(4):
         ref = _wire.class_cache.ref(cls, conn.server_id, by_value)
-        request = pb.CreateAgentRequest(agent_id=agent_id, cls=ref, init_args=init_blob)
+        request = pb.CreateAgentRequest(agent_id=agent_id, cls=ref, init_args=init_blob, checkpoint=checkpoint,
+                                        state=state, state_seq=state_seq)
         try:
             response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -218,7 +364,8 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
 
         async def create() -> tuple[_connection.Connection, pb.CreateAgentResponse]:
             conn = await _connection.get_connection(address)
-            return conn, await create_on(conn, cls, agent_id, init_blob, timeout)
+            return conn, await create_on(conn, cls, agent_id, init_blob, timeout,
+                                         checkpoint=options.get("checkpoint", True))
 
         conn, response = _loop.run_sync(create())
     else:

@@ -87,21 +87,32 @@ class ServerProcess:
             raise errors.ServerUnavailableError(self.error)
         return self.address
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """Ask the server to drain and exit (close its lifeline), then reap it; SIGKILL if it lingers."""
+    def stop(self, timeout: float = 10.0, drain: bool = True) -> int | None:
+        """Stop the server and reap it; SIGKILL if it lingers.
+
+        drain: SIGTERM, so its agents move and running calls finish; else close
+        its lifeline, which stops it at once (as when this process exits).
+        """
         _live.discard(self)
         if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+            if drain:
+                self.proc.terminate()
+            else:
+                self._close_lifeline()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 log.warning("agent server process %d did not stop in %g s; killing it", self.pid, timeout)
                 self.proc.kill()
                 self.proc.wait()
+        self._close_lifeline()
         return self.proc.returncode
+
+    def _close_lifeline(self) -> None:
+        try:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
 
     def terminate(self) -> None:
         """SIGTERM: the server drains and exits."""
@@ -122,7 +133,7 @@ _live: set[ServerProcess] = set()
 def _stop_all() -> None:
     for child in list(_live):
         try:
-            child.stop(timeout=3.0)
+            child.stop(timeout=3.0, drain=False)
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
 
@@ -152,12 +163,15 @@ class ChildPool:
         from .._config import settings
 
         with self._lock:
-            alive = [c for c in self._children if c.proc.poll() is None]
-            if len(alive) < len(self._children):
-                self._children = alive
-            if not self._children:
-                self._start(settings.child_servers)
-            candidates = [c for c in self._children if c.address not in exclude] or self._children
+            for dead in [c for c in self._children if c.proc.poll() is not None]:
+                self._children.remove(dead)
+                self._placed.pop(dead, None)
+            if len(self._children) < settings.child_servers:   # first use, or replacing a dead child
+                self._start(settings.child_servers - len(self._children))
+            candidates = [c for c in self._children if not c.address or c.address not in exclude]
+            if not candidates:
+                self._start(1)
+                candidates = self._children[-1:]
             child = min(candidates, key=lambda c: self._placed[c])
             self._placed[child] += 1
         return child
@@ -172,7 +186,7 @@ class ChildPool:
         with self._lock:
             children, self._children = self._children, []
         for child in children:
-            child.stop(timeout=3.0)
+            child.stop(timeout=3.0, drain=False)
 
 
 child_pool = ChildPool()
@@ -200,8 +214,8 @@ def child_main() -> None:
         ready.close()
 
     def watch_lifeline(stop: Any) -> None:
-        stdin.read()  # returns at EOF: the parent closed the pipe or died
-        stop("the parent process closed the lifeline")
+        stdin.read()  # returns at EOF: the parent closed the pipe or died; nobody is left to drain for
+        stop("the parent process exited", grace=0.5)
 
     logging.basicConfig(level=os.environ.get("AGENTMESH_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s agentmesh-server[%(process)d] %(levelname)s %(name)s: %(message)s")

@@ -134,10 +134,12 @@ class _Work:
 class AgentHost:
     """One hosted agent: its mailbox and the runner that works through it in order."""
 
-    def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int) -> None:
+    def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
+                 checkpoint: bool = False, seq: int = 0) -> None:
         self.agent_id = agent_id
         self.agent = agent
         self.cls_name = cls_name
+        self.checkpoint = checkpoint   # send the agent's state back with every reply (failover)
         self.max_concurrency = max(1, int(max_concurrency))
         self.lock = threading.Lock()
         self.ready: collections.deque[_Work] = collections.deque()
@@ -145,7 +147,8 @@ class AgentHost:
         self.waiting: collections.deque[_Work] = collections.deque()   # held back by pending placeholders
         self.pump: asyncio.Task | None = None
         self.queued = 0        # calls accepted and not yet finished
-        self.seq = 0           # calls completed
+        self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
+        self.ckpt_seq = seq    # the same, counted by the worker threads for checkpoints
 
 
 class AgentServer(pb_grpc.AgentServerServicer):
@@ -171,6 +174,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         labels: dict[str, str] | None = None,
         registry_ttl: int = 3,
         advertise_host: str | None = None,
+        fence_after: float = 1.5,
     ) -> None:
         self.host = host
         self.port = port
@@ -186,6 +190,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         for cls in custom_agent_classes or ():
             self._remember_class(cls)
         self.allow_shipped_classes = allow_shipped_classes
+        self.fence_after = fence_after
         self.registry_options = (
             dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host)
             if registry else None)
@@ -235,6 +240,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
             self.registration = Registration(self, **self.registry_options)
             await self.registration.start(wait=2.0)
+        threading.Thread(target=self._watch_for_pauses, name="agentmesh-pause-watch", daemon=True).start()
         log.info("agent server %s listening on %s:%d (capacity %d)", self.server_id, self.host, port, self.capacity)
         return port
 
@@ -247,7 +253,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if self.registration is not None:
             await self.registration.stop()
         deadline = time.monotonic() + grace
-        while self.inflight and time.monotonic() < deadline:
+        # Clients watching health move their agents away and close their sessions; running calls finish.
+        while (self.inflight or self._sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for session in list(self._sessions):
             session.closed = True
@@ -259,6 +266,25 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self._executor.shutdown(wait=False)
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)
+
+    def _watch_for_pauses(self) -> None:
+        """Notice that this process was stopped (SIGSTOP, a frozen VM) for longer than fence_after."""
+        last = time.monotonic()
+        while not self.finished.wait(0.1):
+            now = time.monotonic()
+            if now - last > self.fence_after and self.agents:
+                self._loop.call_soon_threadsafe(self._fence, now - last)
+            last = now
+
+    def _fence(self, paused: float) -> None:
+        """Callers have moved our agents while we were paused: drop them, take a new epoch, register anew."""
+        dropped = len(self.agents)
+        self.epoch = time.time_ns()
+        self.agents.clear()
+        log.warning("agent server %s was paused for %.1f s: its %d agent(s) have moved; dropped them and "
+                    "fenced the old epoch", self.server_id, paused, dropped)
+        if self.registration is not None:
+            self.registration.renew()
 
     async def _sweep_results(self) -> None:
         while True:
@@ -315,14 +341,16 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self._creating += 1
         try:
             agent = await self._loop.run_in_executor(
-                self._executor, _construct, cls, request.agent_id, args, kwargs)
+                self._executor, _construct, cls, request.agent_id, args, kwargs, request.state)
         except Exception as exc:  # noqa: BLE001 - the constructor raised
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{request.cls.name}({request.agent_id}) raised in its constructor: "
                                 f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         finally:
             self._creating -= 1
-        host = AgentHost(request.agent_id, agent, request.cls.name, getattr(cls, "max_concurrency", 1) or 1)
+        checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
+        host = AgentHost(request.agent_id, agent, request.cls.name, getattr(cls, "max_concurrency", 1) or 1,
+                         checkpoint=checkpoint, seq=request.state_seq)
         self.agents[request.agent_id] = host
         if self.registration is not None:
             self.registration.agent_added(host.agent_id, self._created(host, False).name, host.cls_name)
@@ -429,14 +457,14 @@ class AgentServer(pb_grpc.AgentServerServicer):
             if session is not None:
                 session.send(done)
             return
+        if call.epoch and call.epoch != self.epoch:
+            self._refuse(session, call, pb.STALE_EPOCH, "StaleEpochError",
+                         f"server {self.server_id} is at epoch {self.epoch}, the call expected {call.epoch}")
+            return
         host = self.agents.get(call.agent_id)
         if host is None:
             self._refuse(session, call, pb.UNKNOWN_AGENT, "UnknownAgentError",
                          f"no agent {call.agent_id} on server {self.server_id} (deleted, or never created here)")
-            return
-        if call.epoch and call.epoch != self.epoch:
-            self._refuse(session, call, pb.STALE_EPOCH, "StaleEpochError",
-                         f"server {self.server_id} is at epoch {self.epoch}, the call expected {call.epoch}")
             return
         if call.call_id in self.results.running:   # a replay of a running call: wait for the same result
             asyncio.ensure_future(self._answer_later(call.call_id, session))
@@ -511,6 +539,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     return
                 work = host.ready.popleft()
             reply = self._execute(host, work)
+            if host.checkpoint:
+                self._attach_checkpoint(host, reply)
             self._done_queue.append((host, work, reply))
             if not self._done_scheduled:
                 self._done_scheduled = True
@@ -547,6 +577,19 @@ class AgentServer(pb_grpc.AgentServerServicer):
                                           f"limit of {self.max_message_size} bytes")
         return pb.Reply(call_id=call_id, status=pb.OK, payload=payload)
 
+    def _attach_checkpoint(self, host: AgentHost, reply: pb.Reply) -> None:
+        """Put the agent's state after this call into the reply (worker thread)."""
+        with host.lock:
+            host.ckpt_seq += 1
+            reply.seq = host.ckpt_seq
+        try:
+            reply.state = _agent.checkpoint_of(host.agent)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable attribute
+            host.checkpoint = False
+            log.warning("agent %s (%s): state cannot be pickled (%s: %s); checkpoints off for it, so "
+                        "failover will restart it from its constructor", host.agent_id, host.cls_name,
+                        type(exc).__name__, exc)
+
     def _drain_done(self) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
         self._done_scheduled = False
@@ -564,10 +607,16 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self.registration.load_changed()
 
 
-def _construct(cls: type, agent_id: str, args: tuple, kwargs: dict) -> Any:
-    """Build an agent with its proxy's id (worker thread)."""
+def _construct(cls: type, agent_id: str, args: tuple, kwargs: dict, state: bytes = b"") -> Any:
+    """Build an agent with its proxy's id (worker thread), from a checkpoint when given one."""
+    if state and _agent.checkpoint_kind(state) == "attrs":
+        agent = cls.__new__(cls)      # the state is all of it: no second run of the constructor
+        _agent.restore_checkpoint(agent, state)
+        return agent
     with _agent.assigned_agent_id(agent_id):
         agent = cls(*args, **kwargs)
+    if state:
+        _agent.restore_checkpoint(agent, state)
     try:
         agent.agent_id = agent_id
     except AttributeError:

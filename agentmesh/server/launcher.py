@@ -19,7 +19,7 @@ log = logging.getLogger("agentmesh.server")
 DEFAULT_CAPACITY = 32
 _SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_workers",
                    "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
-                   "advertise_host")
+                   "advertise_host", "fence_after")
 
 
 def is_loopback(host: str) -> bool:
@@ -57,7 +57,7 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
     _loop.run_sync(server.start())
 
-    def stop(reason: str) -> None:
+    def stop(reason: str, grace: float = grace) -> None:
         log.info("agent server %s stopping: %s", server.server_id, reason)
         _loop.spawn(server.stop(grace))
 
