@@ -140,3 +140,23 @@ def test_chaos_kills_and_joins_lose_no_call_and_no_turn(mesh, namespace, servers
     assert moves, "no agent moved: the kills did not hit any agent"
     print(f"chaos: {total} calls, 0 failed, 2 servers killed, 1 joined, {len(moves)} moves, "
           f"{replayed} calls replayed", file=sys.stderr)
+
+
+def test_third_party_placeholder_and_proxy_copies_follow_the_agent(mesh, namespace, servers):
+    from sample_agents import FanOut, Relay, Sleeper
+
+    s1 = servers(capacity=8, registry=mesh.url, namespace=namespace)
+    s2 = servers(capacity=8, registry=mesh.url, namespace=namespace)
+    wait_until(lambda: len(etcd_get_prefix(mesh.url, keys.servers_prefix(namespace))) == 2)
+    slow = Sleeper("slow", 1.0, to_dist={"host": "127.0.0.1", "port": s1.port})
+    relay = Relay("relay", to_dist={"host": "127.0.0.1", "port": s2.port})
+    workers = [Sleeper(f"w{i}", 0.2, to_dist={"host": "127.0.0.1", "port": s1.port}) for i in range(2)]
+    boss = FanOut("boss", workers, to_dist={"host": "127.0.0.1", "port": s2.port})
+    pending = slow(Msg("u", 1))
+    relayed = relay(pending)            # s2 fetches `pending` from s1, which is about to die
+    wait_until(lambda: server_info(s1.port).inflight >= 1)
+    os.kill(s1.pid, signal.SIGKILL)
+    assert relayed.result(timeout=30).content == 3
+    assert slow.server != f"127.0.0.1:{s1.port}"
+    # the proxies held by `boss` on s2 are copies: they find the workers' new home in the registry
+    assert boss(Msg("u", 10)).result(timeout=30).content == [11, 11]

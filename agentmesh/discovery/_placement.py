@@ -120,6 +120,38 @@ async def _place_by_registry(url: str, namespace: str, spec: _Spec, exclude: set
     return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
 
 
+async def locate_async(agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
+    """Where agent_id lives now per its registry record, waiting up to timeout for it to leave avoid."""
+    import asyncio
+    import json
+
+    from . import keys
+    from .etcd import EtcdError
+
+    url, namespace = settings.registry, settings.namespace
+    if not url:
+        return None
+    view = view_for(url, namespace)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kv = await view.client.get(keys.agent_key(namespace, agent_id))
+        except EtcdError:
+            kv = None
+        if kv is not None:
+            address = json.loads(kv.value).get("address")
+            if address and address != avoid:
+                return address
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.05)
+
+
+def locate(agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
+    """locate_async from a user thread."""
+    return _loop.run_sync(locate_async(agent_id, avoid, timeout))
+
+
 def place_in_child(spec: _Spec, exclude: set[str]) -> Placed:
     """Child mode: the least loaded child server of this process (started on first use)."""
     child = child_pool.choose(exclude)

@@ -12,7 +12,7 @@ import random
 import time
 from typing import Any
 
-from ..rpc import _wire
+from ..rpc import _connection, _wire
 from . import keys
 from .etcd import EtcdClient, EtcdError
 
@@ -79,7 +79,9 @@ class ServerView:
                 elif event.type == "PUT":
                     self._put(event.key, event.value)
                 elif event.type == "DELETE":
-                    self.servers.pop(event.key.rsplit("/", 1)[-1], None)
+                    server_id = event.key.rsplit("/", 1)[-1]
+                    if self.servers.pop(server_id, None) is not None:
+                        asyncio.ensure_future(_connection.server_gone(server_id))
         except asyncio.CancelledError:
             return
         except EtcdError as exc:

@@ -302,8 +302,40 @@ local_servers: dict[str, Any] = {}
 
 
 async def fetch(ref: tuple) -> pb.Reply:
-    """The reply of a call made by someone else, from the server that produces it."""
+    """The reply of a call made by someone else, from the server that produces it.
+
+    If that server is gone, the call's agent has moved (its owner replays the
+    call under the same id): follow the agent's registry record there.
+    """
     server_id, address, agent_id, call_id = ref
+    while True:
+        reply = await _fetch_from(server_id, address, agent_id, call_id)
+        if reply.status != pb.UNAVAILABLE or not settings.registry:
+            return reply
+        from ..discovery._placement import locate_async
+
+        moved_to = await locate_async(agent_id, avoid=address)
+        if not moved_to:
+            return reply
+        server_id, address = "", moved_to
+
+
+async def server_gone(server_id: str) -> None:
+    """The registry says server_id's key vanished: if we talk to it and it does not answer, it is lost."""
+    for conn in list(_pool.values()):
+        if conn.server_id != server_id or conn.closed or conn.draining:
+            continue
+        try:
+            response = await health_pb2_grpc.HealthStub(conn._channel).Check(
+                health_pb2.HealthCheckRequest(service=_wire.SERVICE_NAME), timeout=0.3)
+        except grpc.aio.AioRpcError:
+            await conn._on_lost("its registry key expired and it does not answer")
+            continue
+        if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            conn.draining = True
+
+
+async def _fetch_from(server_id: str, address: str, agent_id: str, call_id: str) -> pb.Reply:
     local = local_servers.get(server_id)
     if local is not None:
         return await local.fetch_result(call_id, agent_id)

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from .. import errors
+from .._config import settings
 from ..v1 import agent_server_pb2 as pb
 from . import _connection, _loop, _wire
 from ._meta import method_table
@@ -150,7 +151,7 @@ class RpcObject:
             self._ckpt = (reply.seq, reply.state)
 
     def _can_move(self) -> bool:
-        return self._cls is not None or _locator is not None
+        return self._cls is not None or bool(settings.registry)
 
     def _hold(self, slot: CallSlot) -> bool:
         with self._move_lock:
@@ -245,7 +246,9 @@ class RpcObject:
 
     def _relocate(self, lost: Any) -> tuple[Any, str]:
         if self._cls is None:        # a copy of the proxy: follow the agent's record in the registry
-            address = _locator(self.agent_id, avoid=lost.address) if _locator else None
+            from ..discovery._placement import locate
+
+            address = locate(self.agent_id, avoid=lost.address)
             if not address:
                 raise errors.ServerUnavailableError(
                     f"no registry record says where agent {self.agent_id} went")
@@ -274,9 +277,6 @@ class RpcObject:
 
 #: how long a lost server gets to answer again before its agents move
 _PROBE_TIMEOUT = 0.5
-
-#: finds an agent's current server in the registry: (agent_id, avoid=address) -> address | None
-_locator: Any = None
 
 
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,

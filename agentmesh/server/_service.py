@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .. import __version__
+from .._config import settings
 from ..agents import _agent
 from ..rpc import _connection, _wire
 from ..rpc._proxy import format_address
@@ -195,6 +196,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host)
             if registry else None)
         self.registration: Any = None
+        if registry and not settings.registry:   # this process's own proxies and fetches use it too
+            settings.registry, settings.namespace = registry, namespace
         self.results = ResultStore(max_results, result_ttl)
         self.inflight = 0
         self.started_at = time.time()
