@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Sequence
 
-from . import __version__
+from . import __version__, _tls
+from ._config import settings
 from .server.launcher import DEFAULT_CAPACITY, check_exposure, serve_forever
 
 log = logging.getLogger("agentmesh")
@@ -49,20 +50,33 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
+def _apply_etcd_tls(args: argparse.Namespace) -> None:
+    """The --etcd-ca/--etcd-cert/--etcd-key flags (default: AGENTMESH_ETCD_*) for this process."""
+    if bool(args.etcd_cert) != bool(args.etcd_key):
+        raise SystemExit("agentmesh: give both --etcd-cert and --etcd-key (AGENTMESH_ETCD_CERT and "
+                         "AGENTMESH_ETCD_KEY), or neither")
+    settings.etcd_ca, settings.etcd_cert, settings.etcd_key = args.etcd_ca, args.etcd_cert, args.etcd_key
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("AGENTMESH_TOKEN") or None
+    _apply_etcd_tls(args)
     try:
-        check_exposure(args.host, token, False, args.insecure)
+        tls = _tls.ServerTLS.from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
+        check_exposure(args.host, token, tls is not None, args.insecure,
+                       tls_client_auth=tls is not None and tls.mutual)
     except ValueError as exc:
         raise SystemExit(f"agentmesh server: {exc}") from None
+    mode = "mutual TLS" if tls is not None and tls.mutual else "TLS" if tls is not None else "plaintext"
     classes = [_load_class(spec) for spec in args.agent_class]
     return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
                          custom_agent_classes=classes, token=token, grace=args.grace,
                          max_message_size=args.max_message_size, registry=args.registry,
                          namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
-                         advertise_host=args.advertise_host,
+                         advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                         tls_client_ca=args.tls_client_ca,
                          on_ready=lambda port, sid: log.warning(
-                             "agentmesh server %s listening on %s:%d", sid, args.host, port))
+                             "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -75,7 +89,7 @@ def _registry_url(args: argparse.Namespace) -> str:
 async def _read_records(url: str, prefix: str) -> list[dict]:
     from .discovery.etcd import EtcdClient, EtcdError
 
-    client = EtcdClient.from_url(url)
+    client = EtcdClient.from_url(url, **_tls.etcd_client_kwargs())
     try:
         kvs, _ = await client.get_prefix(prefix)
     except EtcdError as exc:
@@ -95,7 +109,10 @@ async def _health(address: str) -> str:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    async with grpc.aio.insecure_channel(address) as channel:
+    credentials = _tls.channel_credentials()
+    channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
+               else grpc.aio.insecure_channel(address))
+    async with channel:
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0)
@@ -123,6 +140,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     from .discovery import keys
 
     url = _registry_url(args)
+    _apply_etcd_tls(args)
 
     async def gather() -> list[dict]:
         records = await _read_records(url, keys.servers_prefix(args.namespace))
@@ -148,6 +166,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     from .discovery import keys
 
     url = _registry_url(args)
+    _apply_etcd_tls(args)
     records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace))),
                      key=lambda r: (r.get("address", ""), r.get("name", "")))
     if args.json:
@@ -182,6 +201,12 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default=os.environ.get("AGENTMESH_REGISTRY"),
                         help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
     parser.add_argument("--namespace", default=os.environ.get("AGENTMESH_NAMESPACE", "default"))
+    parser.add_argument("--etcd-ca", default=os.environ.get("AGENTMESH_ETCD_CA") or None, metavar="PEM",
+                        help="CA of etcd's certificate, for etcds:// (default: AGENTMESH_ETCD_CA)")
+    parser.add_argument("--etcd-cert", default=os.environ.get("AGENTMESH_ETCD_CERT") or None, metavar="PEM",
+                        help="client certificate for etcd mTLS (default: AGENTMESH_ETCD_CERT)")
+    parser.add_argument("--etcd-key", default=os.environ.get("AGENTMESH_ETCD_KEY") or None, metavar="PEM",
+                        help="its key (default: AGENTMESH_ETCD_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,8 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--advertise-host", default=None,
                         help="host others dial (default: --host, or this machine's address for 0.0.0.0)")
     server.add_argument("--token", default=None, help="shared token (default: AGENTMESH_TOKEN)")
+    server.add_argument("--tls-cert", default=os.environ.get("AGENTMESH_TLS_CERT") or None, metavar="PEM",
+                        help="serve TLS with this certificate (default: AGENTMESH_TLS_CERT)")
+    server.add_argument("--tls-key", default=os.environ.get("AGENTMESH_TLS_KEY") or None, metavar="PEM",
+                        help="the certificate's private key, unencrypted (default: AGENTMESH_TLS_KEY)")
+    server.add_argument("--tls-client-ca", default=os.environ.get("AGENTMESH_TLS_CLIENT_CA") or None,
+                        metavar="PEM", help="require client certificates signed by this CA: mutual TLS "
+                                            "(default: AGENTMESH_TLS_CLIENT_CA)")
     server.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback address with neither token nor TLS")
+                        help="allow a non-loopback address with neither token nor mutual TLS")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
     server.set_defaults(func=cmd_server)

@@ -198,12 +198,17 @@ def test_unknown_method(server):
 def test_creation_failure_and_capacity(servers):
     s = servers(capacity=2)
     from sample_agents import BrokenInit
+    broken = BrokenInit("b", to_dist={"host": "127.0.0.1", "port": s.port})   # returns at once
     with pytest.raises(AgentCreationError, match="no model for this agent"):
-        BrokenInit("b", to_dist={"host": "127.0.0.1", "port": s.port})
-    Echo("1").to_dist(host="127.0.0.1", port=s.port)
-    Echo("2").to_dist(host="127.0.0.1", port=s.port)
+        broken.reply(Msg("u", 1)).result()
+    with pytest.raises(AgentCreationError, match="no model for this agent"):
+        broken.get_count()
+    one = Echo("1").to_dist(host="127.0.0.1", port=s.port)
+    two = Echo("2").to_dist(host="127.0.0.1", port=s.port)
+    three = Echo("3").to_dist(host="127.0.0.1", port=s.port)
     with pytest.raises(CapacityError, match="capacity 2"):
-        Echo("3").to_dist(host="127.0.0.1", port=s.port)
+        three.ping(1)
+    assert one.ping(1) == 1 and two.ping(2) == 2   # the server kept serving
 
 
 def test_proxy_pickles_to_a_proxy_of_the_same_agent(server):

@@ -96,7 +96,7 @@ def test_cli_refuses_network_address_without_token(procs):
                  stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode != 0
-    assert "without a token or TLS" in err
+    assert "refusing to listen on 0.0.0.0 without a token" in err
 
 
 def test_cli_bad_agent_class(procs):

@@ -18,6 +18,12 @@ from conftest import PYTHON, etcd_get_prefix, pid_alive, server_info, wait_until
 from sample_agents import Echo
 
 
+def settle(*agents):
+    """Wait until each agent exists (creation is pipelined; a full server sends it elsewhere)."""
+    for agent in agents:
+        agent.ping()
+
+
 def servers_in(etcd, namespace):
     return etcd_get_prefix(etcd.url, keys.servers_prefix(namespace))
 
@@ -49,6 +55,7 @@ def test_placement_by_free_capacity(mesh, namespace, servers):
     big = servers(capacity=10, registry=mesh.url, namespace=namespace)
     wait_until(lambda: len(servers_in(mesh, namespace)) == 2)
     agents = [Echo(f"E{i}").to_dist() for i in range(12)]
+    settle(*agents)
     counts = collections.Counter(a.server for a in agents)
     assert counts == {f"127.0.0.1:{big.port}": 10, f"127.0.0.1:{small.port}": 2}
     assert server_info(small.port).agents == 2 and server_info(big.port).agents == 10
@@ -70,6 +77,7 @@ def test_label_constraints(mesh, namespace, servers):
     gpu = servers(capacity=3, registry=mesh.url, namespace=namespace, labels={"gpu": "1"})
     wait_until(lambda: len(servers_in(mesh, namespace)) == 2)
     placed = [Echo(f"G{i}", to_dist={"labels": {"gpu": "1"}}) for i in range(3)]
+    settle(*placed)
     assert {a.server for a in placed} == {f"127.0.0.1:{gpu.port}"}
     anywhere = Echo("A").to_dist()
     assert anywhere.server == f"127.0.0.1:{plain.port}"
@@ -79,6 +87,7 @@ def test_full_mesh_falls_back_to_child_mode(mesh, namespace, servers, caplog):
     s = servers(capacity=1, registry=mesh.url, namespace=namespace)
     wait_until(lambda: len(servers_in(mesh, namespace)) == 1)
     first = Echo("1").to_dist()
+    settle(first)
     assert first.server == f"127.0.0.1:{s.port}"
     with caplog.at_level(logging.INFO, logger="agentmesh"):
         second = Echo("2").to_dist()
@@ -189,6 +198,8 @@ def test_concurrent_placement_from_several_processes_respects_capacity(etcd, nam
         from sample_agents import Echo
         agentmesh.init(registry={etcd.url!r}, namespace={namespace!r})
         agents = [Echo(f"E{{i}}").to_dist() for i in range(8)]
+        for x in agents:
+            x.ping()
         print(" ".join(x.server for x in agents), flush=True)
         sys.stdin.read()  # hold the agents until the test has counted (they are deleted at exit)
     """)

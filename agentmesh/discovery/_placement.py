@@ -38,6 +38,47 @@ class _Spec:
                                state_seq=self.state_seq)
 
 
+def choose(cls: type, options: dict[str, Any]) -> _connection.Connection:
+    """The session to the server a new agent should go to (the creation itself is pipelined)."""
+    url = options.get("registry") or settings.registry
+    if url:
+        namespace = options.get("namespace") or settings.namespace
+        conn, reason = _loop.run_sync(_choose_by_registry(url, namespace, cls, options))
+        if conn is not None:
+            return conn
+        _fallback(reason)
+    return _connection.connect(child_pool.choose().wait_ready())
+
+
+async def _choose_by_registry(url: str, namespace: str, cls: type, options: dict[str, Any]
+                              ) -> tuple[_connection.Connection | None, str]:
+    from .etcd import EtcdError
+
+    view = view_for(url, namespace)
+    if not view.ready:
+        if view.failed_at and time.monotonic() - view.failed_at < RETRY_UNREACHABLE_AFTER:
+            return None, f"registry {url} is unreachable"
+        try:
+            await view.ensure_started()
+        except EtcdError as exc:
+            return None, str(exc)
+    labels = options.get("labels")
+    cls_name = f"{cls.__module__}:{cls.__qualname__}"
+    refusals = []
+    for record in view.candidates(labels, cls_name):
+        address = record.get("address") or f"{record['host']}:{record['port']}"
+        try:
+            conn = await _connection.get_connection(address, timeout=settings.registry_timeout)
+        except errors.AgentMeshError as exc:
+            refusals.append(f"{address} refused: {exc}")
+            continue
+        view.placed(record["server_id"])
+        return conn, ""
+    wanted = f" with labels {labels}" if labels else ""
+    detail = f" ({'; '.join(refusals)})" if refusals else ""
+    return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
+
+
 def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any],
           exclude: tuple[str, ...] = (), state: bytes = b"", state_seq: int = 0) -> Placed:
     """Create the agent where placement says; returns the connection and the server's answer.

@@ -18,6 +18,9 @@ from .etcd import EtcdClient, EtcdError
 
 log = logging.getLogger("agentmesh.discovery")
 
+#: how long our own placements count on top of a server's record
+_PLACED_MEMORY = 1.0
+
 
 class ServerView:
     """Server records of a namespace, kept current by a watch (lives on the I/O loop)."""
@@ -67,7 +70,13 @@ class ServerView:
         except ValueError:
             log.warning("registry: ignoring malformed server record %s", key)
             return
-        self.servers[key.rsplit("/", 1)[-1]] = record
+        server_id = key.rsplit("/", 1)[-1]
+        old = self.servers.get(server_id)
+        if old is not None and time.monotonic() - old.get("_placed_at", 0.0) < _PLACED_MEMORY:
+            # our own recent placements may not be in the server's record yet (it writes every 0.2 s)
+            record["agents"] = max(int(record.get("agents", 0)), int(old.get("agents", 0)))
+            record["_placed_at"] = old["_placed_at"]
+        self.servers[server_id] = record
 
     async def _follow(self) -> None:
         try:
@@ -114,6 +123,7 @@ class ServerView:
         record = self.servers.get(server_id)
         if record is not None:
             record["agents"] = int(record.get("agents", 0)) + 1
+            record["_placed_at"] = time.monotonic()
 
     def full(self, server_id: str) -> None:
         """The server refused for lack of room: treat it as full until it says otherwise."""

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from .. import __version__
+from .._tls import etcd_client_kwargs
 from ..rpc import _wire
 from . import keys
 from .etcd import EtcdClient, EtcdError, Lease
@@ -47,7 +48,7 @@ class Registration:
         self.min_interval = min_interval
         self.host = advertise_host or advertised_host(server.host)
         self.key = keys.server_key(namespace, server.server_id)
-        self.client = EtcdClient.from_url(url)
+        self.client = EtcdClient.from_url(url, **etcd_client_kwargs())
         self.lease: Lease | None = None
         self.registered = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -114,12 +115,14 @@ class Registration:
     async def _register(self) -> None:
         """A new lease, then the server record and every agent record under it."""
         self._lost.clear()
-        if self.lease is not None:      # the old lease (lost, or fenced): stop it, its keys go with it
+        again = self.lease is not None
+        if again:      # the old lease (lost, or fenced): stop it, its keys go with it
             old, self.lease = self.lease, None
             try:
                 await old.revoke()
             except EtcdError:
                 await old.stop()
+            await self._drop_moved_agents()
         self.lease = await self.client.lease(self.ttl, on_lost=self._lost.set)
         agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
                         "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
@@ -129,6 +132,22 @@ class Registration:
         self.registered.set()
         log.info("server %s registered in %s as %s (lease %x, ttl %d s)",
                  self.server.server_id, self.url, self.key, self.lease.id, self.ttl)
+
+    async def _drop_moved_agents(self) -> None:
+        """After a lost lease: agents whose records now name another server were moved while we were
+        cut off. Drop them and take a new epoch, so calls aimed at our old copies are refused."""
+        kvs, _ = await self.client.get_prefix(keys.agents_prefix(self.namespace))
+        elsewhere = set()
+        for kv in kvs:
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue
+            if record.get("server_id") != self.server.server_id:
+                elsewhere.add(record.get("agent_id"))
+        moved = [aid for aid in self.server.agents if aid in elsewhere]
+        if moved:
+            self.server.fence(f"{len(moved)} of its agents were moved elsewhere while it was cut off", moved)
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
         lease_id = self.lease.id if self.lease else 0

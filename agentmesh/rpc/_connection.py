@@ -20,6 +20,7 @@ from ._result import CallSlot
 log = logging.getLogger("agentmesh.rpc")
 
 _FRAME_BUDGET_FRACTION = 2  # a frame carries at most max_message_size / 2 of payload
+_REFUSED = (pb.CAPACITY, pb.CLASS_NOT_FOUND)
 
 
 def _status_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> Exception:
@@ -181,8 +182,14 @@ class Connection:
                     if reply.state:
                         slot.owner._note_checkpoint(reply)
                         reply.ClearField("state")
-                    if reply.status == pb.STALE_EPOCH and slot.owner is not None:
-                        slot.owner._server_lost(self, [slot], f"fenced ({reply.error_message})")
+                    owner = slot.owner
+                    if owner is not None and reply.status != pb.OK:
+                        if reply.status == pb.STALE_EPOCH:
+                            owner._server_lost(self, [slot], f"fenced ({reply.error_message})")
+                            continue
+                        if reply.status in _REFUSED and owner._refused(self, slot, reply):
+                            continue
+                    if slot.call.method == "__create__" and owner is not None and owner._on_created(self, slot, reply):
                         continue
                     slot.set(reply)
         except grpc.aio.AioRpcError as exc:
@@ -191,7 +198,7 @@ class Connection:
             return
         await self._on_lost(reason)
 
-    async def _on_lost(self, reason: str) -> None:
+    async def _on_lost(self, reason: str, notify: bool = True) -> None:
         if self.closed:
             return
         self.closed = True
@@ -203,9 +210,9 @@ class Connection:
         slots = list(self.pending.values())
         self.pending.clear()
         self._outbox.clear()
-        by_owner: dict[Any, list[CallSlot]] = {proxy: [] for proxy in list(self.proxies)}
+        by_owner: dict[Any, list[CallSlot]] = {proxy: [] for proxy in list(self.proxies)} if notify else {}
         for slot in slots:
-            if slot.owner is not None:
+            if slot.owner is not None and notify:
                 by_owner.setdefault(slot.owner, []).append(slot)
             else:
                 self._lost_one(slot, reason)
@@ -238,11 +245,11 @@ class Connection:
              "ServerUnavailableError")
 
     async def close(self) -> None:
-        """Close the session; pending calls fail."""
+        """Close the session; pending calls fail, proxies stay bound (they reconnect on next use)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._on_lost("closed by this process")
+        await self._on_lost("closed by this process", notify=False)
 
 
 def fail(slot: CallSlot, status: int, message: str, error_type: str = "") -> None:

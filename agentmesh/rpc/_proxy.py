@@ -70,9 +70,12 @@ class RpcObject:
 
     def __init__(self, *, cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
                  methods: dict[str, bool], name: str = "", conn: Any = None,
-                 cls: type | None = None, init_blob: bytes = b"", options: dict | None = None) -> None:
+                 cls: type | None = None, init_blob: bytes = b"", options: dict | None = None,
+                 relocatable: bool = False) -> None:
         self.agent_id = agent_id
-        self.name = name
+        self._name = name
+        self._creation: CallSlot | None = None     # the __create__ call while the agent is being built
+        self._relocatable = relocatable            # placement chose the server: a refusal moves on
         self._cls_name = cls_name
         self._address = address
         self._server_id = server_id
@@ -101,6 +104,47 @@ class RpcObject:
     def server(self) -> str:
         """Where the agent lives now, as "host:port"."""
         return self._address
+
+    @property
+    def name(self) -> str:
+        """The agent's name (known locally, or as its constructor set it)."""
+        creation = self._creation
+        if not self._name and creation is not None:
+            creation.wait(self._timeout)
+        return self._name
+
+    # -- creation -------------------------------------------------------------
+    def _start_creation(self, conn: Any) -> None:
+        """Send the creation ahead of the first calls, on the same session (returns at once)."""
+        ref = _wire.class_cache.ref(self._cls, conn.server_id)
+        _wire.class_cache.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
+        request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=self._init_blob,
+                                        checkpoint=self._options.get("checkpoint", True))
+        slot = CallSlot(pb.Call(call_id=next_call_id(), agent_id=self.agent_id, method="__create__",
+                                payload=request.SerializeToString()), self)
+        self._creation = slot
+        conn.submit(slot)
+
+    def _on_created(self, conn: Any, slot: CallSlot, reply: pb.Reply) -> bool:
+        """The answer to a __create__ (I/O loop); True when the refusal is handled by moving."""
+        if reply.status == pb.OK:
+            response = pb.CreateAgentResponse.FromString(reply.payload)
+            if conn is self._conn:
+                self._epoch, self._server_id = response.epoch, response.server_id
+            self._name = response.name or self._name
+            return False
+        return self._refused(conn, slot, reply)
+
+    def _refused(self, conn: Any, slot: CallSlot, reply: pb.Reply) -> bool:
+        """A creation or call refused because the agent could not be created there: retry elsewhere?"""
+        if self._cls is None:
+            return False
+        if reply.status == pb.CLASS_NOT_FOUND:
+            _wire.class_cache.forget(conn.server_id, _wire.class_cache.ref(self._cls, conn.server_id).digest)
+        elif not (reply.status == pb.CAPACITY and self._relocatable):
+            return False
+        self._server_lost(conn, [slot], reply.error_message, refused=reply.status)
+        return True
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -160,7 +204,7 @@ class RpcObject:
             self._held.append(slot)
             return True
 
-    def _server_lost(self, conn: Any, slots: list[CallSlot], reason: str) -> None:
+    def _server_lost(self, conn: Any, slots: list[CallSlot], reason: str, refused: int = 0) -> None:
         """The server behind conn is gone, hung, fenced or draining: move the agent, replay slots."""
         with self._move_lock:
             if self._held is not None:          # already moving: these calls go along
@@ -179,7 +223,8 @@ class RpcObject:
         if not self._can_move():
             self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
             return
-        threading.Thread(target=self._move, args=(conn, reason), name="agentmesh-failover", daemon=True).start()
+        threading.Thread(target=self._move, args=(conn, reason, refused), name="agentmesh-failover",
+                         daemon=True).start()
 
     def _fail_held(self, message: str) -> None:
         with self._move_lock:
@@ -187,12 +232,19 @@ class RpcObject:
         for slot in held:
             _connection.fail(slot, pb.UNAVAILABLE, message, "ServerUnavailableError")
 
-    def _move(self, lost: Any, reason: str) -> None:
-        """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread)."""
+    def _move(self, lost: Any, reason: str, refused: int = 0) -> None:
+        """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread).
+
+        refused: the server would not create the agent (full, or it could not
+        load the class by reference): another server, or the same with the class by value.
+        """
         start = time.monotonic()
         try:
-            target = self._same_server_again(lost)
-            how = "reconnected to the same server"
+            if refused == pb.CLASS_NOT_FOUND:
+                target, how = self._create_again(lost), "created with its class shipped by value"
+            else:
+                target = None if refused else self._same_server_again(lost)
+                how = "reconnected to the same server"
             if target is None:
                 target, how = self._relocate(lost)
         except Exception as exc:  # noqa: BLE001 - every held call must learn why
@@ -205,6 +257,8 @@ class RpcObject:
             held, self._held = self._held or [], None
             self._address, self._server_id = target.address, target.server_id
             self._bind(target)
+        if self.agent_id in _owned:
+            _owned[self.agent_id] = target.address
         held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
         for slot in held:
             slot.call.epoch = self._epoch
@@ -212,6 +266,16 @@ class RpcObject:
         log.warning("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
                     self.name or self.agent_id, self._cls_name, lost.address, target.address, reason, how,
                     len(held), time.monotonic() - start)
+
+    def _create_again(self, conn: Any) -> Any:
+        """Create on the same server through the unary path, which ships the class by value if needed."""
+        seq, state = self._ckpt
+        response = _loop.run_sync(create_on(conn, self._cls, self.agent_id, self._init_blob, self._timeout,
+                                            checkpoint=self._options.get("checkpoint", True), state=state,
+                                            state_seq=seq))
+        self._epoch = response.epoch
+        self._name = response.name or self._name
+        return conn
 
     def _same_server_again(self, lost: Any) -> Any:
         """The same server, if the loss was a blip and it still holds the agent at the same epoch."""
@@ -269,7 +333,7 @@ class RpcObject:
 
     def __reduce__(self):
         return (_rebuild_proxy, (self._cls_name, self.agent_id, self._address, self._server_id,
-                                 self._epoch, self._methods, self.name))
+                                 self._epoch, self._methods, self._name))
 
     def __repr__(self) -> str:
         return f"<RpcObject {self._cls_name} {self.name or self.agent_id} on {self._address}>"
@@ -336,21 +400,21 @@ async def _delete_owned() -> None:
 _loop.on_exit(_delete_owned)
 
 
-def make_proxy(cls: type, agent_id: str, conn: _connection.Connection, response: pb.CreateAgentResponse,
-               init_blob: bytes, options: dict) -> RpcObject:
-    _owned[agent_id] = conn.address
-    return RpcObject(cls_name=f"{cls.__module__}:{cls.__qualname__}", agent_id=agent_id,
-                     address=conn.address, server_id=response.server_id, epoch=response.epoch,
-                     methods=method_table(cls), name=response.name, conn=conn, cls=cls,
-                     init_blob=init_blob, options=options)
+def _name_from(args: tuple, kwargs: dict) -> str:
+    """The name an agent will have, when its constructor follows AgentBase(name, ...)."""
+    name = kwargs.get("name", args[0] if args else "")
+    return name if isinstance(name, str) else ""
 
 
 def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
                  port: int | str | None = None, **options: Any) -> RpcObject:
-    """Build an object of cls on an agent server and return its proxy.
+    """Return the proxy of a new object of cls on an agent server, at once.
 
     host/port: that server. Otherwise the registry's choice (options such as
-    ``labels`` constrain it), else a child server of this process.
+    ``labels`` constrain it), else a child server of this process. The
+    creation travels ahead of the first calls on the same session, so this
+    does not wait for the constructor; if it fails, the first use raises
+    AgentCreationError.
     """
     agent_id = options.pop("agent_id", None) or uuid.uuid4().hex
     try:
@@ -358,18 +422,16 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     except Exception as exc:  # noqa: BLE001
         raise errors.AgentCreationError(
             f"constructor arguments of {cls.__name__} cannot be pickled: {type(exc).__name__}: {exc}") from exc
-    timeout = options.get("max_timeout_seconds")
     if host is not None:
-        address = format_address(host, port)
-
-        async def create() -> tuple[_connection.Connection, pb.CreateAgentResponse]:
-            conn = await _connection.get_connection(address)
-            return conn, await create_on(conn, cls, agent_id, init_blob, timeout,
-                                         checkpoint=options.get("checkpoint", True))
-
-        conn, response = _loop.run_sync(create())
+        conn, relocatable = _connection.connect(format_address(host, port)), False
     else:
         from ..discovery import _placement
 
-        conn, response = _placement.place(cls, agent_id, init_blob, options)
-    return make_proxy(cls, agent_id, conn, response, init_blob, options)
+        conn, relocatable = _placement.choose(cls, options), True
+    proxy = RpcObject(cls_name=f"{cls.__module__}:{cls.__qualname__}", agent_id=agent_id,
+                      address=conn.address, server_id=conn.server_id, epoch=0, methods=method_table(cls),
+                      name=_name_from(args, kwargs), conn=conn, cls=cls, init_blob=init_blob, options=options,
+                      relocatable=relocatable)
+    _owned[agent_id] = conn.address
+    proxy._start_creation(conn)
+    return proxy

@@ -54,7 +54,7 @@ def dumps(obj: Any) -> bytes:
 
 loads = cloudpickle.loads
 
-_REPLY_ERRORS: dict[int, type[errors.AgentCallError]] = {
+_REPLY_ERRORS: dict[int, type[errors.AgentMeshError]] = {
     pb.ERROR: errors.AgentCallError,
     pb.UNKNOWN_AGENT: errors.UnknownAgentError,
     pb.UNKNOWN_METHOD: errors.UnknownMethodError,
@@ -64,12 +64,17 @@ _REPLY_ERRORS: dict[int, type[errors.AgentCallError]] = {
     pb.OVERLOADED: errors.BackpressureError,
     pb.EXPIRED: errors.ResultExpiredError,
     pb.UNAVAILABLE: errors.AgentCallError,
+    pb.CAPACITY: errors.CapacityError,
+    pb.CLASS_NOT_FOUND: errors.ClassNotFoundError,
+    pb.CREATION_FAILED: errors.AgentCreationError,
 }
 
 
-def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors.AgentCallError:
+def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors.AgentMeshError:
     """The exception a failed reply stands for."""
     cls = _REPLY_ERRORS.get(reply.status, errors.AgentCallError)
+    if not issubclass(cls, errors.AgentCallError):    # the agent was never created
+        return cls(f"agent {agent_id} could not be created: {reply.error_message}")
     if reply.status == pb.ERROR:
         message = f"{reply.error_type}: {reply.error_message}" if reply.error_message else reply.error_type
         if method:

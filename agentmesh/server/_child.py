@@ -38,7 +38,8 @@ class ServerProcess:
         classes = config.pop("custom_agent_classes", None) or []
         outer = dict(config, sys_path=list(sys.path), classes_blob=_wire.dumps(classes))
         env = dict(os.environ)
-        env.pop("AGENTMESH_TOKEN", None)
+        for name in _CONFIG_ONLY_ENV:   # the config says what the server uses, not the inherited environment
+            env.pop(name, None)
         # READY or ERROR comes back on a pipe of its own; the child's stdout and stderr are ours,
         # so whatever its agents print shows up and can never fill a pipe nobody reads.
         ready_r, ready_w = os.pipe()
@@ -128,6 +129,9 @@ class ServerProcess:
 
 _live: set[ServerProcess] = set()
 
+_CONFIG_ONLY_ENV = ("AGENTMESH_TOKEN", "AGENTMESH_TLS_CA", "AGENTMESH_TLS_CERT", "AGENTMESH_TLS_KEY",
+                    "AGENTMESH_ETCD_CA", "AGENTMESH_ETCD_CERT", "AGENTMESH_ETCD_KEY")
+
 
 @atexit.register
 def _stop_all() -> None:
@@ -147,13 +151,14 @@ class ChildPool:
         self._placed: dict[ServerProcess, int] = {}
 
     def _start(self, n: int) -> None:
+        from .. import _tls
         from .._config import settings
 
         for _ in range(n):
             child = ServerProcess({
                 "host": "127.0.0.1", "port": 0, "capacity": settings.child_capacity,
                 "token": settings.client_token(), "max_message_size": settings.max_message_size,
-                "lifeline": True,
+                "lifeline": True, **_child_tls(_tls.client_settings()),
             })
             self._children.append(child)
             self._placed[child] = 0
@@ -190,6 +195,18 @@ class ChildPool:
 
 
 child_pool = ChildPool()
+
+
+def _child_tls(client: dict[str, str | None]) -> dict[str, str | None]:
+    """TLS for a child server: the parent's certificate when it has one, since its calls use TLS then.
+
+    Children listen on loopback behind a random token; with a certificate
+    (which must name 127.0.0.1) they serve TLS with it and make their own
+    calls like the parent. A parent with only a CA gets plaintext children.
+    """
+    if client["tls_cert"] and client["tls_key"]:
+        return {"tls_cert": client["tls_cert"], "tls_key": client["tls_key"], "tls_ca": client["tls_ca"]}
+    return {}
 
 
 def child_main() -> None:

@@ -25,6 +25,7 @@ from ..rpc._proxy import format_address
 from ..rpc._result import loads_collecting
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
+from .._tls import ServerTLS
 from ._auth import Gate
 
 log = logging.getLogger("agentmesh.server")
@@ -105,6 +106,19 @@ class ResultStore:
                     del self._waiters[call_id]
 
 
+class _Refusal(Exception):
+    """Why an agent was not created: the reply status and the gRPC code that say so."""
+
+    def __init__(self, status: int, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_REFUSAL_TYPES = {pb.CAPACITY: "CapacityError", pb.CLASS_NOT_FOUND: "ClassNotFoundError",
+                  pb.CREATION_FAILED: "AgentCreationError", pb.BAD_PAYLOAD: "PayloadError",
+                  pb.UNAVAILABLE: "ServerUnavailableError"}
+
+
 class _Session:
     """One client's session stream: replies to it are batched into frames."""
 
@@ -145,7 +159,9 @@ class AgentHost:
         self.lock = threading.Lock()
         self.ready: collections.deque[_Work] = collections.deque()
         self.active = 0
-        self.waiting: collections.deque[_Work] = collections.deque()   # held back by pending placeholders
+        self.waiting: collections.deque[_Work] = collections.deque()   # held back: placeholders, construction
+        self.constructed: asyncio.Future | None = None   # set while the constructor runs
+        self.build: tuple | None = None
         self.pump: asyncio.Task | None = None
         self.queued = 0        # calls accepted and not yet finished
         self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
@@ -176,6 +192,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         registry_ttl: int = 3,
         advertise_host: str | None = None,
         fence_after: float = 1.5,
+        tls: ServerTLS | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -192,6 +209,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self._remember_class(cls)
         self.allow_shipped_classes = allow_shipped_classes
         self.fence_after = fence_after
+        self.tls = tls   # serve TLS (mutual when it has a client CA); None: plaintext
         self.registry_options = (
             dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host)
             if registry else None)
@@ -202,7 +220,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.inflight = 0
         self.started_at = time.time()
         self.draining = False
-        self._creating = 0
+        self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         self._sessions: set[_Session] = set()
         self._done_queue: collections.deque[tuple[AgentHost, _Work, pb.Reply]] = collections.deque()
         self._done_scheduled = False
@@ -227,7 +245,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         pb_grpc.add_AgentServerServicer_to_server(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            port = server.add_insecure_port(format_address(self.host, self.port))
+            address = format_address(self.host, self.port)
+            if self.tls is not None:
+                port = server.add_secure_port(address, self.tls.credentials())
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise OSError(f"agentmesh: cannot listen on {self.host}:{self.port}: the port is in use "
                           f"or the address is not local ({exc})") from None
@@ -276,18 +298,26 @@ class AgentServer(pb_grpc.AgentServerServicer):
         while not self.finished.wait(0.1):
             now = time.monotonic()
             if now - last > self.fence_after and self.agents:
-                self._loop.call_soon_threadsafe(self._fence, now - last)
+                self._loop.call_soon_threadsafe(self._fence_after_pause, now - last)
             last = now
 
-    def _fence(self, paused: float) -> None:
-        """Callers have moved our agents while we were paused: drop them, take a new epoch, register anew."""
-        dropped = len(self.agents)
-        self.epoch = time.time_ns()
-        self.agents.clear()
-        log.warning("agent server %s was paused for %.1f s: its %d agent(s) have moved; dropped them and "
-                    "fenced the old epoch", self.server_id, paused, dropped)
+    def _fence_after_pause(self, paused: float) -> None:
+        self.fence(f"it was paused for {paused:.1f} s, so callers have moved its agents")
         if self.registration is not None:
             self.registration.renew()
+
+    def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
+        """Drop agents that have moved (all, by default) and take a new epoch (I/O loop).
+
+        Calls carry the epoch they expect, so calls aimed at the old copies are refused
+        (STALE_EPOCH) and their proxies look for the agents' new home.
+        """
+        ids = list(self.agents) if agent_ids is None else agent_ids
+        for agent_id in ids:
+            self.agents.pop(agent_id, None)
+        self.epoch = time.time_ns()
+        log.warning("agent server %s fenced: %s; dropped %d agent(s), new epoch %d",
+                    self.server_id, why, len(ids), self.epoch)
 
     async def _sweep_results(self) -> None:
         while True:
@@ -317,48 +347,114 @@ class AgentServer(pb_grpc.AgentServerServicer):
         return cls
 
     async def CreateAgent(self, request: pb.CreateAgentRequest, context: grpc.aio.ServicerContext) -> pb.CreateAgentResponse:
+        try:
+            begun = self._begin_create(request)
+            if isinstance(begun, pb.CreateAgentResponse):
+                return begun
+            return await self._finish_create(begun, request)
+        except _Refusal as refusal:
+            await context.abort(refusal.code, refusal.message)
+
+    def _begin_create(self, request: pb.CreateAgentRequest) -> AgentHost | pb.CreateAgentResponse:
+        """Check a creation and register the agent as under construction (I/O loop); raises _Refusal.
+
+        Calls that arrive for it meanwhile wait in its mailbox.
+        """
+        agent_id = request.agent_id
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"agent server {self.server_id} is draining")
-        existing = self.agents.get(request.agent_id)
+            raise _Refusal(pb.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, f"agent server {self.server_id} is draining")
+        existing = self.agents.get(agent_id)
         if existing is not None:
             return self._created(existing, existed=True)
-        if not request.agent_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is empty")
-        if len(self.agents) + self._creating >= self.capacity:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"agent server {self.server_id} is full: capacity {self.capacity} agents")
+        if not agent_id:
+            raise _Refusal(pb.BAD_PAYLOAD, grpc.StatusCode.INVALID_ARGUMENT, "agent_id is empty")
+        if len(self.agents) >= self.capacity:
+            raise self._refuse_creation(agent_id, pb.CAPACITY, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"agent server {self.server_id} is full: capacity {self.capacity} agents")
+        name = request.cls.name
         try:
             cls = self._resolve_class(request.cls)
         except LookupError as exc:
             if "unknown class digest" in str(exc):
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "unknown class digest: send the class")
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+                raise _Refusal(pb.CLASS_NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+                               "unknown class digest: send the class") from None
+            raise self._refuse_creation(agent_id, pb.CLASS_NOT_FOUND, grpc.StatusCode.NOT_FOUND, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a class that cannot be loaded here
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"class {request.cls.name} cannot be loaded on this server: {type(exc).__name__}: {exc}")
+            raise self._refuse_creation(
+                agent_id, pb.CLASS_NOT_FOUND, grpc.StatusCode.NOT_FOUND,
+                f"class {name} cannot be loaded on this server: {type(exc).__name__}: {exc}") from None
         try:
             args, kwargs = _wire.loads(request.init_args) if request.init_args else ((), {})
         except Exception as exc:  # noqa: BLE001
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"constructor arguments of {request.cls.name} do not unpickle: {type(exc).__name__}: {exc}")
-        self._creating += 1
-        try:
-            agent = await self._loop.run_in_executor(
-                self._executor, _construct, cls, request.agent_id, args, kwargs, request.state)
-        except Exception as exc:  # noqa: BLE001 - the constructor raised
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{request.cls.name}({request.agent_id}) raised in its constructor: "
-                                f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-        finally:
-            self._creating -= 1
+            raise self._refuse_creation(
+                agent_id, pb.BAD_PAYLOAD, grpc.StatusCode.INVALID_ARGUMENT,
+                f"constructor arguments of {name} do not unpickle: {type(exc).__name__}: {exc}") from None
         checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
-        host = AgentHost(request.agent_id, agent, request.cls.name, getattr(cls, "max_concurrency", 1) or 1,
+        host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
                          checkpoint=checkpoint, seq=request.state_seq)
-        self.agents[request.agent_id] = host
+        host.constructed = self._loop.create_future()
+        host.build = (cls, args, kwargs)
+        self.agents[agent_id] = host
+        return host
+
+    async def _finish_create(self, host: AgentHost, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
+        """Run the constructor in a worker thread; release the calls waiting for it."""
+        cls, args, kwargs = host.build
+        host.build = None
+        try:
+            host.agent = await self._loop.run_in_executor(
+                self._executor, _construct, cls, host.agent_id, args, kwargs, request.state)
+        except Exception as exc:  # noqa: BLE001 - the constructor raised
+            if self.agents.get(host.agent_id) is host:
+                del self.agents[host.agent_id]
+            message = (f"{host.cls_name}({host.agent_id}) raised in its constructor: "
+                       f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            refusal = self._refuse_creation(host.agent_id, pb.CREATION_FAILED, grpc.StatusCode.INVALID_ARGUMENT,
+                                            message)
+            host.constructed.set_exception(refusal)
+            host.constructed.exception()   # retrieved: the pump reads it too
+            raise refusal from None
+        host.constructed.set_result(None)
         if self.registration is not None:
             self.registration.agent_added(host.agent_id, self._created(host, False).name, host.cls_name)
-        log.debug("created agent %s (%s)", request.agent_id, request.cls.name)
+        log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
         return self._created(host, existed=False)
+
+    def _refuse_creation(self, agent_id: str, status: int, code: grpc.StatusCode, message: str) -> "_Refusal":
+        """Remember why agent_id was not created, so calls sent behind its creation get the same answer."""
+        self._failed[agent_id] = (status, message)
+        if len(self._failed) > 10_000:
+            self._failed.popitem(last=False)
+        return _Refusal(status, code, message)
+
+    def _create_from_session(self, call: pb.Call, session: _Session | None) -> None:
+        """A creation sent on the session stream, ahead of the agent's first calls."""
+        try:
+            request = pb.CreateAgentRequest.FromString(call.payload)
+        except Exception as exc:  # noqa: BLE001 - a malformed protobuf
+            self._refuse(session, call, pb.BAD_PAYLOAD, "DecodeError", f"__create__ payload does not parse: {exc}")
+            return
+        try:
+            begun = self._begin_create(request)
+        except _Refusal as refusal:
+            self._refuse(session, call, refusal.status, _REFUSAL_TYPES.get(refusal.status, "AgentCreationError"),
+                         refusal.message)
+            return
+        if isinstance(begun, pb.CreateAgentResponse):
+            self._answer_create(session, call, begun)
+            return
+
+        async def finish() -> None:
+            try:
+                self._answer_create(session, call, await self._finish_create(begun, request))
+            except _Refusal as refusal:
+                self._refuse(session, call, refusal.status, "AgentCreationError", refusal.message)
+
+        asyncio.ensure_future(finish())
+
+    def _answer_create(self, session: _Session | None, call: pb.Call, response: pb.CreateAgentResponse) -> None:
+        if session is not None:
+            session.send(pb.Reply(call_id=call.call_id, status=pb.OK, payload=response.SerializeToString()))
 
     def _created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
         name = getattr(host.agent, "name", "")
@@ -380,7 +476,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
         host = self.agents.get(request.agent_id)
-        if host is None:
+        if host is None or host.agent is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent {request.agent_id} on server {self.server_id}")
         state = await self._loop.run_in_executor(self._executor, _agent.checkpoint_of, host.agent)
         return pb.AgentState(agent_id=host.agent_id, state=state, seq=host.seq)
@@ -455,6 +551,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     def dispatch(self, call: pb.Call, session: _Session | None) -> None:
         """Route one call to its agent's mailbox (I/O loop)."""
+        if call.method == "__create__":
+            self._create_from_session(call, session)
+            return
         done = self.results.get(call.call_id)
         if done is not None:                       # a replay of a finished call: answer from its result
             if session is not None:
@@ -466,6 +565,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
             return
         host = self.agents.get(call.agent_id)
         if host is None:
+            failed = self._failed.get(call.agent_id)
+            if failed is not None:
+                self._refuse(session, call, failed[0], _REFUSAL_TYPES.get(failed[0], "AgentCreationError"), failed[1])
+                return
             self._refuse(session, call, pb.UNKNOWN_AGENT, "UnknownAgentError",
                          f"no agent {call.agent_id} on server {self.server_id} (deleted, or never created here)")
             return
@@ -496,7 +599,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         host.queued += 1
         self.inflight += 1
         self.results.running.add(call.call_id)
-        if placeholders or host.waiting:
+        if placeholders or host.waiting or host.agent is None:
             host.waiting.append(work)
             if host.pump is None:
                 host.pump = asyncio.ensure_future(self._pump(host))
@@ -515,6 +618,14 @@ class AgentServer(pb_grpc.AgentServerServicer):
     async def _pump(self, host: AgentHost) -> None:
         """Resolve the placeholders of waiting calls without holding a thread, in order."""
         try:
+            if host.constructed is not None and not host.constructed.done():
+                try:
+                    await asyncio.shield(host.constructed)
+                except _Refusal as refusal:
+                    while host.waiting:
+                        self._abandon(host, host.waiting.popleft(), refusal.status, "AgentCreationError",
+                                      refusal.message)
+                    return
             while host.waiting:
                 work = host.waiting[0]
                 for placeholder in work.placeholders:
@@ -523,6 +634,14 @@ class AgentServer(pb_grpc.AgentServerServicer):
                 self._ready(host, work)
         finally:
             host.pump = None
+
+    def _abandon(self, host: AgentHost, work: _Work, status: int, error_type: str, message: str) -> None:
+        """Answer an accepted call with an error without running it (I/O loop)."""
+        host.queued -= 1
+        self.inflight -= 1
+        self.results.running.discard(work.call.call_id)
+        for session in work.sessions:
+            self._refuse(session, work.call, status, error_type, message)
 
     def _ready(self, host: AgentHost, work: _Work) -> None:
         with host.lock:

@@ -8,6 +8,7 @@ import signal
 import threading
 from typing import Any, Callable
 
+from .. import _tls
 from .._config import settings
 from ..rpc import _loop, _wire
 from ..rpc._proxy import format_address
@@ -32,28 +33,66 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None, tls: bool, insecure: bool) -> None:
-    """Refuse to expose an unauthenticated server to the network unless told to."""
-    if is_loopback(host) or token or tls:
+def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_client_auth: bool = False) -> None:
+    """Refuse to expose a server that does not authenticate its callers to the network unless told to.
+
+    A token or mutual TLS (``tls`` with ``tls_client_auth``: callers need a
+    certificate from the client CA) authenticates callers. TLS alone encrypts
+    but lets anyone connect, so it still needs a token.
+    """
+    if is_loopback(host) or token or (tls and tls_client_auth):
         return
     if not insecure:
+        if tls:
+            raise ValueError(
+                f"refusing to listen on {host} with TLS but neither a token nor a client CA: TLS without "
+                f"client certificates encrypts the traffic, yet anyone who can reach the port could run code "
+                f"on this machine. Give token= (--token, AGENTMESH_TOKEN) or tls_client_ca= "
+                f"(--tls-client-ca) for mutual TLS, or insecure=True (--insecure) if you really mean it")
         raise ValueError(
-            f"refusing to listen on {host} without a token or TLS: anyone who can reach it could run "
-            f"code on this machine. Give token= (--token, AGENTMESH_TOKEN) or TLS, or insecure=True "
-            f"(--insecure) if you really mean it")
-    log.warning("INSECURE: agent server listening on %s with neither token nor TLS; anyone who "
+            f"refusing to listen on {host} without a token or mutual TLS: anyone who can reach it could run "
+            f"code on this machine. Give token= (--token, AGENTMESH_TOKEN) or tls_cert=, tls_key= and "
+            f"tls_client_ca= (--tls-cert, --tls-key, --tls-client-ca), or insecure=True (--insecure) if you "
+            f"really mean it")
+    log.warning("INSECURE: agent server listening on %s with neither token nor mutual TLS; anyone who "
                 "can reach it can run code on this machine", host)
+
+
+def apply_process_tls(tls: _tls.ServerTLS | None, tls_ca: str | None = None, etcd_ca: str | None = None,
+                      etcd_cert: str | None = None, etcd_key: str | None = None) -> None:
+    """Make a server process's own calls (placeholder fetches, proxies in agents, etcd) use its TLS.
+
+    The server's certificate doubles as its client certificate; peers are
+    verified with tls_ca, else the configured CA, else the client CA.
+    """
+    if tls is not None:
+        settings.tls_cert, settings.tls_key = tls.cert, tls.key
+        settings.tls_ca = tls_ca or settings.tls_ca or tls.client_ca
+    elif tls_ca:
+        settings.tls_ca = tls_ca
+    for name, value in (("etcd_ca", etcd_ca), ("etcd_cert", etcd_cert), ("etcd_key", etcd_key)):
+        if value:
+            setattr(settings, name, value)
 
 
 def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_classes: list | None = None,
                   token: str | None = None, on_ready: Callable[[int, str], None] | None = None,
                   lifeline: Callable[[Callable[[str], None]], None] | None = None,
-                  grace: float = 5.0, **options: Any) -> int:
-    """Serve until SIGTERM, SIGINT or the lifeline says stop; returns the exit code (0 after a drain)."""
+                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
+                  tls_client_ca: str | None = None, tls_ca: str | None = None, etcd_ca: str | None = None,
+                  etcd_cert: str | None = None, etcd_key: str | None = None, **options: Any) -> int:
+    """Serve until SIGTERM, SIGINT or the lifeline says stop; returns the exit code (0 after a drain).
+
+    tls_cert/tls_key: serve TLS (and use them as this process's client
+    certificate); tls_client_ca: require client certificates from that CA;
+    tls_ca: the CA peers' certificates chain to, for this process's own calls.
+    """
+    tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
     if token:
         settings.token = token  # server-to-server calls (placeholder fetches, proxies in agents) carry it
+    apply_process_tls(tls, tls_ca, etcd_ca, etcd_cert, etcd_key)
     server = AgentServer(host=host, port=port or 0, capacity=capacity,
-                         custom_agent_classes=custom_agent_classes, token=token,
+                         custom_agent_classes=custom_agent_classes, token=token, tls=tls,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
     _loop.run_sync(server.start())
 
@@ -78,13 +117,20 @@ class RpcAgentServerLauncher:
 
     Arguments follow AgentScope's launcher; unknown AgentScope-only options
     are accepted and ignored. ``port=None`` picks a free port.
+
+    TLS: ``tls_cert`` and ``tls_key`` (default: this process's ``tls_cert``
+    and ``tls_key`` settings, ``AGENTMESH_TLS_CERT``/``_KEY``) make the server
+    speak TLS; ``tls_client_ca`` also requires every caller to present a
+    certificate signed by that CA (mutual TLS). Pass ``tls_cert=""`` for a
+    plaintext server in a process that has a certificate.
     """
 
     def __init__(self, host: str = "localhost", port: int | None = None, capacity: int = DEFAULT_CAPACITY,
                  custom_agent_classes: list[type] | None = None, registry: str | None = None,
                  namespace: str = "default", labels: dict[str, str] | None = None, token: str | None = None,
                  insecure: bool = False, max_message_size: int = _wire.DEFAULT_MAX_MESSAGE_SIZE,
-                 grace: float = 5.0, **options: Any) -> None:
+                 grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
+                 tls_client_ca: str | None = None, **options: Any) -> None:
         self.host = host
         self.port = int(port) if port not in (None, "") else None
         self.capacity = capacity
@@ -94,6 +140,9 @@ class RpcAgentServerLauncher:
         self.labels = dict(labels or {})
         self.token = token if token is not None else settings.token
         self.insecure = insecure
+        if tls_cert is None and tls_key is None:
+            tls_cert, tls_key = settings.tls_cert, settings.tls_key
+        self.tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
         self.max_message_size = max_message_size
         self.grace = grace
         self.options = {k: v for k, v in options.items() if k in _SERVER_OPTIONS}
@@ -110,13 +159,14 @@ class RpcAgentServerLauncher:
 
     def launch(self, in_subprocess: bool = True) -> None:
         """Start serving; returns once the server listens (self.port is then set)."""
-        check_exposure(self.host, self.token, bool(settings.tls_cert), self.insecure)
+        check_exposure(self.host, self.token, self.tls is not None, self.insecure,
+                       tls_client_auth=self.tls is not None and self.tls.mutual)
         if in_subprocess:
             self._process = ServerProcess({
                 "host": self.host, "port": self.port or 0, "capacity": self.capacity,
                 "custom_agent_classes": self.custom_agent_classes, "token": self.token,
                 "max_message_size": self.max_message_size, "grace": self.grace, "lifeline": True,
-                **self._registry_options(), **self.options,
+                **self._tls_options(), **self._registry_options(), **self.options,
             })
             self._process.wait_ready()
             self.port = self._process.port
@@ -126,12 +176,20 @@ class RpcAgentServerLauncher:
             settings.token = self.token
         self._server = AgentServer(host=self.host, port=self.port or 0, capacity=self.capacity,
                                    custom_agent_classes=self.custom_agent_classes, token=self.token,
-                                   max_message_size=self.max_message_size, **self._registry_options(),
+                                   tls=self.tls, max_message_size=self.max_message_size,
+                                   **self._registry_options(),
                                    **self.options)
         self.port = _loop.run_sync(self._server.start())
         self.server_id = self._server.server_id
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
+
+    def _tls_options(self) -> dict[str, Any]:
+        """What a server process needs to serve TLS and to make its own calls like this process."""
+        options: dict[str, Any] = {"tls_ca": _tls.client_settings()["tls_ca"], **_tls.etcd_settings()}
+        if self.tls is not None:
+            options.update(tls_cert=self.tls.cert, tls_key=self.tls.key, tls_client_ca=self.tls.client_ca)
+        return options
 
     def _registry_options(self) -> dict[str, Any]:
         if not self.registry:

@@ -19,6 +19,9 @@ class ReplyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OVERLOADED: _ClassVar[ReplyStatus]
     EXPIRED: _ClassVar[ReplyStatus]
     UNAVAILABLE: _ClassVar[ReplyStatus]
+    CAPACITY: _ClassVar[ReplyStatus]
+    CLASS_NOT_FOUND: _ClassVar[ReplyStatus]
+    CREATION_FAILED: _ClassVar[ReplyStatus]
 OK: ReplyStatus
 ERROR: ReplyStatus
 UNKNOWN_AGENT: ReplyStatus
@@ -29,6 +32,9 @@ STALE_EPOCH: ReplyStatus
 OVERLOADED: ReplyStatus
 EXPIRED: ReplyStatus
 UNAVAILABLE: ReplyStatus
+CAPACITY: ReplyStatus
+CLASS_NOT_FOUND: ReplyStatus
+CREATION_FAILED: ReplyStatus
 
 class ClassRef(_message.Message):
     __slots__ = ("name", "digest", "blob")

@@ -1,0 +1,453 @@
+"""Multi-host failover: agent servers on hosts of their own (network namespaces), one host cut off.
+
+Topology (everything exists only inside this machine, and only for the test)::
+
+    root namespace: this test process, etcd            ns A: agent server A
+      amr<pid>a  10.231.n.1/30  <------ veth ------>  amn<pid>a  10.231.n.2/30
+      amr<pid>b  10.231.m.1/30  <------ veth ------>  amn<pid>b  10.231.m.2/30      ns B: agent server B
+
+Each namespace has only its veth end (and lo), no default route, and IPv4
+forwarding is not touched, so a server can reach nothing but the root side of
+its own veth. In the root namespace each /30 also gets a high-metric blackhole
+route: while a root-side veth is down its connected route is gone, and
+without the blackhole, packets for the cut host would follow the default
+route out of the machine.
+
+The cut takes the link down while the server process keeps running with its
+agents: it cannot be reached, nor reach etcd. Two places to pull it:
+
+- ``host``: the namespace's own end (``ip -n NS link set amn.. down``). The
+  root side keeps its route and the packets vanish silently, so the proxy
+  notices through its gRPC keepalive (ping every 1 s, 1 s timeout).
+- ``root``: the root side (``ip link set amr.. down``). Its connected route
+  goes, the blackhole route takes over, and sends fail at once locally
+  (EINVAL), so the proxy notices at its next keepalive ping.
+
+Then the link comes back up, and the old server, which still holds the
+moved agent, must fence itself: drop the agent and refuse the old epoch.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+import agentmesh
+from agentmesh import Msg
+from agentmesh.discovery import keys
+from agentmesh.v1 import agent_server_pb2 as pb
+from conftest import PYTHON, ROOT, etcd_get_prefix, kill_pid, server_info, wait_until
+from sample_agents import Echo
+
+TOKEN = "netns-test-token-" + uuid.uuid4().hex[:8]
+SUBNETS = ipaddress.ip_network("10.231.0.0/16")   # private, and only ever on this test's veths
+BLACKHOLE_METRIC = 4231
+
+
+# -- the network ----------------------------------------------------------------------------------------
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+class VethUnavailable(Exception):
+    """This machine cannot make veth pairs (no veth driver): the test skips."""
+
+
+class Host:
+    """A network namespace joined to the root namespace by one veth pair on a /30."""
+
+    def __init__(self, tag: str, subnet: ipaddress.IPv4Network) -> None:
+        pid = os.getpid()
+        self.ns = f"agentmesh-netns-{pid}-{tag}"
+        self.root_if = f"amr{pid}{tag}"      # at most 15 characters for pids up to 9 digits
+        self.ns_if = f"amn{pid}{tag}"
+        self.subnet = subnet
+        hosts = list(subnet.hosts())
+        self.root_ip, self.ns_ip = str(hosts[0]), str(hosts[1])
+        self.made_ns = self.made_link = self.made_route = False
+
+    def create(self) -> None:
+        _ip("netns", "add", self.ns)
+        self.made_ns = True
+        made = _ip("link", "add", self.root_if, "type", "veth", "peer", "name", self.ns_if, check=False)
+        if made.returncode != 0:
+            raise VethUnavailable(f"`ip link add ... type veth` failed: {made.stderr.strip() or made.returncode}")
+        self.made_link = True
+        _ip("link", "set", self.ns_if, "netns", self.ns)
+        _ip("addr", "add", f"{self.root_ip}/{self.subnet.prefixlen}", "dev", self.root_if)
+        # Safety net first: with the veth down, this /30 goes nowhere rather than out of the machine.
+        _ip("route", "add", "blackhole", str(self.subnet), "metric", str(BLACKHOLE_METRIC))
+        self.made_route = True
+        _ip("link", "set", self.root_if, "up")
+        _ip("-n", self.ns, "link", "set", "lo", "up")
+        _ip("-n", self.ns, "addr", "add", f"{self.ns_ip}/{self.subnet.prefixlen}", "dev", self.ns_if)
+        _ip("-n", self.ns, "link", "set", self.ns_if, "up")
+
+    def cut(self, where: str) -> None:
+        """Cut the host off: its own end of the link down ("host"), or the root's end ("root")."""
+        self._link(where, "down")
+
+    def reconnect(self, where: str) -> None:
+        self._link(where, "up")
+
+    def _link(self, where: str, state: str) -> None:
+        if where == "host":
+            _ip("-n", self.ns, "link", "set", self.ns_if, state)
+        elif where == "root":
+            _ip("link", "set", self.root_if, state)
+        else:
+            raise ValueError(where)
+
+    def destroy(self) -> list[str]:
+        """Remove what create() made; returns the errors (cleanup goes on past each)."""
+        problems = []
+        if self.made_link:   # deleting one end deletes its peer, wherever it is
+            proc = _ip("link", "del", self.root_if, check=False)
+            if proc.returncode and _ip("link", "show", self.root_if, check=False).returncode == 0:
+                problems.append(f"link del {self.root_if}: {proc.stderr.strip()}")
+        if self.made_ns:
+            proc = _ip("netns", "del", self.ns, check=False)
+            if proc.returncode:
+                problems.append(f"netns del {self.ns}: {proc.stderr.strip()}")
+        if self.made_route:  # last: the safety net stays while anything of ours could still send
+            proc = _ip("route", "del", "blackhole", str(self.subnet), "metric", str(BLACKHOLE_METRIC),
+                       check=False)
+            if proc.returncode:
+                problems.append(f"route del {self.subnet}: {proc.stderr.strip()}")
+        return problems
+
+
+def _free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """count /30s of 10.231.0.0/16 that no address or route on this machine overlaps (pid-based start)."""
+    used = []
+    for args in (("-4", "-o", "addr", "show"), ("-4", "route", "show", "table", "all")):
+        for match in re.finditer(r"\b(10\.231\.\d+\.\d+(?:/\d+)?)", _ip(*args, check=False).stdout):
+            used.append(ipaddress.ip_network(match.group(1), strict=False))
+    all_30s = SUBNETS.num_addresses // 4
+    start = (os.getpid() * count) % all_30s
+    chosen = []
+    for i in range(all_30s):
+        net = ipaddress.ip_network(
+            (int(SUBNETS.network_address) + ((start + i) % all_30s) * 4, 30))
+        if not any(net.overlaps(u) for u in used):
+            chosen.append(net)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError("no free /30 left in 10.231.0.0/16")
+
+
+@pytest.fixture
+def hosts():
+    """Two namespaces ("hosts") wired to this one; skips when namespaces cannot be made here."""
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("network namespaces need root (this test runs as uid "
+                    f"{os.geteuid() if hasattr(os, 'geteuid') else '?'})")
+    if shutil.which("ip") is None:
+        pytest.skip("the `ip` command (iproute2) is not installed")
+    probe = f"agentmesh-netns-{os.getpid()}-probe"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, timeout=10)
+    if made.returncode != 0:
+        pytest.skip(f"`ip netns add` failed: {made.stderr.strip() or made.returncode}")
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
+    subnets = _free_subnets(2)
+    made_hosts = [Host(tag, subnet) for tag, subnet in zip("ab", subnets)]
+    try:
+        for host in made_hosts:
+            try:
+                host.create()
+            except VethUnavailable as exc:
+                pytest.skip(str(exc))
+        yield made_hosts
+    finally:
+        problems = [p for host in made_hosts for p in host.destroy()]
+        assert not problems, f"network cleanup failed: {problems}"
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+class ServerProc:
+    """An agent server started by the CLI inside a namespace; its stderr is collected by a thread."""
+
+    def __init__(self, host: Host, etcd_url: str, namespace: str) -> None:
+        self.host = host
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+                   PYTHONUNBUFFERED="1")
+        env.pop("AGENTMESH_TOKEN", None)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", host.ns, PYTHON, "-m", "agentmesh.cli", "--log-level", "INFO",
+             "server", "--host", host.ns_ip, "--port", "0", "--registry", etcd_url,
+             "--namespace", namespace, "--capacity", "8", "--token", TOKEN, "--ttl", "2"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self.port: int | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            match = re.search(r"listening on (\S+):(\d+)", line)
+            if match and self.port is None:
+                self.port = int(match.group(2))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        if not self._ready.wait(timeout) or self.port is None:
+            raise AssertionError(f"server in {self.host.ns} did not start (exit {self.proc.poll()}):\n"
+                                 + self.log())
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.ns_ip}:{self.port}"
+
+    def info(self):
+        return server_info(self.port, TOKEN, host=self.host.ns_ip)
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-60:])
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            kill_pid(self.proc.pid)   # ip netns exec execs: this pid is the server itself
+        self.proc.wait(timeout=10)
+
+
+def raw_call(address: str, agent_id: str, method: str, epoch: int):
+    """One call on a fresh session of our own, with an epoch we choose: the server's raw reply."""
+    import grpc
+
+    from agentmesh.rpc import _wire
+    from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
+
+    call_id = f"netns-raw-{uuid.uuid4().hex}"
+    done = queue.Queue()
+
+    def frames():
+        yield pb.ClientFrame(calls=[pb.Call(call_id=call_id, agent_id=agent_id, method=method,
+                                            payload=b"", epoch=epoch)])
+        done.get(timeout=10)      # keep our half open until the reply came
+
+    with grpc.insecure_channel(address) as channel:
+        stream = pb_grpc.AgentServerStub(channel).Session(
+            frames(), metadata=_wire.call_metadata(TOKEN), timeout=5)
+        try:
+            for frame in stream:
+                for reply in frame.replies:
+                    if reply.call_id == call_id:
+                        return reply
+        finally:
+            done.put(None)
+            stream.cancel()
+    raise AssertionError(f"{address} ended the session without answering call {call_id}")
+
+
+@pytest.fixture
+def etcd_on_veths(hosts):
+    """A real etcd in the root namespace on 127.0.0.1 and the root side of every veth, on a free port."""
+    from agentmesh.discovery.etcd_server import EtcdProcess, find_etcd_binary, free_port
+
+    try:
+        find_etcd_binary()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    listen = ",".join(f"http://{ip}:{port}" for ip in ["127.0.0.1", *(h.root_ip for h in hosts)])
+    etcd = EtcdProcess(name=f"agentmesh-netns-{os.getpid()}", extra_args=["--listen-client-urls", listen])
+    try:
+        etcd.start(client_port=port)
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture
+def configured(etcd_on_veths, namespace):
+    """This process placing through that etcd with the shared token; every setting restored after."""
+    import dataclasses
+
+    from agentmesh._config import settings
+
+    saved = dataclasses.replace(settings)
+    agentmesh.init(registry=etcd_on_veths.url, namespace=namespace, token=TOKEN)
+    try:
+        yield etcd_on_veths
+    finally:
+        for field in dataclasses.fields(settings):
+            setattr(settings, field.name, getattr(saved, field.name))
+        # this process's watch-backed view of that namespace would otherwise outlive its etcd
+        from agentmesh.discovery import _placement
+        from agentmesh.rpc import _loop
+
+        view = getattr(_placement, "_views", {}).pop((etcd_on_veths.url, namespace), None)
+        if view is not None:
+            _loop.run_sync(view.close())
+
+
+@pytest.fixture
+def netns_servers(hosts, configured, namespace):
+    """One agent server per host, registered in etcd; and a way to hand over proxies for the teardown."""
+    etcd = configured
+    started: list[ServerProc] = []
+    proxies: list = []
+    try:
+        for host in hosts:
+            started.append(ServerProc(host, f"etcd://{host.root_ip}:{etcd.client_port}", namespace))
+        for proc in started:
+            proc.wait_ready()
+        wait_until(lambda: len(etcd_get_prefix(etcd.url, keys.servers_prefix(namespace))) == 2, timeout=10)
+        yield started, proxies.append
+    finally:
+        _forget_proxies(proxies, {proc.address for proc in started})
+        for proc in started:
+            proc.kill()
+
+
+def _forget_proxies(proxies: list, addresses: set[str]) -> None:
+    """Before the servers die and the veths go: nothing of this process may dial 10.231.x.x afterwards.
+
+    Killing the servers must not send our proxies looking for a new home (a child server), the
+    exit-time clean-up must not try to delete their agents (the addresses would then route out of
+    the machine), and no session to those addresses may be left to reconnect.
+    """
+    from agentmesh.rpc import _connection, _loop, _proxy
+
+    for proxy in proxies:
+        proxy._cls = None
+        _proxy._owned.pop(proxy.agent_id, None)
+        if proxy._conn is not None:
+            proxy._conn.proxies.discard(proxy)
+    proxies.clear()
+    for address, conn in list(_connection._pool.items()):
+        if address in addresses:
+            _loop.run_sync(conn.close())
+
+
+def _reachable(proc: ServerProc):
+    try:
+        return proc.info()
+    except Exception:  # noqa: BLE001 - grpc errors while the link comes back
+        return None
+
+
+class CutScenario:
+    """Both servers up, an agent with state on one of them, its call in flight, its host cut off."""
+
+    def __init__(self, servers, track, etcd, namespace: str, where: str) -> None:
+        self.servers, self.etcd, self.namespace, self.where = servers, etcd, namespace, where
+        records = etcd_get_prefix(etcd.url, keys.servers_prefix(namespace))
+        assert sorted(r["address"] for r in records.values()) == sorted(p.address for p in servers)
+        self.agent = Echo("netns-echo").to_dist()
+        track(self.agent)
+        for i in range(3):
+            assert self.agent.reply(Msg("u", i)).content["count"] == i + 1
+        by_address = {p.address: p for p in servers}
+        assert self.agent.server in by_address, (self.agent.server, list(by_address))
+        self.victim = by_address[self.agent.server]
+        self.survivor = next(p for p in servers if p is not self.victim)
+        info = self.victim.info()
+        self.old_epoch, self.old_server_id = info.epoch, info.server_id
+        self.server_key = keys.server_key(namespace, self.old_server_id)
+        self.agent_key = keys.agent_key(namespace, self.agent.agent_id)
+
+    def servers_in_registry(self) -> dict:
+        return etcd_get_prefix(self.etcd.url, keys.servers_prefix(self.namespace))
+
+    def agent_record(self) -> dict:
+        return etcd_get_prefix(self.etcd.url, keys.agents_prefix(self.namespace)).get(self.agent_key, {})
+
+    def cut_during_a_call(self) -> float:
+        """Cut the agent's host while slow(1.0) runs there; check the call still returns; the time it took."""
+        pending = self.agent.slow(1.0, "v")
+        wait_until(lambda: self.victim.info().inflight >= 1, timeout=5)
+        cut_at = time.monotonic()
+        self.victim.host.cut(self.where)
+        assert pending.result(timeout=20) == "v"
+        took = time.monotonic() - cut_at
+        print(f"\nnetns cut ({self.where} side of {self.victim.host.ns}): the 1.0 s call in flight returned "
+              f"{took:.2f} s after the cut, agent moved {self.victim.address} -> {self.agent.server}",
+              file=sys.stderr)
+        return took
+
+    def reconnect(self) -> None:
+        self.victim.host.reconnect(self.where)
+
+    def dump_logs(self) -> None:
+        for proc in self.servers:
+            print(f"--- server in {proc.host.ns} ({proc.address}) log tail:\n{proc.log()}", file=sys.stderr)
+
+
+@pytest.mark.parametrize("where", ["host", "root"])
+def test_cut_off_host_its_agent_moves_with_its_state_and_the_call_in_flight_returns(
+        netns_servers, configured, namespace, where):
+    """The agent's host loses its link (its own NIC, or the root's end of the cable) mid-call."""
+    servers, track = netns_servers
+    s = CutScenario(servers, track, configured, namespace, where)
+    try:
+        try:
+            took = s.cut_during_a_call()
+            assert took < 10, f"failover after a cut took {took:.2f} s"
+            assert s.agent.server == s.survivor.address
+            assert s.agent.get_count() == 3                     # the state from before the cut
+            assert s.victim.proc.poll() is None                 # cut off, not dead
+            # the cut-off server cannot renew its lease: its record expires; the agent's points to the new host
+            wait_until(lambda: s.server_key not in s.servers_in_registry(), timeout=10)
+            wait_until(lambda: s.agent_record().get("address") == s.survivor.address, timeout=5)
+        finally:
+            s.reconnect()
+        # the link is back: the proxy stays with the new server and keeps working there
+        assert s.agent.reply(Msg("u", "after")).content["count"] == 4
+        assert s.agent.server == s.survivor.address
+        wait_until(lambda: _reachable(s.victim), timeout=10)       # the old host answers again
+        assert s.agent.reply(Msg("u", "again")).content["count"] == 5
+        assert s.agent.get_count() == 5 and s.agent.server == s.survivor.address
+    except BaseException:
+        s.dump_logs()
+        raise
+
+
+def test_cut_off_server_back_on_the_network_is_fenced(netns_servers, configured, namespace):
+    """After the cut the old server still holds the moved agent: once reachable again it must refuse the
+    old epoch (or have dropped the agent) and must not take the agent's registry record back."""
+    servers, track = netns_servers
+    s = CutScenario(servers, track, configured, namespace, "host")
+    try:
+        try:
+            s.cut_during_a_call()
+            assert s.agent.server == s.survivor.address and s.agent.get_count() == 3
+            wait_until(lambda: s.server_key not in s.servers_in_registry(), timeout=10)
+            wait_until(lambda: s.agent_record().get("address") == s.survivor.address, timeout=5)
+        finally:
+            s.reconnect()
+        wait_until(lambda: _reachable(s.victim), timeout=10)
+        wait_until(lambda: s.server_key in s.servers_in_registry(), timeout=15)   # re-registered
+        time.sleep(0.5)        # let it write all it writes after re-registering
+        back = s.servers_in_registry()[s.server_key]
+        reply = raw_call(s.victim.address, s.agent.agent_id, "get_count", s.old_epoch)
+        record = s.agent_record()
+        diagnosis = (f"old server back in the registry at epoch {back['epoch']} (was {s.old_epoch}) hosting "
+                     f"{s.victim.info().agents} agent(s); a call at the old epoch got "
+                     f"{pb.ReplyStatus.Name(reply.status)}; the agent's record points to "
+                     f"{record.get('address')} (the new host is {s.survivor.address})")
+        print(f"netns reconnect: {diagnosis}", file=sys.stderr)
+        assert s.agent.reply(Msg("u", "after")).content["count"] == 4      # the owner is not confused
+        assert s.agent.server == s.survivor.address
+        assert reply.status in (pb.STALE_EPOCH, pb.UNKNOWN_AGENT), diagnosis
+        assert record.get("address") == s.survivor.address, diagnosis
+    except BaseException:
+        s.dump_logs()
+        raise
