@@ -43,15 +43,16 @@ def choose(cls: type, options: dict[str, Any]) -> _connection.Connection:
     url = options.get("registry") or settings.registry
     if url:
         namespace = options.get("namespace") or settings.namespace
-        conn, reason = _loop.run_sync(_choose_by_registry(url, namespace, cls, options))
-        if conn is not None:
-            return conn
+        placed, reason = _loop.run_sync(_by_registry(url, namespace, cls, options, set(), None))
+        if placed is not None:
+            return placed[0]
         _fallback(reason)
     return _connection.connect(child_pool.choose().wait_ready())
 
 
-async def _choose_by_registry(url: str, namespace: str, cls: type, options: dict[str, Any]
-                              ) -> tuple[_connection.Connection | None, str]:
+async def _by_registry(url: str, namespace: str, cls: type, options: dict[str, Any], exclude: set[str],
+                       spec: "_Spec | None") -> tuple[tuple[_connection.Connection, Any] | None, str]:
+    """The best registered server that answers (and, given spec, creates the agent); else why not."""
     from .etcd import EtcdError
 
     view = view_for(url, namespace)
@@ -65,15 +66,25 @@ async def _choose_by_registry(url: str, namespace: str, cls: type, options: dict
     labels = options.get("labels")
     cls_name = f"{cls.__module__}:{cls.__qualname__}"
     refusals = []
-    for record in view.candidates(labels, cls_name):
+    for record in view.candidates(labels, cls_name, exclude):
         address = record.get("address") or f"{record['host']}:{record['port']}"
+        if address in exclude:
+            continue
         try:
             conn = await _connection.get_connection(address, timeout=settings.registry_timeout)
-        except errors.AgentMeshError as exc:
+            response = await spec.create_on(conn) if spec is not None else None
+        except errors.CapacityError:
+            view.full(record["server_id"])
+            refusals.append(f"{address} full")
+            continue
+        except errors.ClassNotFoundError:
+            refusals.append(f"{address} lacks {cls_name}")
+            continue
+        except (errors.ServerUnavailableError, errors.AuthenticationError, errors.VersionMismatchError) as exc:
             refusals.append(f"{address} refused: {exc}")
             continue
         view.placed(record["server_id"])
-        return conn, ""
+        return (conn, response), ""
     wanted = f" with labels {labels}" if labels else ""
     detail = f" ({'; '.join(refusals)})" if refusals else ""
     return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
@@ -89,7 +100,7 @@ def place(cls: type, agent_id: str, init_blob: bytes, options: dict[str, Any],
     url = options.get("registry") or settings.registry
     if url:
         namespace = options.get("namespace") or settings.namespace
-        placed, reason = _loop.run_sync(_place_by_registry(url, namespace, spec, set(exclude)))
+        placed, reason = _loop.run_sync(_by_registry(url, namespace, cls, options, set(exclude), spec))
         if placed is not None:
             return placed
         _fallback(reason)
@@ -120,45 +131,6 @@ def view_for(url: str, namespace: str) -> Any:
     if view is None:
         view = _views[(url, namespace)] = ServerView(url, namespace, settings.registry_timeout)
     return view
-
-
-async def _place_by_registry(url: str, namespace: str, spec: _Spec, exclude: set[str]
-                             ) -> tuple[Placed | None, str]:
-    from .etcd import EtcdError
-
-    view = view_for(url, namespace)
-    if not view.ready:
-        if view.failed_at and time.monotonic() - view.failed_at < RETRY_UNREACHABLE_AFTER:
-            return None, f"registry {url} is unreachable"
-        try:
-            await view.ensure_started()
-        except EtcdError as exc:
-            return None, str(exc)
-    labels = spec.options.get("labels")
-    cls_name = f"{spec.cls.__module__}:{spec.cls.__qualname__}"
-    refusals = []
-    for record in view.candidates(labels, cls_name, exclude):
-        address = record.get("address") or f"{record['host']}:{record['port']}"
-        if address in exclude:
-            continue
-        try:
-            conn = await _connection.get_connection(address, timeout=settings.registry_timeout)
-            response = await spec.create_on(conn)
-        except errors.CapacityError:
-            view.full(record["server_id"])
-            refusals.append(f"{address} full")
-            continue
-        except errors.ClassNotFoundError:
-            refusals.append(f"{address} lacks {cls_name}")
-            continue
-        except (errors.ServerUnavailableError, errors.AuthenticationError, errors.VersionMismatchError) as exc:
-            refusals.append(f"{address} refused: {exc}")
-            continue
-        view.placed(record["server_id"])
-        return (conn, response), ""
-    wanted = f" with labels {labels}" if labels else ""
-    detail = f" ({'; '.join(refusals)})" if refusals else ""
-    return None, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
 
 
 async def locate_async(agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
