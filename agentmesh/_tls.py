@@ -99,6 +99,8 @@ class ServerTLS:
 
     def credentials(self) -> grpc.ServerCredentials:
         """gRPC server credentials (files are read now, so a renewed certificate applies on restart)."""
+        log.debug("serving TLS with %s (client certificates %s)", self.cert,
+                  f"required, from {self.client_ca}" if self.mutual else "not required")
         return grpc.ssl_server_credentials(
             [(read_pem(self.key, "private key"), read_pem(self.cert, "certificate"))],
             root_certificates=read_pem(self.client_ca, "client CA") if self.client_ca else None,
@@ -130,6 +132,18 @@ def channel_credentials() -> grpc.ChannelCredentials | None:
         root_certificates=read_pem(settings.tls_ca, "CA certificate") if settings.tls_ca else None,
         private_key=read_pem(settings.tls_key, "private key") if settings.tls_key else None,
         certificate_chain=read_pem(settings.tls_cert, "certificate") if settings.tls_cert else None)
+
+
+def is_plaintext_child(address: str) -> bool:
+    """True for a child server of this process that listens without TLS (loopback, behind a token).
+
+    A process with a CA but no certificate starts plaintext children; its
+    channels to them must then be plaintext even though its settings ask for TLS.
+    """
+    from .server._child import child_pool
+
+    return any(child.address == address and not child.config.get("tls_cert")
+               for child in list(child_pool._children))
 
 
 def client_settings() -> dict[str, str | None]:

@@ -12,6 +12,7 @@ import random
 import time
 from typing import Any
 
+from .._tls import etcd_client_kwargs
 from ..rpc import _connection, _wire
 from . import keys
 from .etcd import EtcdClient, EtcdError
@@ -30,7 +31,7 @@ class ServerView:
         self.namespace = namespace
         self.timeout = timeout
         self.servers: dict[str, dict[str, Any]] = {}
-        self.client = EtcdClient.from_url(url, timeout=timeout)
+        self.client = EtcdClient.from_url(url, timeout=timeout, **etcd_client_kwargs())
         self.ready = False
         self.failed_at = 0.0
         self._task: asyncio.Task | None = None

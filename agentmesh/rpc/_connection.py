@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .. import errors
+from .. import _tls, errors
 from .._config import settings
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
@@ -36,7 +36,9 @@ def _status_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> Excepti
             return errors.CapacityError(f"agent server {address} is full: {detail}")
         return errors.MessageTooLargeError(f"agent server {address}: {detail}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-        return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}")
+        hint = (" (does one side use TLS and the other not? see tls_ca / tls_cert)"
+                if "Socket closed" in detail or "handshake" in detail.lower() else "")
+        return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}{hint}")
     if what == "agent creation":
         if code == grpc.StatusCode.NOT_FOUND:
             return errors.ClassNotFoundError(f"agent server {address}: {detail}")
@@ -55,7 +57,7 @@ def channel_options(max_message_size: int) -> list[tuple[str, Any]]:
 def make_channel(address: str) -> grpc.aio.Channel:
     """An aio channel to address with agentmesh's options and TLS when configured."""
     options = channel_options(settings.max_message_size)
-    if settings.tls_ca or settings.tls_cert:
+    if (settings.tls_ca or settings.tls_cert) and not _tls.is_plaintext_child(address):
         creds = grpc.ssl_channel_credentials(
             root_certificates=_read(settings.tls_ca),
             private_key=_read(settings.tls_key),

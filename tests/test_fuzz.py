@@ -1,0 +1,534 @@
+"""Fuzz a real agent server process over real gRPC with hypothesis.
+
+Malformed requests of every kind: random bytes as the serialized request of
+each method, random Session frames (call ids, agent ids, methods, payloads
+that are garbage, truncated pickles, wrong shapes or near the size limit),
+random call metadata (tokens, versions, extra keys) and CreateAgent requests
+with random class references and blobs. Afterwards the server process must be
+the same process, serve a normal proxy call, and a pre-created agent that
+nothing touched must keep its state. Pickles that write a marker file when
+unpickled ride on every unauthenticated request: the marker must never appear.
+
+Default: a short run (about 600 requests). ``AGENTMESH_FUZZ_FULL=1``: at
+least 10,000 requests. The counts are printed to stderr.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import os
+import pickle
+import queue
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+
+from agentmesh import Msg
+from agentmesh._config import settings
+from agentmesh.rpc import _wire
+from agentmesh.v1 import agent_server_pb2 as pb
+from conftest import pid_alive
+from sample_agents import Echo
+
+FULL = os.environ.get("AGENTMESH_FUZZ_FULL") == "1"
+TARGET_REQUESTS = 10_000 if FULL else 600
+TOKEN = "fuzz-s3cret-token"
+LIMIT = 256 * 1024                     # the fuzzed server's message size limit: "near the limit" stays cheap
+GRPC_LIMIT = LIMIT + 64 * 1024         # what gRPC itself accepts on that server
+SERVICE = "/agentmesh.v1.AgentServer/"
+UNARY_METHODS = ("CreateAgent", "DeleteAgent", "FetchResult", "GetInfo", "GetState")
+SAFE_METHODS = ("reply", "ping", "get_count", "pid", "boom", "observe", "__call__", "__getattr__")
+REPLY_TIMEOUT = 20.0
+
+# Codes a server may answer malformed input with; UNKNOWN would be an exception escaping a handler.
+EXPECTED_CODES = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED",
+                  "UNAUTHENTICATED", "INTERNAL", "DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+def check_code(code: grpc.StatusCode, details: str, what: str) -> None:
+    """An answer to malformed input must be an expected code.
+
+    gRPC itself answers a request that does not parse as the method's message
+    with UNKNOWN ("Unexpected DecodeError: Error parsing message ..."); any
+    other UNKNOWN is an exception that escaped one of our handlers.
+    """
+    if code == grpc.StatusCode.UNKNOWN and "Error parsing message" in details:
+        return
+    assert code.name in EXPECTED_CODES, f"{what}: {code.name}: {details}"
+
+
+class _WritesMarker:
+    """Unpickling one of these runs open(path, "w"): the file's existence proves it was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def marker_pickle(path) -> bytes:
+    return pickle.dumps(_WritesMarker(str(path)), protocol=5)
+
+
+def good_metadata() -> list[tuple[str, str]]:
+    return list(_wire.call_metadata(TOKEN))
+
+
+def class_ref(cls: type) -> pb.ClassRef:
+    blob = _wire.dumps(cls)
+    return pb.ClassRef(name=f"{cls.__module__}:{cls.__qualname__}",
+                       digest=hashlib.sha256(blob).hexdigest(), blob=blob)
+
+
+def with_digest(name: str, blob: bytes) -> pb.ClassRef:
+    return pb.ClassRef(name=name, digest=hashlib.sha256(blob).hexdigest(), blob=blob)
+
+
+class Stats:
+    """What the fuzz did and what the server answered."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.rpcs = 0
+        self.session_calls = 0
+        self.codes: collections.Counter[str] = collections.Counter()
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.actions: collections.Counter[str] = collections.Counter()
+
+    def rpc(self, code: grpc.StatusCode) -> None:
+        self.requests += 1
+        self.rpcs += 1
+        self.codes[code.name] += 1
+
+    def reply(self, reply: pb.Reply) -> None:
+        self.statuses[pb.ReplyStatus.Name(reply.status)] += 1
+
+    def summary(self) -> str:
+        return (f"fuzz: {self.requests} requests tried ({self.rpcs} RPCs, {self.session_calls} calls on "
+                f"sessions); {len(self.codes)} distinct gRPC status codes {dict(sorted(self.codes.items()))}; "
+                f"{len(self.statuses)} distinct reply statuses {dict(sorted(self.statuses.items()))}; "
+                f"actions {dict(sorted(self.actions.items()))}; server crashes: 0")
+
+
+class Stream:
+    """A Session stream driven by hand: frames in through a queue, frames out collected by a thread."""
+
+    def __init__(self, channel: grpc.Channel, md, raw: bool = False) -> None:
+        self._requests: queue.Queue = queue.Queue()
+        self._cond = threading.Condition()
+        self.frames = 0
+        self.received: collections.Counter[str] = collections.Counter()
+        self.replies: list[pb.Reply] = []
+        self.error: grpc.RpcError | None = None
+        self.ended = False
+        call = channel.stream_stream(SERVICE + "Session",
+                                     request_serializer=None if raw else pb.ClientFrame.SerializeToString,
+                                     response_deserializer=pb.ServerFrame.FromString)
+        self.rpc = call(self._outgoing(), metadata=md, timeout=600)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _outgoing(self):
+        while True:
+            frame = self._requests.get()
+            if frame is None:
+                return
+            yield frame
+
+    def _read(self) -> None:
+        try:
+            for frame in self.rpc:
+                with self._cond:
+                    self.frames += 1
+                    for reply in frame.replies:
+                        self.received[reply.call_id] += 1
+                        self.replies.append(reply)
+                    self._cond.notify_all()
+        except grpc.RpcError as exc:
+            self.error = exc
+        finally:
+            with self._cond:
+                self.ended = True
+                self._cond.notify_all()
+
+    def send(self, frame: Any) -> None:
+        self._requests.put(frame)
+
+    def finish(self) -> None:
+        """Half-close: the server ends the session once it has answered."""
+        self._requests.put(None)
+
+    def wait_for(self, wanted: collections.Counter, timeout: float = REPLY_TIMEOUT) -> bool:
+        """Wait until every call id got its replies; False if the stream ended first."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: self.ended or all(self.received[k] >= n for k, n in wanted.items()), timeout)
+            assert ok, f"no reply within {timeout} s to {len(wanted)} call(s): the server hangs"
+            return all(self.received[k] >= n for k, n in wanted.items())
+
+    def wait_end(self, timeout: float = REPLY_TIMEOUT) -> grpc.StatusCode:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.ended, timeout), "the session did not end"
+        return self.error.code() if self.error is not None else grpc.StatusCode.OK
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self.rpc.cancel()
+        self._reader.join(5)
+
+
+# -- strategies -------------------------------------------------------------------------
+ascii_text = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)
+any_text = st.text(max_size=60)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), any_text,
+                    st.binary(max_size=64))
+
+
+def draw_metadata(data, authentic_allowed: bool) -> tuple[list[tuple[str, str]], bool]:
+    """Random call metadata, and whether the server must accept it (right token and versions)."""
+    md = dict(_wire.call_metadata(TOKEN))
+    wrong_tokens = st.one_of(st.none(), st.just(""), ascii_text.filter(lambda t: t != TOKEN),
+                             st.sampled_from([TOKEN + "x", TOKEN[:-1], TOKEN.upper(), "Bearer " + TOKEN]))
+    token_ok = authentic_allowed and data.draw(st.booleans(), label="token ok")
+    token = TOKEN if token_ok else data.draw(wrong_tokens, label="token")
+    versions_ok = True
+    for key, right in ((_wire.MD_PROTOCOL, _wire.PROTOCOL_VERSION), (_wire.MD_PYTHON, _wire.PYTHON_VERSION),
+                       (_wire.MD_PICKLE, _wire.CLOUDPICKLE_MAJOR)):
+        if data.draw(st.integers(0, 3), label=f"{key} fuzzed") == 0:
+            value = data.draw(st.one_of(st.none(), ascii_text), label=key)
+            versions_ok = versions_ok and value == right
+            if value is None:
+                md.pop(key)
+            else:
+                md[key] = value
+    items = [(k, v) for k, v in md.items() if k != _wire.MD_TOKEN]
+    if token is not None:
+        items.append((_wire.MD_TOKEN, token))
+    if not token_ok and data.draw(st.booleans(), label="second wrong token"):
+        items.insert(0, (_wire.MD_TOKEN, data.draw(ascii_text.filter(lambda t: t != TOKEN))))
+    extra = data.draw(st.lists(st.tuples(st.from_regex(r"x-fuzz-[a-z0-9-]{1,12}", fullmatch=True), ascii_text),
+                               max_size=3), label="extra metadata")
+    items.extend((k, v) for k, v in extra if v)
+    return items, token_ok and versions_ok
+
+
+def draw_payload(data, marker: str | None = None, huge: bool = True) -> bytes:
+    """A call payload: nothing, garbage, truncated or odd pickles, near or over the size limit."""
+    kinds = ["empty", "random", "truncated", "valid", "valid", "wrong shape", "unknown global",
+             "long random"]
+    if huge:
+        kinds += ["near limit", "over limit"]
+    if marker:
+        kinds += ["marker"] * 4
+    kind = data.draw(st.sampled_from(kinds), label="payload kind")
+    args = st.tuples(st.lists(scalars, max_size=4).map(tuple),
+                     st.dictionaries(st.text(max_size=8), scalars, max_size=3))
+    if kind == "empty":
+        return b""
+    if kind == "random":
+        return data.draw(st.binary(max_size=300), label="random payload")
+    if kind == "long random":
+        n = data.draw(st.integers(1000, 20_000), label="long size")
+        seed = data.draw(st.binary(min_size=1, max_size=16), label="seed")
+        return (seed * (n // len(seed) + 1))[:n]
+    if kind in ("valid", "truncated"):
+        blob = _wire.dumps(data.draw(args, label="args"))
+        if kind == "valid":
+            return blob
+        return blob[:data.draw(st.integers(0, len(blob) - 1), label="cut")]
+    if kind == "wrong shape":
+        return _wire.dumps(data.draw(st.one_of(scalars, st.tuples(scalars, scalars),
+                                               st.tuples(scalars, scalars, scalars)), label="shape"))
+    if kind == "unknown global":
+        module = data.draw(st.sampled_from(["no_such_module_fz", "builtins", "os.path", "sample_agents"]))
+        name = data.draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True).filter(
+            lambda n: n not in ("Echo", "Sleeper", "Recorder", "Fragile") and not n.startswith("_")))
+        return f"c{module}\nZz{name}\n)R.".encode()
+    if kind == "near limit":
+        return b"\x80\x05" + bytes(data.draw(st.integers(LIMIT - 4096, LIMIT - 2), label="near size"))
+    if kind == "over limit":
+        return bytes(data.draw(st.integers(LIMIT + 1, LIMIT + 16_384), label="over size"))
+    assert kind == "marker" and marker
+    return marker_pickle(marker)
+
+
+# -- the fuzzer -------------------------------------------------------------------------------
+class Fuzzer:
+    """Drives one server: each action sends some malformed requests and checks the answers."""
+
+    def __init__(self, port: int, pid: int, target_id: str, sentinel_id: str, marker: str) -> None:
+        self.port = port
+        self.pid = pid
+        self.target_id = target_id
+        self.sentinel_id = sentinel_id
+        self.marker = marker
+        self.stats = Stats()
+        self.ids = itertools.count()
+        self.created: set[str] = set()
+        self.finished_calls: list[str] = []
+        options = [("grpc.max_send_message_length", 4 * GRPC_LIMIT),
+                   ("grpc.max_receive_message_length", 4 * GRPC_LIMIT)]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
+        self.raw = {name: self.channel.unary_unary(SERVICE + name) for name in UNARY_METHODS}
+        self.session: Stream | None = None
+        self.echo_ref = class_ref(Echo)
+        self.echo_ref_no_blob = pb.ClassRef(name=self.echo_ref.name, digest=self.echo_ref.digest)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.channel.close()
+
+    def _unary(self, method: str, request: bytes, md, label: str) -> tuple[grpc.StatusCode, bytes | None]:
+        timeout = 0.05 if method == "FetchResult" else REPLY_TIMEOUT
+        self.stats.actions[label] += 1
+        try:
+            answer = self.raw[method](request, metadata=md, timeout=timeout)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            answer, code = None, exc.code()
+            check_code(code, exc.details() or "", method)
+        self.stats.rpc(code)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            assert method == "FetchResult", f"{method} did not answer within {timeout} s"
+        return code, answer
+
+    def check_alive(self) -> None:
+        assert pid_alive(self.pid), "the fuzzed server process died"
+        assert not os.path.exists(self.marker), "a payload from an unauthenticated caller was unpickled"
+
+    # -- actions -------------------------------------------------------------------------
+    def raw_unary(self, data) -> None:
+        method = data.draw(st.sampled_from(UNARY_METHODS), label="method")
+        md, _ = draw_metadata(data, authentic_allowed=True) if data.draw(st.integers(0, 3)) == 0 \
+            else (good_metadata(), True)
+        body = data.draw(st.one_of(st.binary(max_size=400), st.just(b""),
+                                   st.binary(max_size=8).map(lambda b: b * 200)), label="request bytes")
+        self._unary(method, body, md, "raw bytes")
+
+    def create_agent(self, data) -> None:
+        md, _ = draw_metadata(data, authentic_allowed=True) if data.draw(st.integers(0, 3)) == 0 \
+            else (good_metadata(), True)
+        kind = data.draw(st.sampled_from(["known", "known+blob", "random", "garbage blob", "truncated class",
+                                          "not a class", "builtin class", "empty"]), label="class ref")
+        if kind == "known":
+            cls = self.echo_ref_no_blob
+        elif kind == "known+blob":
+            cls = self.echo_ref
+        elif kind == "random":
+            cls = pb.ClassRef(name=data.draw(any_text), digest=data.draw(ascii_text),
+                              blob=data.draw(st.binary(max_size=200)))
+        elif kind == "garbage blob":
+            cls = with_digest(data.draw(any_text), data.draw(st.binary(min_size=1, max_size=300)))
+        elif kind == "truncated class":
+            blob = self.echo_ref.blob
+            cls = with_digest("trunc:Echo", blob[:data.draw(st.integers(1, len(blob) - 1))])
+        elif kind == "not a class":
+            cls = with_digest("x:NotAClass", _wire.dumps(data.draw(scalars)))
+        elif kind == "builtin class":
+            cls = with_digest("builtins:dict", _wire.dumps(data.draw(st.sampled_from([dict, list]))))
+        else:
+            cls = pb.ClassRef()
+        agent_id = data.draw(st.one_of(st.just(f"fz-agent-{next(self.ids)}"), any_text,
+                                       st.just(self.target_id), st.just(self.sentinel_id),
+                                       st.integers(10_000, 200_000).map(lambda n: "a" * n)), label="agent id")
+        state = data.draw(st.one_of(st.just(b""), st.binary(max_size=100),
+                                    st.builds(lambda d: b"A" + _wire.dumps(d),
+                                              st.dictionaries(st.sampled_from(["count", "name", "x"]), scalars,
+                                                              max_size=3))), label="state")
+        request = pb.CreateAgentRequest(
+            agent_id=agent_id, cls=cls, init_args=draw_payload(data, huge=False), state=state,
+            state_seq=data.draw(st.integers(0, 2**64 - 1)), checkpoint=data.draw(st.booleans()))
+        code, answer = self._unary("CreateAgent", request.SerializeToString(), md, f"create: {kind}")
+        if code == grpc.StatusCode.OK:
+            response = pb.CreateAgentResponse.FromString(answer)
+            if response.agent_id in (self.target_id, self.sentinel_id):
+                assert response.existed, "re-creating an existing agent must not replace it"
+            else:
+                self.created.add(response.agent_id)
+
+    def unauthenticated(self, data) -> None:
+        """Requests whose metadata the server must refuse, carrying marker-writing pickles."""
+        md, authentic = draw_metadata(data, authentic_allowed=False)
+        assert not authentic
+        which = data.draw(st.sampled_from(["create", "session", "raw"]), label="unauthenticated kind")
+        evil = marker_pickle(self.marker)
+        if which == "create":
+            request = pb.CreateAgentRequest(agent_id=f"fz-evil-{next(self.ids)}",
+                                            cls=with_digest("evil:Evil", evil), init_args=evil, state=b"A" + evil)
+            self._unary("CreateAgent", request.SerializeToString(), md, "unauthenticated create")
+        elif which == "raw":
+            method = data.draw(st.sampled_from(UNARY_METHODS))
+            self._unary(method, evil, md, "unauthenticated raw")
+        else:
+            self.stats.actions["unauthenticated session"] += 1
+            stream = Stream(self.channel, md)
+            calls = [pb.Call(call_id=f"fz-evil-{next(self.ids)}", agent_id=self.target_id, method="ping",
+                             payload=evil) for _ in range(data.draw(st.integers(1, 3)))]
+            stream.send(pb.ClientFrame(calls=calls))
+            code = stream.wait_end()
+            stream.close()
+            self.stats.rpc(code)
+            self.stats.session_calls += len(calls)
+            self.stats.requests += len(calls)
+            assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION), code
+            assert stream.frames == 0 and not stream.replies, "an unauthenticated session got frames"
+
+    def session_frames(self, data) -> None:
+        """Random calls on an authenticated session; every call gets exactly one reply."""
+        if self.session is None or self.session.ended:
+            self.session = Stream(self.channel, good_metadata())
+            self.stats.rpcs += 1
+            self.stats.requests += 1
+        calls = []
+        wanted: collections.Counter[str] = collections.Counter()
+        for _ in range(data.draw(st.integers(1, 4), label="calls in frame")):
+            call_id = data.draw(st.one_of(
+                st.just(f"fz-call-{next(self.ids)}"), st.just(f"fz-call-{next(self.ids)}"), any_text,
+                st.integers(1, 20).map(self.recent_call),
+                st.integers(1000, 50_000).map(lambda n: "c" * n)), label="call id")
+            agent_id = data.draw(st.one_of(
+                st.just(self.target_id), st.just(self.target_id), st.just(self.target_id), any_text,
+                st.just(""), st.integers(1000, 50_000).map(lambda n: "g" * n)), label="agent id")
+            method = data.draw(st.one_of(st.sampled_from(SAFE_METHODS), any_text,
+                                         st.sampled_from(["_secret", "__init__", "__dict__", "__reduce__",
+                                                          "__class__", ""]),
+                                         st.integers(1000, 50_000).map(lambda n: "m" * n)), label="method")
+            if method not in SAFE_METHODS and hasattr(Echo, method) and not method.startswith("_"):
+                method = "not_" + method    # slow(), to_dist() ... could block or spawn; not the point here
+            epoch = data.draw(st.sampled_from([0, 0, 0, 0, -1]), label="epoch")
+            if epoch < 0:
+                epoch = data.draw(st.integers(0, 2**64 - 1), label="random epoch")
+            payload = draw_payload(data)
+            if method == "__getattr__" and data.draw(st.booleans()):
+                payload = _wire.dumps(((data.draw(st.sampled_from(["name", "count", "__dict__", "_x", "nope"])),),
+                                       {}))
+            calls.append(pb.Call(call_id=call_id, agent_id=agent_id, method=method, payload=payload, epoch=epoch))
+            wanted[call_id] += 1
+        size = sum(len(c.payload) + len(c.call_id) + len(c.agent_id) + len(c.method) for c in calls)
+        self.stats.actions["session frame"] += 1
+        self.stats.session_calls += len(calls)
+        self.stats.requests += len(calls)
+        before = collections.Counter(self.session.received)
+        stream = self.session
+        stream.send(pb.ClientFrame(calls=calls))
+        goal = collections.Counter({k: before[k] + n for k, n in wanted.items()})
+        if not stream.wait_for(goal):
+            code = stream.wait_end()
+            self.stats.codes[code.name] += 1
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and size > LIMIT, \
+                f"the session ended ({code.name}: {stream.error and stream.error.details()}) for a frame of {size} B"
+            stream.close()
+            self.session = None
+            return
+        for reply in stream.replies[-sum(wanted.values()):]:
+            self.stats.reply(reply)
+        self.finished_calls.extend(c.call_id for c in calls if len(c.call_id) < 100)
+
+    def raw_session(self, data) -> None:
+        """A Session stream fed random bytes as frames."""
+        md, authentic = draw_metadata(data, authentic_allowed=True) if data.draw(st.integers(0, 2)) == 0 \
+            else (good_metadata(), True)
+        self.stats.actions["raw session"] += 1
+        stream = Stream(self.channel, md, raw=True)
+        frames = data.draw(st.lists(st.binary(max_size=300), min_size=1, max_size=4), label="raw frames")
+        for frame in frames:
+            stream.send(frame)
+        stream.finish()
+        code = stream.wait_end()
+        stream.close()
+        self.stats.rpc(code)
+        self.stats.requests += len(frames) - 1
+        check_code(code, stream.error.details() if stream.error is not None else "", "raw Session")
+        for reply in stream.replies:
+            self.stats.reply(reply)
+
+    def recent_call(self, back: int) -> str:
+        """The id of a call finished back calls ago (a replay), or one never seen."""
+        return self.finished_calls[-back] if len(self.finished_calls) >= back else "fz-none"
+
+    def delete_created(self, data) -> None:
+        index = data.draw(st.integers(0, 1000), label="created agent")
+        created = sorted(self.created)
+        agent_id = created[index % len(created)] if created else "fz-none"
+        self.created.discard(agent_id)
+        self._unary("DeleteAgent", pb.DeleteAgentRequest(agent_id=agent_id).SerializeToString(),
+                    good_metadata(), "delete created")
+
+    def fetch(self, data) -> None:
+        call_id = data.draw(st.one_of(st.integers(1, 50).map(self.recent_call), any_text))
+        self._unary("FetchResult", pb.FetchRequest(call_id=call_id, agent_id=data.draw(any_text))
+                    .SerializeToString(), good_metadata(), "fetch")
+
+    def get_state(self, data) -> None:
+        agent_id = data.draw(st.one_of(st.just(self.target_id), st.just(self.sentinel_id), any_text))
+        self._unary("GetState", pb.StateRequest(agent_id=agent_id).SerializeToString(), good_metadata(),
+                    "get state")
+
+    ACTIONS = ("session_frames", "session_frames", "session_frames", "session_frames", "raw_unary",
+               "raw_unary", "create_agent", "create_agent", "unauthenticated", "unauthenticated",
+               "raw_session", "delete_created", "fetch", "get_state")
+
+
+@pytest.mark.timeout(3600 if FULL else 120)
+def test_fuzz_a_real_server(servers, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(settings, "token", TOKEN)       # this process's proxies carry the server's token
+    server = servers(capacity=48, token=TOKEN, max_message_size=LIMIT)
+    pid = server.pid
+    sentinel = Echo("sentinel").to_dist(host="127.0.0.1", port=server.port)
+    target = Echo("target").to_dist(host="127.0.0.1", port=server.port)
+    for i in range(3):
+        assert sentinel.reply(Msg("u", i)).content["count"] == i + 1
+    marker = tmp_path / "unpickled-without-authentication"
+    fuzzer = Fuzzer(server.port, pid, target.agent_id, sentinel.agent_id, str(marker))
+    started = time.monotonic()
+
+    @hsettings(max_examples=150 if not FULL else 2000, deadline=None, database=None,
+               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def fuzz_once(data) -> None:
+        action = data.draw(st.sampled_from(Fuzzer.ACTIONS), label="action")
+        getattr(fuzzer, action)(data)
+        fuzzer.check_alive()
+
+    try:
+        while fuzzer.stats.requests < TARGET_REQUESTS:
+            fuzz_once()
+        took = time.monotonic() - started
+
+        # The same process serves a normal proxy call; the untouched agent kept its state.
+        fuzzer.check_alive()
+        assert server.pid == pid and pid_alive(pid)
+        assert sentinel.get_count() == 3
+        assert sentinel.reply(Msg("u", "after")).content == {"count": 4, "got": "after"}
+        assert target.ping("still here") == "still here"
+        for agent_id in sorted(fuzzer.created):   # room for a new agent
+            fuzzer._unary("DeleteAgent", pb.DeleteAgentRequest(agent_id=agent_id).SerializeToString(),
+                          good_metadata(), "cleanup")
+        assert Echo("late").to_dist(host="127.0.0.1", port=server.port).ping(7) == 7
+        assert not marker.exists()
+
+        # Control: the same marker pickle from an authenticated caller is unpickled, so the check can fail.
+        control = tmp_path / "control"
+        session = Stream(fuzzer.channel, good_metadata())
+        probe = pb.Call(call_id=uuid.uuid4().hex, agent_id=target.agent_id, method="ping",
+                        payload=marker_pickle(control))
+        session.send(pb.ClientFrame(calls=[probe]))
+        session.wait_for(collections.Counter({probe.call_id: 1}))
+        session.close()
+        assert control.exists()
+    finally:
+        fuzzer.close()
+    stats = fuzzer.stats
+    with capsys.disabled():
+        print(f"\n{stats.summary()}; {took:.1f} s", file=sys.stderr)
+    assert stats.requests >= TARGET_REQUESTS
+    assert len(stats.codes) >= 5 and len(stats.statuses) >= 5

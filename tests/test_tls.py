@@ -1,0 +1,373 @@
+"""TLS and mutual TLS for agent servers, proxies, server-to-server calls, the CLI and etcd.
+
+Certificates come from scripts/make-local-ca (openssl). Settings are
+process-global: every test that changes them restores them (tls_settings).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import agentmesh
+from agentmesh import Msg, RpcAgentServerLauncher
+from agentmesh._config import Settings, settings
+from agentmesh._tls import ServerTLS, etcd_client_kwargs
+from agentmesh.errors import ServerUnavailableError
+from agentmesh.server._child import child_pool
+from agentmesh.server.launcher import check_exposure
+from conftest import PYTHON, ROOT
+from sample_agents import Echo
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+
+TOKEN = "tls-test-token"
+
+
+def make_ca(folder: Path) -> dict[str, str]:
+    out = subprocess.run([os.path.join(ROOT, "scripts", "make-local-ca"), str(folder)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--tls-client-ca" in out.stdout and "AGENTMESH_TLS_CA" in out.stdout
+    names = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key")
+    return {name: str(folder / name) for name in names}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, str]:
+    return make_ca(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def other_certs(tmp_path_factory) -> dict[str, str]:
+    """A second, unrelated CA: its certificates must not be accepted."""
+    return make_ca(tmp_path_factory.mktemp("other-pki"))
+
+
+@pytest.fixture
+def tls_settings(servers):
+    """tls_settings(tls_ca=..., ...) sets this process's settings; all of them are restored afterwards.
+
+    Depends on ``servers`` so it is torn down first: servers drain after the
+    settings are plaintext again. Child servers started meanwhile are stopped.
+    """
+    saved = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+    children = list(child_pool._children)
+
+    def configure(**values: str | None) -> None:
+        for name, value in values.items():
+            assert name in saved, name
+            setattr(settings, name, value)
+
+    yield configure
+    for name, value in saved.items():
+        setattr(settings, name, value)
+    for child in [c for c in child_pool._children if c not in children]:
+        child_pool._children.remove(child)
+        child_pool._placed.pop(child, None)
+        child.stop(timeout=3.0, drain=False)
+
+
+def tls_server(servers, certs, mutual: bool = False, **kwargs) -> RpcAgentServerLauncher:
+    return servers(capacity=16, tls_cert=certs["server.crt"], tls_key=certs["server.key"],
+                   tls_client_ca=certs["ca.crt"] if mutual else None, **kwargs)
+
+
+def health(port: int, credentials: grpc.ChannelCredentials | None) -> str:
+    address = f"127.0.0.1:{port}"
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    with channel:
+        try:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# -- TLS -----------------------------------------------------------------------------------
+def test_tls_server_and_proxy_end_to_end(servers, tls_settings, certs):
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
+    first, second = tls_server(servers, certs), tls_server(servers, certs)
+    a = Echo("A").to_dist(host="127.0.0.1", port=first.port)
+    b = Echo("B").to_dist(host="127.0.0.1", port=second.port)
+    assert a.ping("over tls") == "over tls"
+    # A placeholder from one TLS server handed to an agent on the other: server-to-server over TLS.
+    pending = a.reply(Msg("u", "hi"))
+    assert b.reply(pending).content == {"count": 1, "got": {"count": 1, "got": "hi"}}
+    assert a.get_count() == 1 and b.get_count() == 1
+    # Health stays open to anyone who speaks TLS, and is closed to plaintext.
+    assert health(first.port, grpc.ssl_channel_credentials(read(certs["ca.crt"]))) == "SERVING"
+    assert health(first.port, None) == "UNAVAILABLE"
+
+
+def test_in_process_tls_server(tls_settings, certs):
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
+    launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4, tls_cert=certs["server.crt"],
+                                      tls_key=certs["server.key"])
+    launcher.launch(in_subprocess=False)
+    try:
+        agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
+        assert agent.reply(Msg("u", "in")).content == {"count": 1, "got": "in"}
+        assert health(launcher.port, None) == "UNAVAILABLE"
+        del agent
+    finally:
+        launcher.shutdown()
+
+
+def test_plaintext_client_to_tls_server_fails_clearly(servers, tls_settings, certs):
+    tls_settings(tls_ca=None, tls_cert=None, tls_key=None)
+    secure = tls_server(servers, certs)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailableError) as info:
+        Echo("E").to_dist(host="127.0.0.1", port=secure.port)
+    assert time.monotonic() - start < 5
+    assert f"127.0.0.1:{secure.port}" in str(info.value) and "unreachable" in str(info.value)
+
+    # And the other way round: a TLS client to a plaintext server.
+    plain = servers(capacity=4, tls_cert="")
+    tls_settings(tls_ca=certs["ca.crt"])
+    with pytest.raises(ServerUnavailableError) as info:
+        Echo("E").to_dist(host="127.0.0.1", port=plain.port)
+    assert f"127.0.0.1:{plain.port}" in str(info.value)
+
+
+def test_a_certificate_from_another_ca_is_refused(servers, tls_settings, certs, other_certs):
+    tls_settings(tls_ca=other_certs["ca.crt"], tls_cert=None, tls_key=None)
+    secure = tls_server(servers, certs)
+    with pytest.raises(ServerUnavailableError):
+        Echo("E").to_dist(host="127.0.0.1", port=secure.port)
+
+
+# -- mutual TLS --------------------------------------------------------------------------------
+def test_mutual_tls_requires_a_client_certificate(servers, tls_settings, certs, other_certs):
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
+    first = tls_server(servers, certs, mutual=True)
+    second = tls_server(servers, certs, mutual=True)
+
+    with pytest.raises(ServerUnavailableError):                      # no client certificate
+        Echo("E").to_dist(host="127.0.0.1", port=first.port)
+    tls_settings(tls_cert=other_certs["client.crt"], tls_key=other_certs["client.key"])
+    with pytest.raises(ServerUnavailableError):                      # one from another CA
+        Echo("E").to_dist(host="127.0.0.1", port=first.port)
+    assert health(first.port, grpc.ssl_channel_credentials(read(certs["ca.crt"]))) == "UNAVAILABLE"
+
+    tls_settings(tls_cert=certs["client.crt"], tls_key=certs["client.key"])
+    a = Echo("A").to_dist(host="127.0.0.1", port=first.port)
+    b = Echo("B").to_dist(host="127.0.0.1", port=second.port)
+    assert a.ping(1) == 1
+    # Server-to-server under mTLS: the second server fetches the placeholder with its own certificate.
+    assert b.reply(a.reply(Msg("u", "m"))).content == {"count": 1, "got": {"count": 1, "got": "m"}}
+    creds = grpc.ssl_channel_credentials(read(certs["ca.crt"]), read(certs["client.key"]),
+                                         read(certs["client.crt"]))
+    assert health(first.port, creds) == "SERVING"
+
+
+def test_mutual_tls_with_a_token(servers, tls_settings, certs):
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"],
+                 token=TOKEN)
+    secure = tls_server(servers, certs, mutual=True, token=TOKEN)
+    agent = Echo("E").to_dist(host="127.0.0.1", port=secure.port)
+    assert agent.reply(Msg("u", 1)).content["count"] == 1
+    tls_settings(token=None)         # a fresh connection with the process's generated token: refused
+    secure2 = tls_server(servers, certs, mutual=True, token=TOKEN)
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="wrong token"):
+        Echo("E").to_dist(host="127.0.0.1", port=secure2.port)
+
+
+def test_child_servers_use_the_process_certificate(tls_settings, certs, servers):
+    """A process with a certificate talks TLS to everyone, its own child servers included."""
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"])
+    for child in list(child_pool._children):       # children started in plaintext by earlier tests
+        child_pool._children.remove(child)
+        child_pool._placed.pop(child, None)
+        child.stop(timeout=3.0, drain=False)
+    a, b = Echo("A").to_dist(), Echo("B").to_dist()
+    assert b.reply(a.reply(Msg("u", "c"))).content == {"count": 1, "got": {"count": 1, "got": "c"}}
+    address = a.server
+    assert health(int(address.rsplit(":", 1)[1]), None) == "UNAVAILABLE"     # they speak TLS only
+
+
+def test_a_process_with_only_a_ca_has_plaintext_children(tls_settings, certs, servers):
+    """Children of a process without a certificate listen in plaintext (loopback, token);
+    make_channel skips TLS for them (_tls.is_plaintext_child)."""
+    from agentmesh import _tls
+
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
+    for child in list(child_pool._children):
+        child_pool._children.remove(child)
+        child_pool._placed.pop(child, None)
+        child.stop(timeout=3.0, drain=False)
+    a, b = Echo("A").to_dist(), Echo("B").to_dist()
+    assert _tls.is_plaintext_child(a.server) and not _tls.is_plaintext_child("127.0.0.1:1")
+    assert b.reply(a.reply(Msg("u", "p"))).content == {"count": 1, "got": {"count": 1, "got": "p"}}
+    secure = tls_server(servers, certs)               # remote servers still get TLS
+    assert Echo("R").to_dist(host="127.0.0.1", port=secure.port).ping("r") == "r"
+
+
+# -- exposure ---------------------------------------------------------------------------------
+def test_exposure_rules():
+    check_exposure("127.0.0.1", None, False, False)                          # loopback: fine
+    check_exposure("0.0.0.0", TOKEN, False, False)                            # token
+    check_exposure("0.0.0.0", None, True, False, tls_client_auth=True)      # mutual TLS
+    check_exposure("0.0.0.0", TOKEN, True, False)                             # TLS + token
+    with pytest.raises(ValueError, match="without a token or mutual TLS"):
+        check_exposure("0.0.0.0", None, False, False)
+    with pytest.raises(ValueError, match="TLS but neither a token nor a client CA"):
+        check_exposure("0.0.0.0", None, True, False)
+    check_exposure("0.0.0.0", None, True, True)                               # --insecure: a warning
+
+
+def test_wildcard_address_with_mutual_tls_and_no_token_starts(servers, tls_settings, certs):
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"],
+                 token=None)
+    exposed = servers(host="0.0.0.0", capacity=4, tls_cert=certs["server.crt"], tls_key=certs["server.key"],
+                      tls_client_ca=certs["ca.crt"])
+    assert Echo("E").to_dist(host="127.0.0.1", port=exposed.port).ping("mtls") == "mtls"
+
+    for kwargs, words in (({}, "without a token or mutual TLS"),
+                          ({"tls_cert": certs["server.crt"], "tls_key": certs["server.key"]},
+                           "neither a token nor a client CA")):
+        launcher = RpcAgentServerLauncher(host="0.0.0.0", capacity=4, **{"tls_cert": "", **kwargs})
+        with pytest.raises(ValueError, match=words):
+            launcher.launch(in_subprocess=True)
+        assert launcher._process is None
+
+
+def test_bad_tls_files_are_refused_clearly(tmp_path, certs, other_certs, tls_settings):
+    with pytest.raises(ValueError, match="does not belong to the certificate"):
+        ServerTLS.from_options(certs["server.crt"], other_certs["server.key"])
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello")
+    with pytest.raises(ValueError, match="not a PEM file"):
+        ServerTLS.from_options(str(not_pem), certs["server.key"])
+    with pytest.raises(ValueError, match="cannot read"):
+        RpcAgentServerLauncher(tls_cert=str(tmp_path / "missing.crt"), tls_key=certs["server.key"])
+    with pytest.raises(ValueError, match="both"):
+        RpcAgentServerLauncher(tls_cert=certs["server.crt"], tls_key="")
+    with pytest.raises(ValueError, match="needs the server's own certificate"):
+        ServerTLS.from_options(None, None, certs["ca.crt"])
+    with pytest.raises(ValueError, match="both tls_cert and tls_key"):
+        agentmesh.init(tls_cert=certs["client.crt"], tls_key=None)
+    with pytest.raises(ValueError, match="cannot read"):
+        agentmesh.init(tls_ca=str(tmp_path / "missing-ca.crt"))
+    assert settings.tls_ca is None or os.path.exists(settings.tls_ca)
+
+
+def test_settings_from_environment(monkeypatch, certs):
+    names = {"AGENTMESH_TLS_CA": "tls_ca", "AGENTMESH_TLS_CERT": "tls_cert", "AGENTMESH_TLS_KEY": "tls_key",
+             "AGENTMESH_ETCD_CA": "etcd_ca", "AGENTMESH_ETCD_CERT": "etcd_cert",
+             "AGENTMESH_ETCD_KEY": "etcd_key"}
+    for env, _ in names.items():
+        monkeypatch.setenv(env, f"/pki/{env.lower()}.pem")
+    from_env = Settings.from_env()
+    for env, field in names.items():
+        assert getattr(from_env, field) == f"/pki/{env.lower()}.pem"
+    monkeypatch.setattr(settings, "etcd_ca", certs["ca.crt"])
+    monkeypatch.setattr(settings, "etcd_cert", certs["client.crt"])
+    monkeypatch.setattr(settings, "etcd_key", certs["client.key"])
+    assert etcd_client_kwargs() == {"ca_cert": certs["ca.crt"], "cert": certs["client.crt"],
+                                    "key": certs["client.key"]}
+    monkeypatch.setattr(settings, "etcd_key", None)
+    with pytest.raises(ValueError, match="both etcd_cert and etcd_key"):
+        etcd_client_kwargs()
+
+
+# -- the command line ----------------------------------------------------------------------------
+def _cli_server(procs, *args: str, env: dict[str, str] | None = None):
+    proc = procs([PYTHON, "-m", "agentmesh.cli", "server", *args], stderr=subprocess.PIPE, text=True,
+                 env=env or {})
+    deadline = time.monotonic() + 20
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        match = re.search(r"listening on (\S+):(\d+) \((.*)\)", line)
+        if match:
+            return proc, int(match.group(2)), match.group(3)
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError(f"agentmesh server did not start: {line!r}, code {proc.poll()}")
+
+
+def test_cli_server_with_mutual_tls(procs, tls_settings, certs):
+    proc, port, mode = _cli_server(procs, "--host", "0.0.0.0", "--port", "0", "--tls-cert", certs["server.crt"],
+                                   "--tls-key", certs["server.key"], "--tls-client-ca", certs["ca.crt"])
+    assert mode == "mutual TLS"
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"], token=None)
+    assert Echo("E").to_dist(host="127.0.0.1", port=port).ping("cli") == "cli"
+
+    # From the environment: AGENTMESH_TLS_CERT/KEY make `agentmesh server` speak TLS.
+    _, env_port, env_mode = _cli_server(procs, "--port", "0", env={
+        "AGENTMESH_TLS_CERT": certs["server.crt"], "AGENTMESH_TLS_KEY": certs["server.key"]})
+    assert env_mode == "TLS"
+    assert Echo("E").to_dist(host="127.0.0.1", port=env_port).ping("env") == "env"
+
+    refused = procs([PYTHON, "-m", "agentmesh.cli", "server", "--host", "0.0.0.0", "--port", "0",
+                     "--tls-cert", certs["server.crt"], "--tls-key", certs["server.key"]],
+                    stderr=subprocess.PIPE, text=True)
+    _, err = refused.communicate(timeout=20)
+    assert refused.returncode != 0 and "neither a token nor a client CA" in err
+    bad = procs([PYTHON, "-m", "agentmesh.cli", "server", "--tls-cert", certs["server.crt"]],
+                stderr=subprocess.PIPE, text=True)
+    _, err = bad.communicate(timeout=20)
+    assert bad.returncode != 0 and "both the server certificate and its key" in err
+
+
+# -- etcd over mutual TLS -------------------------------------------------------------------------
+def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs, tmp_path, namespace):
+    from agentmesh.discovery import keys
+    from agentmesh.discovery.etcd import EtcdClient
+    from agentmesh.discovery.etcd_server import EtcdProcess
+    from agentmesh.rpc import _loop
+
+    etcd = EtcdProcess(name="agentmesh-tls-etcd", cert_file=certs["server.crt"], key_file=certs["server.key"],
+                       ca_file=certs["ca.crt"], client_cert_auth=True)
+    etcd.start(data_dir=str(tmp_path / "etcd"))
+    try:
+        assert etcd.url.startswith("etcds://")
+        tls_settings(etcd_ca=certs["ca.crt"], etcd_cert=certs["client.crt"], etcd_key=certs["client.key"],
+                     tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"])
+        server = tls_server(servers, certs, mutual=True, registry=etcd.url, namespace=namespace)
+
+        async def records() -> dict:
+            client = EtcdClient.from_url(etcd.url, **etcd_client_kwargs())
+            try:
+                kvs, _ = await client.get_prefix(keys.servers_prefix(namespace))
+                return {json.loads(kv.value)["server_id"]: json.loads(kv.value) for kv in kvs}
+            finally:
+                await client.close()
+
+        deadline = time.monotonic() + 10
+        while server.server_id not in _loop.run_sync(records()):
+            assert time.monotonic() < deadline, "the server did not register over etcd mTLS"
+            time.sleep(0.1)
+
+        env = {"AGENTMESH_ETCD_CA": certs["ca.crt"], "AGENTMESH_ETCD_CERT": certs["client.crt"],
+               "AGENTMESH_ETCD_KEY": certs["client.key"], "AGENTMESH_TLS_CA": certs["ca.crt"],
+               "AGENTMESH_TLS_CERT": certs["client.crt"], "AGENTMESH_TLS_KEY": certs["client.key"]}
+        out = subprocess.run([PYTHON, "-m", "agentmesh.cli", "servers", "--registry", etcd.url,
+                              "--namespace", namespace], capture_output=True, text=True, timeout=30,
+                             cwd=ROOT, env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr
+        row = next(line.split() for line in out.stdout.splitlines() if line.startswith(server.server_id))
+        assert row[5] == "SERVING"
+        without = subprocess.run([PYTHON, "-m", "agentmesh.cli", "servers", "--registry", etcd.url,
+                                  "--namespace", namespace], capture_output=True, text=True, timeout=30,
+                                 cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith(
+                                     "AGENTMESH_ETCD_")})
+        assert without.returncode != 0
+    finally:
+        etcd.stop()
