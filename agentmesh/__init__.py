@@ -4,6 +4,10 @@ A small public API over private modules; see README.md and SPEC.md.
 """
 __version__ = "0.1.0"
 
+from ._grpc_tuning import tune_grpc as _tune_grpc
+
+_tune_grpc()   # before anything imports grpc: it reads its configuration once, on import
+
 from . import errors
 from ._config import init
 from .agents import AgentBase
