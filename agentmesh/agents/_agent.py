@@ -64,8 +64,8 @@ def checkpoint_of(agent: Any) -> bytes:
 
     state_dict = getattr(agent, "state_dict", None)
     if callable(state_dict):
-        return _STATE_DICT + _wire.dumps(state_dict())
-    return _ATTRS + _wire.dumps(copy.copy(agent.__dict__))
+        return _STATE_DICT + _wire.dumps_plain_first(state_dict())
+    return _ATTRS + _wire.dumps_plain_first(copy.copy(agent.__dict__))
 
 
 def checkpoint_kind(blob: bytes) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 import sys
 import threading
 from typing import Any
@@ -47,9 +48,31 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return tuple(md)
 
 
+_SCALARS = frozenset((type(None), bool, int, float, str, bytes))
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle with cloudpickle (classes from __main__ and lambdas by value)."""
+    if type(obj) in _SCALARS:    # the same bytes, without cloudpickle's per-call set-up
+        return pickle.dumps(obj, protocol=5)
     return cloudpickle.dumps(obj, protocol=5)
+
+
+def dumps_plain_first(obj: Any) -> bytes:
+    """Like dumps, trying the C pickler first (3x faster) when its output is the same.
+
+    The standard pickler differs from cloudpickle only for what it refers to by
+    name that cloudpickle would ship by value: objects of __main__ (and
+    modules registered by value, while a class is being shipped). A pickle
+    that names __main__ or that fails is made again with cloudpickle.
+    """
+    try:
+        blob = pickle.dumps(obj, protocol=5)
+    except Exception:  # noqa: BLE001 - lambdas, local classes...: cloudpickle's job
+        return cloudpickle.dumps(obj, protocol=5)
+    if b"__main__" in blob or _by_value_lock.locked():
+        return cloudpickle.dumps(obj, protocol=5)
+    return blob
 
 
 loads = cloudpickle.loads
