@@ -12,7 +12,7 @@ from conftest import PYTHON, pid_alive, server_info, wait_until
 from sample_agents import Echo
 
 
-def test_in_process_launch_serves_and_shuts_down_fast():
+def test_in_process_launch_serves_and_shuts_down():
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4, custom_agent_classes=[Echo])
     launcher.launch(in_subprocess=False)
     try:
@@ -20,27 +20,26 @@ def test_in_process_launch_serves_and_shuts_down_fast():
         agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
         assert agent.reply(Msg("u", 1)).content["count"] == 1
     finally:
-        start = time.monotonic()
         launcher.shutdown()
-        took = time.monotonic() - start
-    assert took < 1.0, f"an idle server took {took:.2f} s to stop"
     launcher.wait_until_terminate()  # returns at once: the server has stopped
+    assert agent.get_count() == 1     # its agent moved on (to a child server) with its state
 
 
-def test_subprocess_launch_shutdown_is_fast_and_clean():
+@pytest.mark.parametrize("in_subprocess", [False, True])
+def test_an_idle_server_stops_in_under_a_second(in_subprocess):
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4)
-    launcher.launch(in_subprocess=True)
+    launcher.launch(in_subprocess=in_subprocess)
     try:
-        agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
-        assert agent.ping(3) == 3
+        assert server_info(launcher.port).agents == 0
         start = time.monotonic()
         launcher.shutdown()
         took = time.monotonic() - start
-        assert not pid_alive(launcher.pid)
-        assert launcher._process.proc.returncode == 0
+        if in_subprocess:
+            assert not pid_alive(launcher.pid)
+            assert launcher._process.proc.returncode == 0
         assert took < 1.0, f"an idle server took {took:.2f} s to stop"
     finally:
-        if pid_alive(launcher.pid):
+        if in_subprocess and pid_alive(launcher.pid):
             launcher._process.kill()
 
 
