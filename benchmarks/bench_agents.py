@@ -1,12 +1,41 @@
-"""Agents for the benchmarks (importable by the servers: they inherit sys.path)."""
-from agentmesh import AgentBase
+"""agentmesh agents of the benchmarks (importable by the servers: they inherit sys.path).
+
+The peers' modules define the same classes with the same methods in their own
+terms (workloads_agentscope.py, workloads_ray.py).
+"""
+import time
+
+from agentmesh import AgentBase, Msg
 from agentmesh.rpc import async_func
 
 
 class Noop(AgentBase):
+    """The no-op agent: every workload but the tutorial calls it."""
+
     def ping(self, x=None):
         return x
 
     @async_func
     def aping(self, x=None):
         return x
+
+    def echo(self, data):
+        return data
+
+
+class WebAgent(AgentBase):
+    """The tutorial's agent: reply() sleeps (5 s in the tutorial) and answers."""
+
+    def __init__(self, name, sleep=5.0):
+        super().__init__(name)
+        self.sleep = sleep
+
+    def get_answer(self, url, query):
+        time.sleep(self.sleep)
+        return f"Answer from {self.name}"
+
+    def ready(self):
+        return True
+
+    def reply(self, x=None):
+        return Msg(name=self.name, content=self.get_answer(x.content["url"], x.content["query"]))

@@ -191,8 +191,8 @@ class Connection:
                             continue
                         if reply.status in _REFUSED and owner._refused(self, slot, reply):
                             continue
-                    if slot.call.method == "__create__" and owner is not None and owner._on_created(self, slot, reply):
-                        continue
+                    if reply.status == pb.OK and owner is not None and slot.call.method == "__create__":
+                        owner._on_created(self, reply)
                     slot.set(reply)
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"

@@ -125,15 +125,12 @@ class RpcObject:
         self._creation = slot
         conn.submit(slot)
 
-    def _on_created(self, conn: Any, slot: CallSlot, reply: pb.Reply) -> bool:
-        """The answer to a __create__ (I/O loop); True when the refusal is handled by moving."""
-        if reply.status == pb.OK:
-            response = pb.CreateAgentResponse.FromString(reply.payload)
-            if conn is self._conn:
-                self._epoch, self._server_id = response.epoch, response.server_id
-            self._name = response.name or self._name
-            return False
-        return self._refused(conn, slot, reply)
+    def _on_created(self, conn: Any, reply: pb.Reply) -> None:
+        """The server built the agent (I/O loop): note its epoch, id and the agent's name."""
+        response = pb.CreateAgentResponse.FromString(reply.payload)
+        if conn is self._conn:
+            self._epoch, self._server_id = response.epoch, response.server_id
+        self._name = response.name or self._name
 
     def _refused(self, conn: Any, slot: CallSlot, reply: pb.Reply) -> bool:
         """A creation or call refused because the agent could not be created there: retry elsewhere?"""
@@ -248,7 +245,7 @@ class RpcObject:
             if target is None:
                 target, how = self._relocate(lost)
         except Exception as exc:  # noqa: BLE001 - every held call must learn why
-            log.error("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
+            log.error("agent %s (%s): failover from %s failed: %s", self._name or self.agent_id,
                       self._cls_name, lost.address, exc)
             self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
                             f"not be moved: {exc}")
@@ -264,7 +261,7 @@ class RpcObject:
             slot.call.epoch = self._epoch
             target.submit(slot)
         log.warning("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
-                    self.name or self.agent_id, self._cls_name, lost.address, target.address, reason, how,
+                    self._name or self.agent_id, self._cls_name, lost.address, target.address, reason, how,
                     len(held), time.monotonic() - start)
 
     def _create_again(self, conn: Any) -> Any:
@@ -336,7 +333,7 @@ class RpcObject:
                                  self._epoch, self._methods, self._name))
 
     def __repr__(self) -> str:
-        return f"<RpcObject {self._cls_name} {self.name or self.agent_id} on {self._address}>"
+        return f"<RpcObject {self._cls_name} {self._name or self.agent_id} on {self._address}>"
 
 
 #: how long a lost server gets to answer again before its agents move
