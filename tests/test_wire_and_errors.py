@@ -702,3 +702,22 @@ def test_server_on_ipv6_loopback(servers):
     agent = Echo("six").to_dist(host="::1", port=s.port)
     assert agent.server == f"[::1]:{s.port}"
     assert agent.ping(6) == 6
+
+
+def test_too_many_pending_calls_get_a_backpressure_error(servers):
+    from agentmesh.errors import BackpressureError
+
+    s = servers(capacity=4, max_pending_calls=5)
+    agent = Echo("E").to_dist(host="127.0.0.1", port=s.port)
+    assert agent.ping(0) == 0
+    pending = [agent.slow(0.2, i) for i in range(10)]
+    outcomes = []
+    for p in pending:
+        try:
+            outcomes.append(p.result(timeout=30))
+        except BackpressureError as exc:
+            assert "limit 5" in str(exc)
+            outcomes.append("refused")
+    assert outcomes[:5] == [0, 1, 2, 3, 4]
+    assert outcomes[5:] == ["refused"] * 5
+    assert agent.ping(7) == 7      # once the queue drains, the agent takes calls again
