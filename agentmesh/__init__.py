@@ -10,6 +10,7 @@ _tune_grpc()   # before anything imports grpc: it reads its configuration once, 
 
 from . import errors
 from ._config import init
+from ._lifecycle import shutdown
 from .agents import AgentBase
 from .errors import AgentCallError, AgentCreationError
 from .message import Msg
@@ -19,6 +20,7 @@ from .server import RpcAgentServerLauncher
 __all__ = [
     "__version__",
     "init",
+    "shutdown",
     "AgentBase",
     "Msg",
     "RpcObject",

@@ -66,6 +66,7 @@ def main() -> None:
             time.sleep(1.0)  # registry load updates are at most 0.2 s behind; give the table a moment
             cli("servers", "--registry", etcd.url)
             cli("agents", "--registry", etcd.url)
+            agentmesh.shutdown()   # release our agents before the servers stop (else they would move)
         finally:
             for proc in servers:
                 proc.send_signal(signal.SIGTERM)

@@ -217,3 +217,17 @@ def test_proxy_pickles_to_a_proxy_of_the_same_agent(server):
     clone = pickle.loads(pickle.dumps(agent))
     assert clone.agent_id == agent.agent_id and clone.server == agent.server
     assert clone.get_count() == 1
+
+
+def test_shutdown_releases_this_process_agents(servers):
+    from agentmesh.errors import UnknownAgentError
+    from conftest import server_info, wait_until
+
+    s = servers(capacity=4)
+    agents = [Echo(f"E{i}").to_dist(host="127.0.0.1", port=s.port) for i in range(3)]
+    assert [a.ping(i) for i, a in enumerate(agents)] == [0, 1, 2]
+    assert server_info(s.port).agents == 3
+    agentmesh.shutdown()
+    wait_until(lambda: server_info(s.port).agents == 0)
+    with pytest.raises(UnknownAgentError):
+        agents[0].ping(1)
