@@ -971,8 +971,8 @@ class Watch:
             else:
                 if down_since is None:
                     down_since = now
-                    log.warning("etcd watch on %r broken (%s); resuming from revision %d",
-                                self.prefix, _short(failure), self._next_rev or 0)
+                    log.info("etcd watch on %r broken (%s); resuming from revision %d",
+                             self.prefix, _short(failure), self._next_rev or 0)
                 if self._max_disconnect is not None and now - down_since >= self._max_disconnect:
                     self._finish(client._unavailable("Watch", failure))
                     return
