@@ -189,18 +189,21 @@ def memory(sz: dict) -> dict:
 
 
 # -- agentmesh alone ------------------------------------------------------------
+async def present(url: str, key: str) -> bool:
+    """Whether key exists in the etcd at url (a fresh client: the benchmark restarts etcd)."""
+    from agentmesh.discovery.etcd import EtcdClient
+
+    client = EtcdClient.from_url(url)
+    try:
+        return await client.get(key) is not None
+    finally:
+        await client.close()
+
+
 def registry(sz: dict) -> dict:
     """etcd + 4 registered servers: registry-resolved to_dist(), SIGKILL -> key gone, etcd restart."""
     from agentmesh.discovery import keys
-    from agentmesh.discovery.etcd import EtcdClient
     from agentmesh.discovery.etcd_server import EtcdProcess
-
-    async def present(url: str, k: str) -> bool:
-        client = EtcdClient.from_url(url)
-        try:
-            return await client.get(k) is not None
-        finally:
-            await client.close()
 
     n_warm, n_bulk = sz["registry_warm"], sz["registry_bulk"]
     metrics = {}
@@ -247,15 +250,7 @@ def registry(sz: dict) -> dict:
 def failover(sz: dict) -> dict:
     """SIGKILL the server of a registry-placed agent; time until the next call returns (on a new server)."""
     from agentmesh.discovery import keys
-    from agentmesh.discovery.etcd import EtcdClient
     from agentmesh.discovery.etcd_server import EtcdProcess
-
-    async def present(url: str, k: str) -> bool:
-        client = EtcdClient.from_url(url)
-        try:
-            return await client.get(k) is not None
-        finally:
-            await client.close()
 
     rounds = sz["failover_rounds"]
     times, calls_ok = [], 0

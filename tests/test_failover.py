@@ -6,12 +6,10 @@ import sys
 import threading
 import time
 
-import pytest
 
-import agentmesh
 from agentmesh import Msg
 from agentmesh.discovery import keys
-from conftest import etcd_get_prefix, pid_alive, server_info, wait_until
+from conftest import etcd_get_prefix, server_info, wait_until
 from sample_agents import Echo
 
 

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 
-import cloudpickle
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
