@@ -19,12 +19,9 @@ import hashlib
 import itertools
 import os
 import pickle
-import queue
 import sys
-import threading
 import time
 import uuid
-from typing import Any
 
 import grpc
 import pytest
@@ -35,6 +32,7 @@ from agentmesh._config import settings
 from agentmesh.rpc import _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
+from raw_session import RawSession
 from sample_agents import Echo
 
 FULL = os.environ.get("AGENTMESH_FUZZ_FULL") == "1"
@@ -116,73 +114,6 @@ class Stats:
                 f"sessions); {len(self.codes)} distinct gRPC status codes {dict(sorted(self.codes.items()))}; "
                 f"{len(self.statuses)} distinct reply statuses {dict(sorted(self.statuses.items()))}; "
                 f"actions {dict(sorted(self.actions.items()))}; server crashes: 0")
-
-
-class Stream:
-    """A Session stream driven by hand: frames in through a queue, frames out collected by a thread."""
-
-    def __init__(self, channel: grpc.Channel, md, raw: bool = False) -> None:
-        self._requests: queue.Queue = queue.Queue()
-        self._cond = threading.Condition()
-        self.frames = 0
-        self.received: collections.Counter[str] = collections.Counter()
-        self.replies: list[pb.Reply] = []
-        self.error: grpc.RpcError | None = None
-        self.ended = False
-        call = channel.stream_stream(SERVICE + "Session",
-                                     request_serializer=None if raw else pb.ClientFrame.SerializeToString,
-                                     response_deserializer=pb.ServerFrame.FromString)
-        self.rpc = call(self._outgoing(), metadata=md, timeout=600)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self):
-        while True:
-            frame = self._requests.get()
-            if frame is None:
-                return
-            yield frame
-
-    def _read(self) -> None:
-        try:
-            for frame in self.rpc:
-                with self._cond:
-                    self.frames += 1
-                    for reply in frame.replies:
-                        self.received[reply.call_id] += 1
-                        self.replies.append(reply)
-                    self._cond.notify_all()
-        except grpc.RpcError as exc:
-            self.error = exc
-        finally:
-            with self._cond:
-                self.ended = True
-                self._cond.notify_all()
-
-    def send(self, frame: Any) -> None:
-        self._requests.put(frame)
-
-    def finish(self) -> None:
-        """Half-close: the server ends the session once it has answered."""
-        self._requests.put(None)
-
-    def wait_for(self, wanted: collections.Counter, timeout: float = REPLY_TIMEOUT) -> bool:
-        """Wait until every call id got its replies; False if the stream ended first."""
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: self.ended or all(self.received[k] >= n for k, n in wanted.items()), timeout)
-            assert ok, f"no reply within {timeout} s to {len(wanted)} call(s): the server hangs"
-            return all(self.received[k] >= n for k, n in wanted.items())
-
-    def wait_end(self, timeout: float = REPLY_TIMEOUT) -> grpc.StatusCode:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.ended, timeout), "the session did not end"
-        return self.error.code() if self.error is not None else grpc.StatusCode.OK
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self.rpc.cancel()
-        self._reader.join(5)
 
 
 # -- strategies -------------------------------------------------------------------------
@@ -278,7 +209,7 @@ class Fuzzer:
                    ("grpc.max_receive_message_length", 4 * GRPC_LIMIT)]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
         self.raw = {name: self.channel.unary_unary(SERVICE + name) for name in UNARY_METHODS}
-        self.session: Stream | None = None
+        self.session: RawSession | None = None
         self.echo_ref = class_ref(Echo)
         self.echo_ref_no_blob = pb.ClassRef(name=self.echo_ref.name, digest=self.echo_ref.digest)
 
@@ -370,22 +301,22 @@ class Fuzzer:
             self._unary(method, evil, md, "unauthenticated raw")
         else:
             self.stats.actions["unauthenticated session"] += 1
-            stream = Stream(self.channel, md)
+            stream = RawSession(self.channel, md)
             calls = [pb.Call(call_id=f"fz-evil-{next(self.ids)}", agent_id=self.target_id, method="ping",
                              payload=evil) for _ in range(data.draw(st.integers(1, 3)))]
-            stream.send(pb.ClientFrame(calls=calls))
-            code = stream.wait_end()
+            stream.send(*calls)
+            code = stream.end_code()
             stream.close()
             self.stats.rpc(code)
             self.stats.session_calls += len(calls)
             self.stats.requests += len(calls)
             assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION), code
-            assert stream.frames == 0 and not stream.replies, "an unauthenticated session got frames"
+            assert not stream.frames and not stream.all_replies, "an unauthenticated session got frames"
 
     def session_frames(self, data) -> None:
         """Random calls on an authenticated session; every call gets exactly one reply."""
         if self.session is None or self.session.ended:
-            self.session = Stream(self.channel, good_metadata())
+            self.session = RawSession(self.channel, good_metadata())
             self.stats.rpcs += 1
             self.stats.requests += 1
         calls = []
@@ -419,17 +350,17 @@ class Fuzzer:
         self.stats.requests += len(calls)
         before = collections.Counter(self.session.received)
         stream = self.session
-        stream.send(pb.ClientFrame(calls=calls))
+        stream.send(*calls)
         goal = collections.Counter({k: before[k] + n for k, n in wanted.items()})
         if not stream.wait_for(goal):
-            code = stream.wait_end()
+            code = stream.end_code()
             self.stats.codes[code.name] += 1
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and size > LIMIT, \
                 f"the session ended ({code.name}: {stream.error and stream.error.details()}) for a frame of {size} B"
             stream.close()
             self.session = None
             return
-        for reply in stream.replies[-sum(wanted.values()):]:
+        for reply in stream.all_replies[-sum(wanted.values()):]:
             self.stats.reply(reply)
         self.finished_calls.extend(c.call_id for c in calls if len(c.call_id) < 100)
 
@@ -438,17 +369,17 @@ class Fuzzer:
         md, authentic = draw_metadata(data, authentic_allowed=True) if data.draw(st.integers(0, 2)) == 0 \
             else (good_metadata(), True)
         self.stats.actions["raw session"] += 1
-        stream = Stream(self.channel, md, raw=True)
+        stream = RawSession(self.channel, md, raw=True)
         frames = data.draw(st.lists(st.binary(max_size=300), min_size=1, max_size=4), label="raw frames")
         for frame in frames:
-            stream.send(frame)
+            stream.send_frame(frame)
         stream.finish()
-        code = stream.wait_end()
+        code = stream.end_code()
         stream.close()
         self.stats.rpc(code)
         self.stats.requests += len(frames) - 1
         check_code(code, stream.error.details() if stream.error is not None else "", "raw Session")
-        for reply in stream.replies:
+        for reply in stream.all_replies:
             self.stats.reply(reply)
 
     def recent_call(self, back: int) -> str:
@@ -518,10 +449,10 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, monkeypatch):
 
         # Control: the same marker pickle from an authenticated caller is unpickled, so the check can fail.
         control = tmp_path / "control"
-        session = Stream(fuzzer.channel, good_metadata())
+        session = RawSession(fuzzer.channel, good_metadata())
         probe = pb.Call(call_id=uuid.uuid4().hex, agent_id=target.agent_id, method="ping",
                         payload=marker_pickle(control))
-        session.send(pb.ClientFrame(calls=[probe]))
+        session.send(probe)
         session.wait_for(collections.Counter({probe.call_id: 1}))
         session.close()
         assert control.exists()

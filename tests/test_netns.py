@@ -434,8 +434,8 @@ def test_cut_off_server_back_on_the_network_is_fenced(netns_servers, configured,
         finally:
             s.reconnect()
         wait_until(lambda: _reachable(s.victim), timeout=10)
-        wait_until(lambda: s.server_key in s.servers_in_registry(), timeout=15)   # re-registered
-        time.sleep(0.5)        # let it write all it writes after re-registering
+        wait_until(lambda: s.servers_in_registry().get(s.server_key, {}).get("epoch", s.old_epoch)
+                   != s.old_epoch, timeout=15)   # re-registered as new: it fenced itself
         back = s.servers_in_registry()[s.server_key]
         reply = raw_call(s.victim.address, s.agent.agent_id, "get_count", s.old_epoch)
         record = s.agent_record()

@@ -25,7 +25,7 @@ from agentmesh._tls import ServerTLS, etcd_client_kwargs
 from agentmesh.errors import ServerUnavailableError
 from agentmesh.server._child import child_pool
 from agentmesh.server.launcher import check_exposure
-from conftest import PYTHON, ROOT
+from conftest import PYTHON, ROOT, wait_until
 from sample_agents import Echo
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
@@ -350,10 +350,7 @@ def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs,
             finally:
                 await client.close()
 
-        deadline = time.monotonic() + 10
-        while server.server_id not in _loop.run_sync(records()):
-            assert time.monotonic() < deadline, "the server did not register over etcd mTLS"
-            time.sleep(0.1)
+        wait_until(lambda: server.server_id in _loop.run_sync(records()), timeout=10, interval=0.1)
 
         env = {"AGENTMESH_ETCD_CA": certs["ca.crt"], "AGENTMESH_ETCD_CERT": certs["client.crt"],
                "AGENTMESH_ETCD_KEY": certs["client.key"], "AGENTMESH_TLS_CA": certs["ca.crt"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import queue
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from agentmesh.errors import (
 from agentmesh.rpc import _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
+from raw_session import RawSession
 from conftest import kill_pid, wait_until
 from sample_agents import Echo, Fragile
 
@@ -84,71 +84,6 @@ def call(agent_id: str, method: str, payload: bytes = b"") -> pb.Call:
 
 def args_payload(*args, **kwargs) -> bytes:
     return _wire.dumps((args, kwargs))
-
-
-class RawSession:
-    """A hand-driven Session stream: frames go in through a queue, replies are collected by a thread."""
-
-    def __init__(self, channel: grpc.Channel, md) -> None:
-        self._requests: queue.Queue = queue.Queue()
-        self._cond = threading.Condition()
-        self.replies: dict[str, pb.Reply] = {}
-        self.frames: list[pb.ServerFrame] = []
-        self.error: grpc.RpcError | None = None
-        self.ended = False
-        self.rpc = pb_grpc.AgentServerStub(channel).Session(self._outgoing(), metadata=md, timeout=60)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _outgoing(self):
-        while True:
-            frame = self._requests.get()
-            if frame is None:
-                return
-            yield frame
-
-    def _read(self) -> None:
-        try:
-            for frame in self.rpc:
-                with self._cond:
-                    self.frames.append(frame)
-                    for reply in frame.replies:
-                        self.replies[reply.call_id] = reply
-                    self._cond.notify_all()
-        except grpc.RpcError as exc:
-            self.error = exc
-        finally:
-            with self._cond:
-                self.ended = True
-                self._cond.notify_all()
-
-    def send(self, *calls: pb.Call) -> None:
-        self._requests.put(pb.ClientFrame(calls=list(calls)))
-
-    def hello(self, timeout: float = 10.0) -> pb.Hello:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.frames or self.ended, timeout), "no Hello"
-        assert self.frames, f"session ended without a Hello: {self.error}"
-        assert self.frames[0].HasField("hello")
-        return self.frames[0].hello
-
-    def reply(self, call_id: str, timeout: float = 10.0) -> pb.Reply:
-        with self._cond:
-            self._cond.wait_for(lambda: call_id in self.replies or self.ended, timeout)
-            if call_id not in self.replies:
-                raise AssertionError(f"no reply to {call_id} within {timeout} s (ended={self.ended}, "
-                                     f"error={self.error})")
-            return self.replies[call_id]
-
-    def wait_end(self, timeout: float = 10.0) -> grpc.RpcError | None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.ended, timeout), "the session did not end"
-        return self.error
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self.rpc.cancel()
-        self._reader.join(5)
 
 
 @pytest.fixture
@@ -513,7 +448,8 @@ def test_deleted_agent_is_an_unknown_agent_error(server, raw):
 
 
 # -- result expiry --------------------------------------------------------------------------
-def test_evicted_result_expires_quickly(servers):
+@pytest.mark.parametrize("later_calls", [2, 5])   # one eviction, and more (past the remembered ids)
+def test_evicted_result_expires_quickly(servers, later_calls):
     s = servers(capacity=8, result_ttl=1.0, max_results=2)
     agent = proxy(Echo, "E", s)
     pending = agent.slow(0.3, "late")
@@ -521,30 +457,13 @@ def test_evicted_result_expires_quickly(servers):
     assert not pending.done()
     assert pending.result(timeout=10) == "late"
     assert pickle.loads(data).result(timeout=5) == "late"   # still kept
-    for i in range(5):
-        assert agent.ping(i) == i                            # evicts the first result
+    for i in range(later_calls):
+        assert agent.ping(i) == i                            # the third result evicts the first
     start = time.monotonic()
     with pytest.raises(ResultExpiredError) as info:
         pickle.loads(data).result(timeout=5)
     assert time.monotonic() - start < 2.0
-    assert "expired" in str(info.value)
-
-
-def test_evicted_result_expires_quickly_after_one_eviction(servers):
-    s = servers(capacity=8, result_ttl=1.0, max_results=2)
-    agent = proxy(Echo, "E", s)
-    pending = agent.slow(0.3, "late")
-    data = pickle.dumps(pending)
-    assert not pending.done()
-    assert pending.result(timeout=10) == "late"
-    assert pickle.loads(data).result(timeout=5) == "late"   # still kept
-    assert agent.ping(0) == 0
-    assert agent.ping(1) == 1                                # the third result evicts the first
-    start = time.monotonic()
-    with pytest.raises(ResultExpiredError) as info:
-        pickle.loads(data).result(timeout=5)
-    assert time.monotonic() - start < 2.0
-    assert pending.call_id in str(info.value)
+    assert "expired" in str(info.value) and pending.call_id in str(info.value)
     assert agent.ping("alive") == "alive"
 
 

@@ -115,11 +115,6 @@ class ServerProcess:
         except OSError:
             pass
 
-    def terminate(self) -> None:
-        """SIGTERM: the server drains and exits."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
     def kill(self) -> None:
         _live.discard(self)
         if self.proc.poll() is None:
