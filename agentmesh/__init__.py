@@ -2,20 +2,55 @@
 
 A small public API over private modules; see README.md and SPEC.md.
 """
-__version__ = "0.1.0"
-
 from ._grpc_tuning import tune_grpc as _tune_grpc
 
 _tune_grpc()   # before anything imports grpc: it reads its configuration once, on import
 
-from . import errors
-from ._config import init
-from ._lifecycle import shutdown
-from .agents import AgentBase
-from .errors import AgentCallError, AgentCreationError
-from .message import Msg
-from .rpc import AsyncResult, RpcMeta, RpcObject, async_func, sync_func
-from .server import RpcAgentServerLauncher
+from typing import Any  # noqa: E402
+
+from . import errors  # noqa: E402
+from ._config import Settings  # noqa: E402
+from ._runtime import default_runtime  # noqa: E402
+from ._version import __version__  # noqa: E402
+from .agents import AgentBase  # noqa: E402
+from .errors import AgentCallError, AgentCreationError  # noqa: E402
+from .message import Msg  # noqa: E402
+from .rpc import AsyncResult, RpcMeta, RpcObject, async_func, sync_func  # noqa: E402
+from .server import RpcAgentServerLauncher  # noqa: E402
+
+
+def init(registry: str | None = None, namespace: str | None = None, token: str | None = None,
+         **options: Any) -> None:
+    """Configure this process's runtime: registry URL, namespace, shared token and tuning options.
+
+    With no arguments the ``AGENTMESH_REGISTRY``, ``AGENTMESH_NAMESPACE`` and
+    ``AGENTMESH_TOKEN`` environment variables apply; with none of those,
+    agents go to child servers. Unknown options are accepted (for code written
+    for AgentScope's ``init``) and logged at DEBUG.
+
+    TLS: ``tls_ca`` (the CA agent servers' certificates chain to), ``tls_cert``
+    and ``tls_key`` (this process's certificate, for servers that require
+    client certificates); ``etcd_ca``, ``etcd_cert``, ``etcd_key`` for the
+    registry. They start from ``AGENTMESH_TLS_CA``/``_CERT``/``_KEY`` and
+    ``AGENTMESH_ETCD_CA``/``_CERT``/``_KEY``; a certificate without its key
+    or an unreadable file is a ValueError.
+    """
+    runtime = default_runtime()
+    env = Settings.from_env()
+    runtime.configure(registry=registry if registry is not None else env.registry,
+                      namespace=namespace if namespace is not None else env.namespace,
+                      token=token if token is not None else env.token, **options)
+
+
+def shutdown() -> None:
+    """Delete the agents this process created, close its sessions and registry views, stop its child servers.
+
+    The same happens at interpreter exit; call it to release servers' capacity
+    earlier, or before stopping servers that still host this process's agents
+    (so they are not moved elsewhere first). Proxies used afterwards find their
+    agent gone (``UnknownAgentError``).
+    """
+    default_runtime().close()
 
 __all__ = [
     "__version__",

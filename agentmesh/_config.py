@@ -1,25 +1,58 @@
-"""Process-wide settings: what agentmesh.init() and the AGENTMESH_* variables set."""
+"""Settings of a process of the mesh: what ``agentmesh.init()`` and the ``AGENTMESH_*`` variables set.
+
+Every environment variable agentmesh reads is named here, once, and so is
+every default limit.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import secrets
-from typing import Any
+from typing import Any, Mapping
+
+from . import _tls
 
 log = logging.getLogger("agentmesh")
 
+#: the largest message (arguments, result, checkpoint) a call may carry by default
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: agents a launched server accepts when no capacity is given
+DEFAULT_CAPACITY = 32
+#: agents a child server accepts
+DEFAULT_CHILD_CAPACITY = 10_000
 
-@dataclasses.dataclass
+#: Settings field -> the environment variable that gives its default
+ENVIRONMENT = {
+    "registry": "AGENTMESH_REGISTRY",
+    "namespace": "AGENTMESH_NAMESPACE",
+    "token": "AGENTMESH_TOKEN",
+    "tls_ca": "AGENTMESH_TLS_CA",
+    "tls_cert": "AGENTMESH_TLS_CERT",
+    "tls_key": "AGENTMESH_TLS_KEY",
+    "etcd_ca": "AGENTMESH_ETCD_CA",
+    "etcd_cert": "AGENTMESH_ETCD_CERT",
+    "etcd_key": "AGENTMESH_ETCD_KEY",
+}
+#: read by the server command only
+ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
+ENV_LOG_LEVEL = "AGENTMESH_LOG_LEVEL"
+
+
+def env(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
+    """An AGENTMESH_* variable; empty counts as unset."""
+    return (os.environ if environ is None else environ).get(name) or default
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
-    """What a process of the mesh uses: registry, namespace, token and tuning."""
+    """What a process of the mesh uses: registry, namespace, token, TLS and tuning."""
 
     registry: str | None = None
     namespace: str = "default"
     token: str | None = None
     child_servers: int = max(1, min(4, os.cpu_count() or 1))
-    child_capacity: int = 10_000
-    max_message_size: int = 64 * 1024 * 1024
+    child_capacity: int = DEFAULT_CHILD_CAPACITY
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     connect_timeout: float = 5.0
     registry_timeout: float = 1.5
     tls_ca: str | None = None        # CA that agent servers' certificates must chain to (client side)
@@ -28,65 +61,53 @@ class Settings:
     etcd_ca: str | None = None       # etcd client TLS: CA, and client certificate and key for etcd mTLS
     etcd_cert: str | None = None
     etcd_key: str | None = None
-    _generated_token: str | None = None
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(
-            registry=os.environ.get("AGENTMESH_REGISTRY") or None,
-            namespace=os.environ.get("AGENTMESH_NAMESPACE") or "default",
-            token=os.environ.get("AGENTMESH_TOKEN") or None,
-            tls_ca=os.environ.get("AGENTMESH_TLS_CA") or None,
-            tls_cert=os.environ.get("AGENTMESH_TLS_CERT") or None,
-            tls_key=os.environ.get("AGENTMESH_TLS_KEY") or None,
-            etcd_ca=os.environ.get("AGENTMESH_ETCD_CA") or None,
-            etcd_cert=os.environ.get("AGENTMESH_ETCD_CERT") or None,
-            etcd_key=os.environ.get("AGENTMESH_ETCD_KEY") or None,
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Defaults, overridden by the AGENTMESH_* variables that are set."""
+        values = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
+        values["namespace"] = values["namespace"] or "default"
+        return cls(**values)
 
-    def client_token(self) -> str:
-        """The token this process sends: the configured one, else one made up for its children."""
-        if self.token:
-            return self.token
-        if self._generated_token is None:
-            self._generated_token = secrets.token_urlsafe(32)
-        return self._generated_token
+    def replace(self, **options: Any) -> "Settings":
+        """A copy with the known options changed (checked); unknown ones are logged at DEBUG and ignored."""
+        known = {key: value for key, value in options.items() if key in _FIELDS}
+        for key in sorted(set(options) - set(known)):
+            log.debug("agentmesh: option %r is not used by agentmesh", key)
+        updated = dataclasses.replace(self, **known)
+        updated.check()
+        return updated
+
+    def check(self) -> None:
+        """ValueError for a certificate without its key (or the reverse) and for unreadable files."""
+        _tls.require_pair(self.tls_cert, self.tls_key, "tls_cert and tls_key (AGENTMESH_TLS_CERT and "
+                                                       "AGENTMESH_TLS_KEY) for a client certificate")
+        _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (AGENTMESH_ETCD_CERT and "
+                                                         "AGENTMESH_ETCD_KEY) for an etcd client certificate")
+        for path, what in ((self.tls_ca, "CA certificate"), (self.tls_cert, "certificate"),
+                           (self.tls_key, "private key")):
+            if path:
+                _tls.read_pem(path, what)
+
+    @property
+    def client_tls(self) -> bool:
+        """True when this process's calls to agent servers use TLS."""
+        return bool(self.tls_ca or self.tls_cert)
+
+    def absolute(self) -> "Settings":
+        """The same settings with file paths made absolute, for a server process started elsewhere."""
+        return dataclasses.replace(self, **{name: os.path.abspath(getattr(self, name))
+                                            for name in _PATHS if getattr(self, name)})
+
+    def etcd_options(self) -> dict[str, Any]:
+        """Keyword arguments for the etcd client: a CA or a client certificate turns TLS on."""
+        options: dict[str, Any] = {}
+        if self.etcd_ca:
+            options["ca_cert"] = self.etcd_ca
+        if self.etcd_cert:
+            options["cert"], options["key"] = self.etcd_cert, self.etcd_key
+        return options
 
 
-settings = Settings.from_env()
-
-_OPTIONS = {f.name for f in dataclasses.fields(Settings) if not f.name.startswith("_")}
-
-
-def init(registry: str | None = None, namespace: str | None = None, token: str | None = None,
-         **options: Any) -> None:
-    """Configure this process: registry URL, namespace, shared token and tuning options.
-
-    With no arguments the ``AGENTMESH_REGISTRY``, ``AGENTMESH_NAMESPACE`` and
-    ``AGENTMESH_TOKEN`` environment variables apply; with none of those,
-    agents go to child servers. Unknown options are accepted (for code written
-    for AgentScope's ``init``) and logged at DEBUG.
-
-    TLS: ``tls_ca`` (the CA agent servers' certificates chain to), ``tls_cert``
-    and ``tls_key`` (this process's certificate, for servers that require
-    client certificates); ``etcd_ca``, ``etcd_cert``, ``etcd_key`` for the
-    registry. They start from ``AGENTMESH_TLS_CA``/``_CERT``/``_KEY`` and
-    ``AGENTMESH_ETCD_CA``/``_CERT``/``_KEY``; a certificate without its key
-    or an unreadable file is a ValueError.
-    """
-    from ._tls import check_client_settings
-
-    known = {key: value for key, value in options.items() if key in _OPTIONS}
-    for key in sorted(set(options) - set(known)):
-        log.debug("agentmesh.init: option %r is not used by agentmesh", key)
-    tls = {name: known.get(name, getattr(settings, name)) for name in ("tls_ca", "tls_cert", "tls_key")}
-    check_client_settings(tls["tls_ca"], tls["tls_cert"], tls["tls_key"])
-    etcd_cert, etcd_key = known.get("etcd_cert", settings.etcd_cert), known.get("etcd_key", settings.etcd_key)
-    if bool(etcd_cert) != bool(etcd_key):
-        raise ValueError("agentmesh.init: give both etcd_cert and etcd_key, or neither")
-    env = Settings.from_env()
-    settings.registry = registry if registry is not None else env.registry
-    settings.namespace = namespace if namespace is not None else env.namespace
-    settings.token = token if token is not None else env.token
-    for key, value in known.items():
-        setattr(settings, key, value)
+_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+_PATHS = ("tls_ca", "tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key")

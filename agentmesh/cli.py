@@ -13,9 +13,17 @@ import threading
 import time
 from typing import Sequence
 
-from . import __version__, _tls
-from ._config import settings
-from .server.launcher import DEFAULT_CAPACITY, check_exposure, serve_forever
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import _tls
+from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
+                      Settings, env)
+from ._version import __version__
+from .discovery import keys
+from .etcd import EtcdClient, EtcdError, redact_url
+from .server.launcher import check_exposure, serve_forever
+from .testing import EtcdProcess, free_port
 
 log = logging.getLogger("agentmesh")
 
@@ -50,17 +58,20 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
-def _apply_etcd_tls(args: argparse.Namespace) -> None:
-    """The --etcd-ca/--etcd-cert/--etcd-key flags (default: AGENTMESH_ETCD_*) for this process."""
+def _settings(args: argparse.Namespace) -> Settings:
+    """This command's settings: the environment's, with the --etcd-ca/--etcd-cert/--etcd-key flags."""
     if bool(args.etcd_cert) != bool(args.etcd_key):
         raise SystemExit("agentmesh: give both --etcd-cert and --etcd-key (AGENTMESH_ETCD_CERT and "
                          "AGENTMESH_ETCD_KEY), or neither")
-    settings.etcd_ca, settings.etcd_cert, settings.etcd_key = args.etcd_ca, args.etcd_cert, args.etcd_key
+    try:
+        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
+    except ValueError as exc:
+        raise SystemExit(f"agentmesh: {exc}") from None
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    token = args.token or os.environ.get("AGENTMESH_TOKEN") or None
-    _apply_etcd_tls(args)
+    token = args.token or env(ENVIRONMENT["token"])
+    _settings(args)
     try:
         tls = _tls.ServerTLS.from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
         check_exposure(args.host, token, tls is not None, args.insecure,
@@ -74,7 +85,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                          max_message_size=args.max_message_size, registry=args.registry,
                          namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         tls_client_ca=args.tls_client_ca,
+                         tls_client_ca=args.tls_client_ca, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
+                         etcd_key=args.etcd_key,
                          on_ready=lambda port, sid: log.warning(
                              "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
 
@@ -86,14 +98,12 @@ def _registry_url(args: argparse.Namespace) -> str:
     return args.registry
 
 
-async def _read_records(url: str, prefix: str) -> list[dict]:
-    from .discovery.etcd import EtcdClient, EtcdError
-
-    client = EtcdClient.from_url(url, **_tls.etcd_client_kwargs())
+async def _read_records(url: str, prefix: str, settings: Settings) -> list[dict]:
+    client = EtcdClient.from_url(url, **settings.etcd_options())
     try:
         kvs, _ = await client.get_prefix(prefix)
     except EtcdError as exc:
-        raise SystemExit(f"registry {url}: {exc}") from None
+        raise SystemExit(f"registry {redact_url(url)}: {exc}") from None
     finally:
         await client.close()
     records = []
@@ -105,13 +115,10 @@ async def _read_records(url: str, prefix: str) -> list[dict]:
     return records
 
 
-async def _health(address: str) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    credentials = _tls.channel_credentials()
-    channel = (grpc.aio.secure_channel(address, credentials) if credentials is not None
-               else grpc.aio.insecure_channel(address))
+async def _health(address: str, settings: Settings) -> str:
+    channel = (grpc.aio.secure_channel(address, _tls.channel_credentials(settings.tls_ca, settings.tls_cert,
+                                                                         settings.tls_key))
+               if settings.client_tls else grpc.aio.insecure_channel(address))
     async with channel:
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(
@@ -137,14 +144,12 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    from .discovery import keys
-
     url = _registry_url(args)
-    _apply_etcd_tls(args)
+    settings = _settings(args)
 
     async def gather() -> list[dict]:
-        records = await _read_records(url, keys.servers_prefix(args.namespace))
-        healths = await asyncio.gather(*(_health(r.get("address", "")) for r in records))
+        records = await _read_records(url, keys.servers_prefix(args.namespace), settings)
+        healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
         for record, health in zip(records, healths):
             record["health"] = health
         return sorted(records, key=lambda r: r.get("address", ""))
@@ -158,16 +163,13 @@ def cmd_servers(args: argparse.Namespace) -> int:
              ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())) or "-",
              _age(r.get("started_at", time.time()))] for r in records]
     print(_table(["ID", "ADDRESS", "CAPACITY", "AGENTS", "INFLIGHT", "HEALTH", "LABELS", "AGE"], rows))
-    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {url}")
+    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {redact_url(url)}")
     return 0
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from .discovery import keys
-
     url = _registry_url(args)
-    _apply_etcd_tls(args)
-    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace))),
+    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args))),
                      key=lambda r: (r.get("address", ""), r.get("name", "")))
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))
@@ -175,13 +177,11 @@ def cmd_agents(args: argparse.Namespace) -> int:
     rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
              r.get("address", "")] for r in records]
     print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
-    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {url}")
+    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
     return 0
 
 
 def cmd_registry_up(args: argparse.Namespace) -> int:
-    from .discovery.etcd_server import EtcdProcess, free_port
-
     port = args.port or free_port()
     etcd = EtcdProcess(name="agentmesh-dev")
     etcd.start(data_dir=args.data_dir, client_port=port)
@@ -198,21 +198,21 @@ def cmd_registry_up(args: argparse.Namespace) -> int:
 
 
 def _add_registry_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=os.environ.get("AGENTMESH_REGISTRY"),
+    parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]),
                         help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
-    parser.add_argument("--namespace", default=os.environ.get("AGENTMESH_NAMESPACE", "default"))
-    parser.add_argument("--etcd-ca", default=os.environ.get("AGENTMESH_ETCD_CA") or None, metavar="PEM",
+    parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"))
+    parser.add_argument("--etcd-ca", default=env(ENVIRONMENT["etcd_ca"]), metavar="PEM",
                         help="CA of etcd's certificate, for etcds:// (default: AGENTMESH_ETCD_CA)")
-    parser.add_argument("--etcd-cert", default=os.environ.get("AGENTMESH_ETCD_CERT") or None, metavar="PEM",
+    parser.add_argument("--etcd-cert", default=env(ENVIRONMENT["etcd_cert"]), metavar="PEM",
                         help="client certificate for etcd mTLS (default: AGENTMESH_ETCD_CERT)")
-    parser.add_argument("--etcd-key", default=os.environ.get("AGENTMESH_ETCD_KEY") or None, metavar="PEM",
+    parser.add_argument("--etcd-key", default=env(ENVIRONMENT["etcd_key"]), metavar="PEM",
                         help="its key (default: AGENTMESH_ETCD_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmesh", description="Run agents across processes and machines.")
     parser.add_argument("--version", action="version", version=f"agentmesh {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("AGENTMESH_LOG_LEVEL", "WARNING"))
+    parser.add_argument("--log-level", default=env(ENV_LOG_LEVEL, "WARNING"))
     sub = parser.add_subparsers(dest="command", required=True)
 
     server = sub.add_parser("server", help="run an agent server in the foreground")
@@ -227,17 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--advertise-host", default=None,
                         help="host others dial (default: --host, or this machine's address for 0.0.0.0)")
     server.add_argument("--token", default=None, help="shared token (default: AGENTMESH_TOKEN)")
-    server.add_argument("--tls-cert", default=os.environ.get("AGENTMESH_TLS_CERT") or None, metavar="PEM",
+    server.add_argument("--tls-cert", default=env(ENVIRONMENT["tls_cert"]), metavar="PEM",
                         help="serve TLS with this certificate (default: AGENTMESH_TLS_CERT)")
-    server.add_argument("--tls-key", default=os.environ.get("AGENTMESH_TLS_KEY") or None, metavar="PEM",
+    server.add_argument("--tls-key", default=env(ENVIRONMENT["tls_key"]), metavar="PEM",
                         help="the certificate's private key, unencrypted (default: AGENTMESH_TLS_KEY)")
-    server.add_argument("--tls-client-ca", default=os.environ.get("AGENTMESH_TLS_CLIENT_CA") or None,
+    server.add_argument("--tls-client-ca", default=env(ENV_TLS_CLIENT_CA),
                         metavar="PEM", help="require client certificates signed by this CA: mutual TLS "
                                             "(default: AGENTMESH_TLS_CLIENT_CA)")
     server.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback address with neither token nor mutual TLS")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
-    server.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024)
+    server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)
 
     servers = sub.add_parser("servers", help="the servers registered in the registry")

@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 import grpc  # noqa: E402
 
 from agentmesh import RpcAgentServerLauncher  # noqa: E402
-from agentmesh._config import settings  # noqa: E402
+from agentmesh.testing import default_runtime  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
 TOKEN = "bench-token"
@@ -58,8 +58,7 @@ def configurations(certs: dict[str, str]) -> list[tuple[str, dict, dict]]:
 
 
 def apply(values: dict) -> None:
-    for name, value in values.items():
-        setattr(settings, name, value)
+    default_runtime().configure(**values)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,6 +103,7 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=250, help="calls per turn")
     args = parser.parse_args()
 
+    settings = default_runtime().settings
     saved = {name: getattr(settings, name) for name in ("tls_ca", "tls_cert", "tls_key", "token")}
     launchers: list[RpcAgentServerLauncher] = []
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-pki-") as pki:

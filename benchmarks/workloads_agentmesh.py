@@ -18,7 +18,7 @@ sys.path.insert(0, HERE)
 
 import agentmesh  # noqa: E402
 from agentmesh import Msg, RpcAgentServerLauncher  # noqa: E402
-from agentmesh._config import settings  # noqa: E402
+from agentmesh.testing import default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
 from bench_agents import Noop, WebAgent  # noqa: E402
@@ -87,7 +87,8 @@ def tutorial(sz: dict) -> dict:
         shutdown(servers)
     return {"metrics": {"child_init": round(child_init, 3), "child_runtime": round(child_run, 3),
                         "indep_init": round(indep_init, 3), "indep_runtime": round(indep_run, 3)},
-            "notes": [f"child mode started {settings.child_servers} child server(s) shared by the {n} agents"]}
+            "notes": [f"child mode started {default_runtime().settings.child_servers} child server(s) shared "
+                      f"by the {n} agents"]}
 
 
 # -- calls ----------------------------------------------------------------------
@@ -191,7 +192,7 @@ def memory(sz: dict) -> dict:
 # -- agentmesh alone ------------------------------------------------------------
 async def present(url: str, key: str) -> bool:
     """Whether key exists in the etcd at url (a fresh client: the benchmark restarts etcd)."""
-    from agentmesh.discovery.etcd import EtcdClient
+    from agentmesh.etcd import EtcdClient
 
     client = EtcdClient.from_url(url)
     try:
@@ -203,7 +204,7 @@ async def present(url: str, key: str) -> bool:
 def registry(sz: dict) -> dict:
     """etcd + 4 registered servers: registry-resolved to_dist(), SIGKILL -> key gone, etcd restart."""
     from agentmesh.discovery import keys
-    from agentmesh.discovery.etcd_server import EtcdProcess
+    from agentmesh.testing import EtcdProcess
 
     n_warm, n_bulk = sz["registry_warm"], sz["registry_bulk"]
     metrics = {}
@@ -239,7 +240,7 @@ def registry(sz: dict) -> dict:
                 time.sleep(0.02)
             metrics["reregister"] = round(time.perf_counter() - t, 2)
         finally:
-            settings.registry = None
+            default_runtime().configure(registry=None)
             shutdown(servers)
     return {"metrics": metrics,
             "notes": [f"to_dist(): {n_warm} agents one after another over 4 registered servers, registry view "
@@ -250,7 +251,7 @@ def registry(sz: dict) -> dict:
 def failover(sz: dict) -> dict:
     """SIGKILL the server of a registry-placed agent; time until the next call returns (on a new server)."""
     from agentmesh.discovery import keys
-    from agentmesh.discovery.etcd_server import EtcdProcess
+    from agentmesh.testing import EtcdProcess
 
     rounds = sz["failover_rounds"]
     times, calls_ok = [], 0
@@ -280,7 +281,7 @@ def failover(sz: dict) -> dict:
                 while asyncio.run(present(etcd.url, key)) and time.monotonic() - t < 15:
                     time.sleep(0.05)
         finally:
-            settings.registry = None
+            default_runtime().configure(registry=None)
             shutdown(servers)
     return {"metrics": {"sigkill": C.dist(times, 1.0, 3)},
             "notes": [f"{rounds} rounds: SIGKILL the agent's server, then time one ping(); it returns from the "

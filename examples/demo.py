@@ -20,7 +20,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "distribution"))
 
 import agentmesh  # noqa: E402
-from agentmesh.discovery.etcd_server import EtcdProcess  # noqa: E402
+from agentmesh.testing import EtcdProcess  # noqa: E402
 
 import dist_main  # noqa: E402  (the tutorial's code, unchanged but for the package name)
 

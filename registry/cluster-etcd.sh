@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/_setup.sh"
 exec "$VENV/bin/python" - "$@" <<'PY'
 import signal, sys, threading
-from agentmesh.discovery.etcd_server import start_cluster
+from agentmesh.testing import start_cluster
 
 members, url = start_cluster(3, base_dir=sys.argv[1] if len(sys.argv) > 1 else None, fast=False)
 stop = threading.Event()

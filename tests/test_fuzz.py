@@ -28,8 +28,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
 
 from agentmesh import Msg
-from agentmesh._config import settings
-from agentmesh.rpc import _wire
+from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
 from raw_session import RawSession
@@ -410,8 +409,8 @@ class Fuzzer:
 
 
 @pytest.mark.timeout(3600 if FULL else 120)
-def test_fuzz_a_real_server(servers, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(settings, "token", TOKEN)       # this process's proxies carry the server's token
+def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
+    runtime.configure(token=TOKEN)       # this process's proxies carry the server's token
     server = servers(capacity=48, token=TOKEN, max_message_size=LIMIT)
     pid = server.pid
     sentinel = Echo("sentinel").to_dist(host="127.0.0.1", port=server.port)

@@ -231,7 +231,7 @@ def raw_call(address: str, agent_id: str, method: str, epoch: int):
     """One call on a fresh session of our own, with an epoch we choose: the server's raw reply."""
     import grpc
 
-    from agentmesh.rpc import _wire
+    from agentmesh.testing import wire as _wire
     from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 
     call_id = f"netns-raw-{uuid.uuid4().hex}"
@@ -259,7 +259,7 @@ def raw_call(address: str, agent_id: str, method: str, epoch: int):
 @pytest.fixture
 def etcd_on_veths(hosts):
     """A real etcd in the root namespace on 127.0.0.1 and the root side of every veth, on a free port."""
-    from agentmesh.discovery.etcd_server import EtcdProcess, find_etcd_binary, free_port
+    from agentmesh.testing import EtcdProcess, find_etcd_binary, free_port
 
     try:
         find_etcd_binary()
@@ -277,31 +277,17 @@ def etcd_on_veths(hosts):
 
 @pytest.fixture
 def configured(etcd_on_veths, namespace):
-    """This process placing through that etcd with the shared token; every setting restored after."""
-    import dataclasses
+    """This process placing through that etcd with the shared token, in a runtime of its own."""
+    from agentmesh.testing import fresh_runtime
 
-    from agentmesh._config import settings
-
-    saved = dataclasses.replace(settings)
-    agentmesh.init(registry=etcd_on_veths.url, namespace=namespace, token=TOKEN)
-    try:
-        yield etcd_on_veths
-    finally:
-        for field in dataclasses.fields(settings):
-            setattr(settings, field.name, getattr(saved, field.name))
-        # this process's watch-backed view of that namespace would otherwise outlive its etcd
-        from agentmesh.discovery import _placement
-        from agentmesh.rpc import _loop
-
-        view = getattr(_placement, "_views", {}).pop((etcd_on_veths.url, namespace), None)
-        if view is not None:
-            _loop.run_sync(view.close())
+    with fresh_runtime(registry=etcd_on_veths.url, namespace=namespace, token=TOKEN) as runtime:
+        yield etcd_on_veths, runtime
 
 
 @pytest.fixture
 def netns_servers(hosts, configured, namespace):
     """One agent server per host, registered in etcd; and a way to hand over proxies for the teardown."""
-    etcd = configured
+    etcd, runtime = configured
     started: list[ServerProc] = []
     proxies: list = []
     try:
@@ -312,29 +298,21 @@ def netns_servers(hosts, configured, namespace):
         wait_until(lambda: len(etcd_get_prefix(etcd.url, keys.servers_prefix(namespace))) == 2, timeout=10)
         yield started, proxies.append
     finally:
-        _forget_proxies(proxies, {proc.address for proc in started})
+        _forget_proxies(runtime)
         for proc in started:
             proc.kill()
 
 
-def _forget_proxies(proxies: list, addresses: set[str]) -> None:
+def _forget_proxies(runtime) -> None:
     """Before the servers die and the veths go: nothing of this process may dial 10.231.x.x afterwards.
 
     Killing the servers must not send our proxies looking for a new home (a child server), the
-    exit-time clean-up must not try to delete their agents (the addresses would then route out of
-    the machine), and no session to those addresses may be left to reconnect.
+    clean-up must not try to delete their agents (the addresses would then route out of the
+    machine), and no session to those addresses may be left to reconnect: the test's runtime
+    forgets its agents and closes.
     """
-    from agentmesh.rpc import _connection, _loop, _proxy
-
-    for proxy in proxies:
-        proxy._cls = None
-        _proxy._owned.pop(proxy.agent_id, None)
-        if proxy._conn is not None:
-            proxy._conn.proxies.discard(proxy)
-    proxies.clear()
-    for address, conn in list(_connection._pool.items()):
-        if address in addresses:
-            _loop.run_sync(conn.close())
+    runtime.owned.clear()
+    runtime.close()
 
 
 def _reachable(proc: ServerProc):
@@ -396,7 +374,7 @@ def test_cut_off_host_its_agent_moves_with_its_state_and_the_call_in_flight_retu
         netns_servers, configured, namespace, where):
     """The agent's host loses its link (its own NIC, or the root's end of the cable) mid-call."""
     servers, track = netns_servers
-    s = CutScenario(servers, track, configured, namespace, where)
+    s = CutScenario(servers, track, configured[0], namespace, where)
     try:
         try:
             took = s.cut_during_a_call()
@@ -424,7 +402,7 @@ def test_cut_off_server_back_on_the_network_is_fenced(netns_servers, configured,
     """After the cut the old server still holds the moved agent: once reachable again it must refuse the
     old epoch (or have dropped the agent) and must not take the agent's registry record back."""
     servers, track = netns_servers
-    s = CutScenario(servers, track, configured, namespace, "host")
+    s = CutScenario(servers, track, configured[0], namespace, "host")
     try:
         try:
             s.cut_during_a_call()

@@ -94,11 +94,9 @@ def test_full_mesh_falls_back_to_child_mode(mesh, namespace, servers, caplog):
     assert any("child mode" in r.getMessage() and "room" in r.getMessage() for r in caplog.records)
 
 
-def test_unreachable_registry_falls_back_quickly(caplog):
-    from agentmesh._config import settings
-    from agentmesh.discovery.etcd_server import free_port
+def test_unreachable_registry_falls_back_quickly(caplog, runtime):
+    from agentmesh.testing import free_port
 
-    saved = (settings.registry, settings.namespace)
     agentmesh.init(registry=f"etcd://127.0.0.1:{free_port()}", namespace="nowhere")
     try:
         start = time.monotonic()
@@ -110,7 +108,7 @@ def test_unreachable_registry_falls_back_quickly(caplog):
         assert any("unreachable" in r.getMessage() for r in caplog.records)
         print(f"unreachable registry -> child mode in {took:.2f} s", file=sys.stderr)
     finally:
-        settings.registry, settings.namespace = saved
+        runtime.configure(registry=None)
 
 
 def test_sigkilled_server_key_disappears_within_ttl(etcd, namespace, servers):
@@ -133,8 +131,8 @@ def test_graceful_stop_withdraws_at_once(etcd, namespace, servers):
     assert key not in servers_in(etcd, namespace)
 
 
-def test_servers_register_again_after_etcd_loses_everything(namespace, servers, tmp_path):
-    from agentmesh.discovery.etcd_server import EtcdProcess
+def test_servers_register_again_after_etcd_loses_everything(namespace, servers, tmp_path, runtime):
+    from agentmesh.testing import EtcdProcess
 
     etcd = EtcdProcess(name="agentmesh-test-restart")
     etcd.start(data_dir=str(tmp_path / "one"))
@@ -150,25 +148,18 @@ def test_servers_register_again_after_etcd_loses_everything(namespace, servers, 
         print(f"etcd wiped and restarted -> server registered again in {time.monotonic() - start:.2f} s",
               file=sys.stderr)
         assert len(servers_in(etcd, namespace)) == 1
-        from agentmesh._config import settings
-        saved = (settings.registry, settings.namespace)
         agentmesh.init(registry=etcd.url, namespace=namespace)
-        try:
-            agent = Echo("after").to_dist()
-            assert agent.server == f"127.0.0.1:{s.port}"
-        finally:
-            settings.registry, settings.namespace = saved
+        agent = Echo("after").to_dist()
+        assert agent.server == f"127.0.0.1:{s.port}"
     finally:
         etcd.stop()
 
 
-def test_etcd_restart_is_survived_by_servers_and_clients(namespace, servers, tmp_path):
-    from agentmesh._config import settings
-    from agentmesh.discovery.etcd_server import EtcdProcess
+def test_etcd_restart_is_survived_by_servers_and_clients(namespace, servers, tmp_path, runtime):
+    from agentmesh.testing import EtcdProcess
 
     etcd = EtcdProcess(name="agentmesh-test-restart2")
     etcd.start(data_dir=str(tmp_path / "data"))
-    saved = (settings.registry, settings.namespace)
     try:
         s = servers(capacity=4, registry=etcd.url, namespace=namespace, registry_ttl=2)
         key = keys.server_key(namespace, s.server_id)
@@ -183,7 +174,6 @@ def test_etcd_restart_is_survived_by_servers_and_clients(namespace, servers, tmp
         wait_until(lambda: servers_in(etcd, namespace)[key]["agents"] == 2, timeout=5)
         assert first.ping(3) == 3
     finally:
-        settings.registry, settings.namespace = saved
         etcd.stop()
 
 

@@ -1,11 +1,10 @@
 """TLS and mutual TLS for agent servers, proxies, server-to-server calls, the CLI and etcd.
 
-Certificates come from scripts/make-local-ca (openssl). Settings are
-process-global: every test that changes them restores them (tls_settings).
+Certificates come from scripts/make-local-ca (openssl). Every test that
+changes TLS settings does so in a runtime of its own (tls_settings).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,11 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import agentmesh
 from agentmesh import Msg, RpcAgentServerLauncher
-from agentmesh._config import Settings, settings
-from agentmesh._tls import ServerTLS, etcd_client_kwargs
+from agentmesh._config import Settings
+from agentmesh._tls import ServerTLS
 from agentmesh.errors import ServerUnavailableError
-from agentmesh.server._child import child_pool
 from agentmesh.server.launcher import check_exposure
+from agentmesh.testing import fresh_runtime
 from conftest import PYTHON, ROOT, wait_until
 from sample_agents import Echo
 
@@ -55,26 +54,18 @@ def other_certs(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture
 def tls_settings(servers):
-    """tls_settings(tls_ca=..., ...) sets this process's settings; all of them are restored afterwards.
+    """tls_settings(tls_ca=..., ...) sets the settings of a runtime of the test's own (the default meanwhile).
 
-    Depends on ``servers`` so it is torn down first: servers drain after the
-    settings are plaintext again. Child servers started meanwhile are stopped.
+    Depends on ``servers`` so it is torn down first: the runtime closes (its
+    sessions, agents and child servers) before the servers drain.
+    ``tls_settings.runtime`` is that runtime.
     """
-    saved = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
-    children = list(child_pool._children)
+    with fresh_runtime() as runtime:
+        def configure(**values: str | None) -> None:
+            runtime.configure(**values)
 
-    def configure(**values: str | None) -> None:
-        for name, value in values.items():
-            assert name in saved, name
-            setattr(settings, name, value)
-
-    yield configure
-    for name, value in saved.items():
-        setattr(settings, name, value)
-    for child in [c for c in child_pool._children if c not in children]:
-        child_pool._children.remove(child)
-        child_pool._placed.pop(child, None)
-        child.stop(timeout=3.0, drain=False)
+        configure.runtime = runtime
+        yield configure
 
 
 def tls_server(servers, certs, mutual: bool = False, **kwargs) -> RpcAgentServerLauncher:
@@ -191,10 +182,6 @@ def test_mutual_tls_with_a_token(servers, tls_settings, certs):
 def test_child_servers_use_the_process_certificate(tls_settings, certs, servers):
     """A process with a certificate talks TLS to everyone, its own child servers included."""
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"])
-    for child in list(child_pool._children):       # children started in plaintext by earlier tests
-        child_pool._children.remove(child)
-        child_pool._placed.pop(child, None)
-        child.stop(timeout=3.0, drain=False)
     a, b = Echo("A").to_dist(), Echo("B").to_dist()
     assert b.reply(a.reply(Msg("u", "c"))).content == {"count": 1, "got": {"count": 1, "got": "c"}}
     address = a.server
@@ -203,16 +190,11 @@ def test_child_servers_use_the_process_certificate(tls_settings, certs, servers)
 
 def test_a_process_with_only_a_ca_has_plaintext_children(tls_settings, certs, servers):
     """Children of a process without a certificate listen in plaintext (loopback, token);
-    make_channel skips TLS for them (_tls.is_plaintext_child)."""
-    from agentmesh import _tls
-
+    channels to them skip TLS (the child pool's is_plaintext)."""
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
-    for child in list(child_pool._children):
-        child_pool._children.remove(child)
-        child_pool._placed.pop(child, None)
-        child.stop(timeout=3.0, drain=False)
+    children = tls_settings.runtime.children
     a, b = Echo("A").to_dist(), Echo("B").to_dist()
-    assert _tls.is_plaintext_child(a.server) and not _tls.is_plaintext_child("127.0.0.1:1")
+    assert children.is_plaintext(a.server) and not children.is_plaintext("127.0.0.1:1")
     assert b.reply(a.reply(Msg("u", "p"))).content == {"count": 1, "got": {"count": 1, "got": "p"}}
     secure = tls_server(servers, certs)               # remote servers still get TLS
     assert Echo("R").to_dist(host="127.0.0.1", port=secure.port).ping("r") == "r"
@@ -264,6 +246,7 @@ def test_bad_tls_files_are_refused_clearly(tmp_path, certs, other_certs, tls_set
         agentmesh.init(tls_cert=certs["client.crt"], tls_key=None)
     with pytest.raises(ValueError, match="cannot read"):
         agentmesh.init(tls_ca=str(tmp_path / "missing-ca.crt"))
+    settings = tls_settings.runtime.settings
     assert settings.tls_ca is None or os.path.exists(settings.tls_ca)
 
 
@@ -276,14 +259,11 @@ def test_settings_from_environment(monkeypatch, certs):
     from_env = Settings.from_env()
     for env, field in names.items():
         assert getattr(from_env, field) == f"/pki/{env.lower()}.pem"
-    monkeypatch.setattr(settings, "etcd_ca", certs["ca.crt"])
-    monkeypatch.setattr(settings, "etcd_cert", certs["client.crt"])
-    monkeypatch.setattr(settings, "etcd_key", certs["client.key"])
-    assert etcd_client_kwargs() == {"ca_cert": certs["ca.crt"], "cert": certs["client.crt"],
-                                    "key": certs["client.key"]}
-    monkeypatch.setattr(settings, "etcd_key", None)
+    settings = Settings(etcd_ca=certs["ca.crt"], etcd_cert=certs["client.crt"], etcd_key=certs["client.key"])
+    assert settings.etcd_options() == {"ca_cert": certs["ca.crt"], "cert": certs["client.crt"],
+                                       "key": certs["client.key"]}
     with pytest.raises(ValueError, match="both etcd_cert and etcd_key"):
-        etcd_client_kwargs()
+        settings.replace(etcd_key=None)
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -329,9 +309,8 @@ def test_cli_server_with_mutual_tls(procs, tls_settings, certs):
 # -- etcd over mutual TLS -------------------------------------------------------------------------
 def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs, tmp_path, namespace):
     from agentmesh.discovery import keys
-    from agentmesh.discovery.etcd import EtcdClient
-    from agentmesh.discovery.etcd_server import EtcdProcess
-    from agentmesh.rpc import _loop
+    from agentmesh.etcd import EtcdClient
+    from agentmesh.testing import EtcdProcess
 
     etcd = EtcdProcess(name="agentmesh-tls-etcd", cert_file=certs["server.crt"], key_file=certs["server.key"],
                        ca_file=certs["ca.crt"], client_cert_auth=True)
@@ -343,14 +322,14 @@ def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs,
         server = tls_server(servers, certs, mutual=True, registry=etcd.url, namespace=namespace)
 
         async def records() -> dict:
-            client = EtcdClient.from_url(etcd.url, **etcd_client_kwargs())
+            client = EtcdClient.from_url(etcd.url, **tls_settings.runtime.settings.etcd_options())
             try:
                 kvs, _ = await client.get_prefix(keys.servers_prefix(namespace))
                 return {json.loads(kv.value)["server_id"]: json.loads(kv.value) for kv in kvs}
             finally:
                 await client.close()
 
-        wait_until(lambda: server.server_id in _loop.run_sync(records()), timeout=10, interval=0.1)
+        wait_until(lambda: server.server_id in tls_settings.runtime.run(records()), timeout=10, interval=0.1)
 
         env = {"AGENTMESH_ETCD_CA": certs["ca.crt"], "AGENTMESH_ETCD_CERT": certs["client.crt"],
                "AGENTMESH_ETCD_KEY": certs["client.key"], "AGENTMESH_TLS_CA": certs["ca.crt"],

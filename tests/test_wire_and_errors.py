@@ -27,7 +27,7 @@ from agentmesh.errors import (
     ServerUnavailableError,
     UnknownAgentError,
 )
-from agentmesh.rpc import _wire
+from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 from raw_session import RawSession
@@ -220,11 +220,10 @@ def test_token_is_required_and_checked_before_unpickling(servers, raw, tmp_path)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
-def test_client_api_reports_a_wrong_token(servers, monkeypatch):
+def test_client_api_reports_a_wrong_token(servers, runtime):
     s = servers(capacity=8, token=TOKEN)
     # This process sends its own (generated) token, not the server's.
-    from agentmesh._config import settings
-    monkeypatch.setattr(settings, "token", None)
+    runtime.configure(token=None)
     with pytest.raises(agentmesh.errors.AuthenticationError, match="wrong token"):
         Echo("x").to_dist(host="127.0.0.1", port=s.port)
 
@@ -314,7 +313,7 @@ def test_bad_create_requests_are_refused_clearly(server, raw):
     assert proxy(Echo, "fine", server).ping(3) == 3
 
 
-def test_class_importable_here_but_not_on_the_server(server, raw, tmp_path, monkeypatch):
+def test_class_importable_here_but_not_on_the_server(server, raw, tmp_path, monkeypatch, runtime):
     """The server's sys.path was fixed at launch; a module added later exists only here.
 
     The server refuses the class by reference (NOT_FOUND naming the import error) and the
@@ -343,7 +342,7 @@ def test_class_importable_here_but_not_on_the_server(server, raw, tmp_path, monk
 
         first = mod.Local("L1").to_dist(host="127.0.0.1", port=server.port)
         assert first.where() == server.pid
-        assert _wire.class_cache.ref(mod.Local, first._server_id, True).blob == b""
+        assert runtime.classes.ref(mod.Local, first._binding.server_id, True).blob == b""
         second = mod.Local("L2").to_dist(host="127.0.0.1", port=server.port)
         assert second.where() == server.pid
     finally:
@@ -510,17 +509,18 @@ def _local_class():
     return Tally
 
 
-def test_class_blob_is_sent_once_per_server(servers, raw):
+def test_class_blob_is_sent_once_per_server(servers, raw, runtime):
     s1, s2 = servers(capacity=8), servers(capacity=8)
     Tally = _local_class()
     first = Tally("a", 2).to_dist(host="127.0.0.1", port=s1.port)
-    server_id = first._server_id
-    ref = _wire.class_cache.ref(Tally, server_id)
+    server_id = first._binding.server_id
+    classes = runtime.classes
+    ref = classes.ref(Tally, server_id)
     assert ref.blob == b""
     assert ref.digest and "Tally" in ref.name
-    assert _wire.class_cache.ref(Tally, "some-other-server").blob != b""
+    assert classes.ref(Tally, "some-other-server").blob != b""
     second = Tally("b", 5).to_dist(host="127.0.0.1", port=s1.port)
-    assert second._server_id == server_id
+    assert second._binding.server_id == server_id
     assert [first.add(), first.add(), second.add()] == [2, 4, 5]
 
     # The server keeps the class by digest: a create without the blob works there,

@@ -10,12 +10,11 @@ import json
 import logging
 import random
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable
 
-from .._tls import etcd_client_kwargs
-from ..rpc import _connection, _wire
+from .. import _protocol
+from ..etcd import EtcdClient, EtcdError, redact_url
 from . import keys
-from .etcd import EtcdClient, EtcdError
 
 log = logging.getLogger("agentmesh.discovery")
 
@@ -26,12 +25,14 @@ _PLACED_MEMORY = 1.0
 class ServerView:
     """Server records of a namespace, kept current by a watch (lives on the I/O loop)."""
 
-    def __init__(self, url: str, namespace: str, timeout: float = 2.0) -> None:
+    def __init__(self, url: str, namespace: str, timeout: float = 2.0, etcd_options: dict[str, Any] | None = None,
+                 on_server_gone: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.url = url
         self.namespace = namespace
         self.timeout = timeout
         self.servers: dict[str, dict[str, Any]] = {}
-        self.client = EtcdClient.from_url(url, timeout=timeout, **etcd_client_kwargs())
+        self.client = EtcdClient.from_url(url, timeout=timeout, **(etcd_options or {}))
+        self._on_server_gone = on_server_gone
         self.ready = False
         self.failed_at = 0.0
         self._task: asyncio.Task | None = None
@@ -52,7 +53,7 @@ class ServerView:
                 self._starting = None
                 starting.cancel()
             self.failed_at = time.monotonic()
-            raise EtcdError(f"registry {self.url} unreachable: {exc or 'timed out'}") from None
+            raise EtcdError(f"registry {redact_url(self.url)} unreachable: {exc or 'timed out'}") from None
 
     async def _start(self) -> None:
         prefix = keys.servers_prefix(self.namespace)
@@ -90,12 +91,12 @@ class ServerView:
                     self._put(event.key, event.value)
                 elif event.type == "DELETE":
                     server_id = event.key.rsplit("/", 1)[-1]
-                    if self.servers.pop(server_id, None) is not None:
-                        asyncio.ensure_future(_connection.server_gone(server_id))
+                    if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
+                        asyncio.ensure_future(self._on_server_gone(server_id))
         except asyncio.CancelledError:
             return
         except EtcdError as exc:
-            log.warning("registry %s: watch ended (%s); the next placement reads again", self.url, exc)
+            log.warning("registry %s: watch ended (%s); the next placement reads again", redact_url(self.url), exc)
         self.ready = False
         self._starting = None
 
@@ -106,7 +107,7 @@ class ServerView:
         for record in list(self.servers.values()):
             if record.get("status", "SERVING") != "SERVING" or record.get("server_id") in exclude:
                 continue
-            if record.get("python") != _wire.PYTHON_VERSION:
+            if record.get("python") != _protocol.PYTHON_VERSION:
                 continue
             have = record.get("labels") or {}
             if labels and any(str(have.get(k)) != str(v) for k, v in labels.items()):
@@ -131,6 +132,22 @@ class ServerView:
         record = self.servers.get(server_id)
         if record is not None:
             record["agents"] = int(record.get("capacity", 0))
+
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
+        """Where agent_id lives now per its record, waiting up to timeout for it to name another than avoid."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                kv = await self.client.get(keys.agent_key(self.namespace, agent_id))
+            except EtcdError:
+                kv = None
+            if kv is not None:
+                address = json.loads(kv.value).get("address")
+                if address and address != avoid:
+                    return address
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
 
     async def close(self) -> None:
         if self._task is not None:

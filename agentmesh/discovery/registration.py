@@ -14,32 +14,45 @@ import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, Mapping, Protocol
 
-from .. import __version__
-from .._tls import etcd_client_kwargs
-from ..rpc import _wire
+from .. import _protocol
+from .._address import advertised_host
+from .._version import __version__
+from ..etcd import EtcdClient, EtcdError, Lease, redact_url
 from . import keys
-from .etcd import EtcdClient, EtcdError, Lease
 
 log = logging.getLogger("agentmesh.discovery")
 
 
-def advertised_host(host: str) -> str:
-    """The host other machines should dial: the bound one, or this machine's address for a wildcard."""
-    if host in ("0.0.0.0", "::", "[::]", ""):
-        try:
-            return socket.gethostbyname(socket.gethostname())
-        except OSError:
-            return socket.gethostname()
-    return host
+class RegisteredServer(Protocol):
+    """What registration needs of the server it registers."""
+
+    server_id: str
+    host: str
+    port: int
+    capacity: int
+    inflight: int
+    epoch: int
+    draining: bool
+    started_at: float
+    class_names: list[str]
+    allow_shipped_classes: bool
+
+    @property
+    def agents(self) -> Mapping[str, Any]:
+        """The hosted agents by id (each with ``.agent`` and ``.cls_name``)."""
+
+    def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
+        """Drop agents that moved while the server was cut off, and take a new epoch."""
 
 
 class Registration:
     """Keeps a server's record and its agents' records in etcd while it serves."""
 
-    def __init__(self, server: Any, url: str, namespace: str = "default", labels: dict[str, str] | None = None,
-                 ttl: int = 3, min_interval: float = 0.2, advertise_host: str | None = None) -> None:
+    def __init__(self, server: RegisteredServer, url: str, namespace: str = "default",
+                 labels: dict[str, str] | None = None, ttl: int = 3, min_interval: float = 0.2,
+                 advertise_host: str | None = None, etcd_options: dict[str, Any] | None = None) -> None:
         self.server = server
         self.url = url
         self.namespace = namespace
@@ -48,7 +61,7 @@ class Registration:
         self.min_interval = min_interval
         self.host = advertise_host or advertised_host(server.host)
         self.key = keys.server_key(namespace, server.server_id)
-        self.client = EtcdClient.from_url(url, **etcd_client_kwargs())
+        self.client = EtcdClient.from_url(url, **(etcd_options or {}))
         self.lease: Lease | None = None
         self.registered = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -81,7 +94,7 @@ class Registration:
             "address": f"{self.host}:{s.port}", "capacity": s.capacity, "agents": len(s.agents),
             "inflight": s.inflight, "labels": self.labels, "pid": os.getpid(),
             "hostname": socket.gethostname(), "started_at": s.started_at, "version": __version__,
-            "python": _wire.PYTHON_VERSION, "classes": list(s.class_names),
+            "python": _protocol.PYTHON_VERSION, "classes": list(s.class_names),
             "ship_classes": s.allow_shipped_classes, "epoch": s.epoch,
             "status": "DRAINING" if s.draining else "SERVING", "updated_at": time.time(),
         }
@@ -93,7 +106,7 @@ class Registration:
             try:
                 await asyncio.wait_for(asyncio.shield(self.registered.wait()), wait)
             except asyncio.TimeoutError:
-                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id, self.url)
+                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id, redact_url(self.url))
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -103,7 +116,7 @@ class Registration:
                 backoff = 0.1
                 await self._update_until_lost()
             except (EtcdError, OSError) as exc:
-                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id, self.url, exc)
+                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id, redact_url(self.url), exc)
             except asyncio.CancelledError:
                 return
             self.registered.clear()
@@ -131,7 +144,7 @@ class Registration:
         await self._write(agents)
         self.registered.set()
         log.info("server %s registered in %s as %s (lease %x, ttl %d s)",
-                 self.server.server_id, self.url, self.key, self.lease.id, self.ttl)
+                 self.server.server_id, redact_url(self.url), self.key, self.lease.id, self.ttl)
 
     async def _drop_moved_agents(self) -> None:
         """After a lost lease: agents whose records now name another server were moved while we were

@@ -7,42 +7,44 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from ..rpc import _wire
+from .. import _protocol
+from .. import _status
+from ..v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh.server")
 
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def check_metadata(metadata: dict[str, str], token: str | None) -> tuple[grpc.StatusCode, str] | None:
+def check_metadata(metadata: dict[str, str], token: str | None) -> tuple[int, str] | None:
     """Why a caller with this metadata must be refused, or None when it may proceed."""
     if token is not None:
-        given = metadata.get(_wire.MD_TOKEN, "")
+        given = metadata.get(_protocol.MD_TOKEN, "")
         if not given:
-            return grpc.StatusCode.UNAUTHENTICATED, "missing token: this agent server requires one (token=, --token or AGENTMESH_TOKEN)"
+            return pb.UNAUTHENTICATED, "missing token: this agent server requires one (token=, --token or AGENTMESH_TOKEN)"
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return grpc.StatusCode.UNAUTHENTICATED, "wrong token for this agent server"
-    protocol = metadata.get(_wire.MD_PROTOCOL)
-    if protocol != _wire.PROTOCOL_VERSION:
-        return (grpc.StatusCode.FAILED_PRECONDITION,
+            return pb.UNAUTHENTICATED, "wrong token for this agent server"
+    protocol = metadata.get(_protocol.MD_PROTOCOL)
+    if protocol != _protocol.PROTOCOL_VERSION:
+        return (pb.VERSION_MISMATCH,
                 f"protocol version mismatch: caller speaks {protocol or 'nothing'}, "
-                f"server speaks {_wire.PROTOCOL_VERSION}")
-    python = metadata.get(_wire.MD_PYTHON)
-    if python != _wire.PYTHON_VERSION:
-        return (grpc.StatusCode.FAILED_PRECONDITION,
+                f"server speaks {_protocol.PROTOCOL_VERSION}")
+    python = metadata.get(_protocol.MD_PYTHON)
+    if python != _protocol.PYTHON_VERSION:
+        return (pb.VERSION_MISMATCH,
                 f"Python version mismatch: caller runs {python or 'unknown'}, server runs "
-                f"{_wire.PYTHON_VERSION}; pickled code is not portable across minor versions")
-    pickle_major = metadata.get(_wire.MD_PICKLE)
-    if pickle_major != _wire.CLOUDPICKLE_MAJOR:
-        return (grpc.StatusCode.FAILED_PRECONDITION,
+                f"{_protocol.PYTHON_VERSION}; pickled code is not portable across minor versions")
+    pickle_major = metadata.get(_protocol.MD_PICKLE)
+    if pickle_major != _protocol.CLOUDPICKLE_MAJOR:
+        return (pb.VERSION_MISMATCH,
                 f"cloudpickle version mismatch: caller has {pickle_major or 'unknown'}.x, "
-                f"server has {_wire.CLOUDPICKLE_MAJOR}.x")
+                f"server has {_protocol.CLOUDPICKLE_MAJOR}.x")
     return None
 
 
-def _refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+def _refusal(handler: grpc.RpcMethodHandler, status: int, message: str) -> grpc.RpcMethodHandler:
     async def refuse(_request, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(code, message)
+        await context.abort(_status.TABLE[status].code, message, _status.trailing(status))
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(refuse)

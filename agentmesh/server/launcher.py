@@ -1,7 +1,6 @@
 """RpcAgentServerLauncher and the serve loop shared by the CLI and child processes."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import signal
@@ -9,28 +8,17 @@ import threading
 from typing import Any, Callable
 
 from .. import _tls
-from .._config import settings
-from ..rpc import _loop, _wire
-from ..rpc._proxy import format_address
-from ._child import ServerProcess
+from .._address import format_address, is_loopback
+from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE
+from .._process import ServerProcess
+from .._runtime import default_runtime
 from ._service import AgentServer
 
 log = logging.getLogger("agentmesh.server")
 
-DEFAULT_CAPACITY = 32
 _SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_workers",
                    "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
                    "advertise_host", "fence_after")
-
-
-def is_loopback(host: str) -> bool:
-    """True when host only listens on this machine."""
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_client_auth: bool = False) -> None:
@@ -58,21 +46,25 @@ def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_
                 "can reach it can run code on this machine", host)
 
 
-def apply_process_tls(tls: _tls.ServerTLS | None, tls_ca: str | None = None, etcd_ca: str | None = None,
-                      etcd_cert: str | None = None, etcd_key: str | None = None) -> None:
-    """Make a server process's own calls (placeholder fetches, proxies in agents, etcd) use its TLS.
+def _process_settings(tls: _tls.ServerTLS | None, token: str | None, registry: str | None, namespace: str,
+                      tls_ca: str | None, etcd_ca: str | None, etcd_cert: str | None,
+                      etcd_key: str | None) -> dict[str, Any]:
+    """The settings of a server process's own calls (placeholder fetches, proxies in agents, etcd).
 
     The server's certificate doubles as its client certificate; peers are
     verified with tls_ca, else the configured CA, else the client CA.
     """
+    current = default_runtime().settings
+    options: dict[str, Any] = {name: value for name, value in (("token", token), ("etcd_ca", etcd_ca),
+                                                                 ("etcd_cert", etcd_cert), ("etcd_key", etcd_key))
+                               if value}
+    if registry and not current.registry:   # its own proxies and fetches follow the registry too
+        options.update(registry=registry, namespace=namespace)
     if tls is not None:
-        settings.tls_cert, settings.tls_key = tls.cert, tls.key
-        settings.tls_ca = tls_ca or settings.tls_ca or tls.client_ca
+        options.update(tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls_ca or current.tls_ca or tls.client_ca)
     elif tls_ca:
-        settings.tls_ca = tls_ca
-    for name, value in (("etcd_ca", etcd_ca), ("etcd_cert", etcd_cert), ("etcd_key", etcd_key)):
-        if value:
-            setattr(settings, name, value)
+        options["tls_ca"] = tls_ca
+    return options
 
 
 def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_classes: list | None = None,
@@ -88,17 +80,17 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
     tls_ca: the CA peers' certificates chain to, for this process's own calls.
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
-    if token:
-        settings.token = token  # server-to-server calls (placeholder fetches, proxies in agents) carry it
-    apply_process_tls(tls, tls_ca, etcd_ca, etcd_cert, etcd_key)
-    server = AgentServer(host=host, port=port or 0, capacity=capacity,
+    runtime = default_runtime()   # this process is the server: its runtime serves it
+    runtime.configure(**_process_settings(tls, token, options.get("registry"), options.get("namespace", "default"),
+                                          tls_ca, etcd_ca, etcd_cert, etcd_key))
+    server = AgentServer(runtime=runtime, host=host, port=port or 0, capacity=capacity,
                          custom_agent_classes=custom_agent_classes, token=token, tls=tls,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
-    _loop.run_sync(server.start())
+    runtime.run(server.start())
 
     def stop(reason: str, grace: float = grace) -> None:
         log.info("agent server %s stopping: %s", server.server_id, reason)
-        _loop.spawn(server.stop(grace))
+        runtime.loop.spawn(server.stop(grace))
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -128,13 +120,15 @@ class RpcAgentServerLauncher:
     def __init__(self, host: str = "localhost", port: int | None = None, capacity: int = DEFAULT_CAPACITY,
                  custom_agent_classes: list[type] | None = None, registry: str | None = None,
                  namespace: str = "default", labels: dict[str, str] | None = None, token: str | None = None,
-                 insecure: bool = False, max_message_size: int = _wire.DEFAULT_MAX_MESSAGE_SIZE,
+                 insecure: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_client_ca: str | None = None, **options: Any) -> None:
         self.host = host
         self.port = int(port) if port not in (None, "") else None
         self.capacity = capacity
         self.custom_agent_classes = list(custom_agent_classes or [])
+        self._runtime = default_runtime()
+        settings = self._runtime.settings
         self.registry = registry if registry is not None else settings.registry
         self.namespace = namespace
         self.labels = dict(labels or {})
@@ -172,21 +166,19 @@ class RpcAgentServerLauncher:
             self.port = self._process.port
             self.server_id = self._process.server_id
             return
-        if self.token:
-            settings.token = self.token
-        self._server = AgentServer(host=self.host, port=self.port or 0, capacity=self.capacity,
+        self._server = AgentServer(runtime=self._runtime, host=self.host, port=self.port or 0, capacity=self.capacity,
                                    custom_agent_classes=self.custom_agent_classes, token=self.token,
                                    tls=self.tls, max_message_size=self.max_message_size,
                                    **self._registry_options(),
                                    **self.options)
-        self.port = _loop.run_sync(self._server.start())
+        self.port = self._runtime.run(self._server.start())
         self.server_id = self._server.server_id
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
 
     def _tls_options(self) -> dict[str, Any]:
         """What a server process needs to serve TLS and to make its own calls like this process."""
-        options: dict[str, Any] = {"tls_ca": _tls.client_settings()["tls_ca"], **_tls.etcd_settings()}
+        options: dict[str, Any] = self._runtime.process_options()
         if self.tls is not None:
             options.update(tls_cert=self.tls.cert, tls_key=self.tls.key, tls_client_ca=self.tls.client_ca)
         return options
@@ -202,7 +194,7 @@ class RpcAgentServerLauncher:
 
     def _stop_async(self) -> None:
         if self._server is not None:
-            _loop.spawn(self._server.stop(self.grace))
+            self._runtime.loop.spawn(self._server.stop(self.grace))
 
     def wait_until_terminate(self) -> None:
         """Block until the server stops (shutdown(), SIGTERM, or the process ends)."""
@@ -217,4 +209,4 @@ class RpcAgentServerLauncher:
         if self._process is not None:
             self._process.stop(timeout=self.grace + 5)
         elif self._server is not None:
-            _loop.run_sync(self._server.stop(self.grace))
+            self._runtime.run(self._server.stop(self.grace))

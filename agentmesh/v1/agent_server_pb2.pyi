@@ -22,6 +22,9 @@ class ReplyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAPACITY: _ClassVar[ReplyStatus]
     CLASS_NOT_FOUND: _ClassVar[ReplyStatus]
     CREATION_FAILED: _ClassVar[ReplyStatus]
+    CLASS_NOT_SENT: _ClassVar[ReplyStatus]
+    UNAUTHENTICATED: _ClassVar[ReplyStatus]
+    VERSION_MISMATCH: _ClassVar[ReplyStatus]
 OK: ReplyStatus
 ERROR: ReplyStatus
 UNKNOWN_AGENT: ReplyStatus
@@ -35,6 +38,9 @@ UNAVAILABLE: ReplyStatus
 CAPACITY: ReplyStatus
 CLASS_NOT_FOUND: ReplyStatus
 CREATION_FAILED: ReplyStatus
+CLASS_NOT_SENT: ReplyStatus
+UNAUTHENTICATED: ReplyStatus
+VERSION_MISMATCH: ReplyStatus
 
 class ClassRef(_message.Message):
     __slots__ = ("name", "digest", "blob")

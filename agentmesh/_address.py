@@ -1,0 +1,38 @@
+"""Addresses of agent servers: formatting, loopback checks, what to advertise. Written once, used everywhere."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+
+def format_address(host: str, port: int | str | None) -> str:
+    """"host:port", with an IPv6 host in brackets; ValueError for a missing or non-numeric port."""
+    if port is None:
+        raise ValueError(f"host {host!r} needs a port too")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"port must be a number, got {port!r}") from None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """True when host only listens on this machine."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def advertised_host(host: str) -> str:
+    """The host other machines should dial: the bound one, or this machine's address for a wildcard."""
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return socket.gethostname()
+    return host

@@ -1,0 +1,239 @@
+"""A session with one agent server: calls go out in batches, replies come back in batches."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import weakref
+import dataclasses
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .. import _frames, _protocol, _status, _tls, errors
+from .._loop import IoLoop
+from ..v1 import agent_server_pb2 as pb
+from ..v1 import agent_server_pb2_grpc as pb_grpc
+from .slot import CallOwner, CallSlot
+
+log = logging.getLogger("agentmesh.rpc")
+
+_REFUSED = (pb.CAPACITY, pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT)
+
+
+def _call_cost(slot: CallSlot) -> int:
+    return len(slot.call.payload)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialing:
+    """How this process dials agent servers: its token, limits and TLS (from its settings)."""
+
+    token: str
+    max_message_size: int
+    connect_timeout: float
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: addresses dialled in plaintext even so: this process's own plaintext child servers
+    plaintext: Callable[[str], bool] = lambda address: False
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """An aio channel to address with agentmesh's options, TLS when configured."""
+        options = _protocol.channel_options(self.max_message_size)
+        if (self.tls_ca or self.tls_cert) and not self.plaintext(address):
+            credentials = _tls.channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
+            return grpc.aio.secure_channel(address, credentials, options=options)
+        return grpc.aio.insecure_channel(address, options=options)
+
+
+def fail(loop: IoLoop, slot: CallSlot, status: int, message: str) -> None:
+    """Complete a call with an error reply made on this side (any thread)."""
+    loop.call_soon(slot.set, _status.refusal(slot.call.call_id, status, message))
+
+
+class Connection:
+    """One multiplexed session stream to an agent server (lives on the I/O loop)."""
+
+    def __init__(self, address: str, loop: IoLoop, dialing: Dialing,
+                 on_closed: Callable[["Connection"], None] = lambda conn: None) -> None:
+        self.address = address
+        self.server_id = ""
+        self.epoch = 0
+        self.max_message_size = dialing.max_message_size
+        self.metadata = _protocol.call_metadata(dialing.token)
+        self.closed = False
+        self.draining = False
+        self.owners: weakref.WeakSet[Any] = weakref.WeakSet()   # bindings whose agent lives on this server
+        self.pending: dict[str, CallSlot] = {}
+        self._dialing = dialing
+        self._on_closed = on_closed
+        self._loop = loop
+        self._outbox: collections.deque[CallSlot] = collections.deque()
+        self._wake_scheduled = False
+        self._wake: asyncio.Event | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.AgentServerStub | None = None
+        self._stream: Any = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def stub(self) -> pb_grpc.AgentServerStub:
+        assert self._stub is not None
+        return self._stub
+
+    async def open(self, timeout: float) -> None:
+        """Connect and read the server's Hello; raise a clear error if refused."""
+        self._channel = self._dialing.channel(self.address)
+        self._stub = pb_grpc.AgentServerStub(self._channel)
+        self._wake = asyncio.Event()
+        self._stream = self._stub.Session(metadata=self.metadata, wait_for_ready=False)
+        try:
+            first = await asyncio.wait_for(self._stream.read(), timeout)
+        except grpc.aio.AioRpcError as exc:
+            await self._channel.close()
+            raise _status.rpc_error(exc, self.address, "the session") from None
+        except asyncio.TimeoutError:
+            await self._channel.close()
+            raise errors.ServerUnavailableError(
+                f"agent server {self.address} did not answer within {timeout} s") from None
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            await self._channel.close()
+            raise errors.ServerUnavailableError(f"agent server {self.address} closed the session at once")
+        self.server_id = first.hello.server_id
+        self.epoch = first.hello.epoch
+        if first.hello.max_message_size:
+            self.max_message_size = min(self.max_message_size, first.hello.max_message_size)
+        self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer()),
+                       asyncio.ensure_future(self._watch_health())]
+
+    # -- calls --------------------------------------------------------------
+    def submit(self, slot: CallSlot) -> None:
+        """Queue a call from any thread; the writer sends everything queued in one frame."""
+        if self.closed:
+            if slot.owner is not None:
+                slot.owner.on_lost(self, [slot], "the session had ended")
+            else:
+                self._lost_one(slot, "the connection is closed")
+            return
+        slot.conn = self
+        self.pending[slot.call.call_id] = slot
+        self._outbox.append(slot)
+        if not self._wake_scheduled:
+            self._wake_scheduled = True
+            self._loop.call_soon(self._wake.set)  # type: ignore[union-attr]
+
+    async def _writer(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        budget = _frames.frame_budget(self.max_message_size)
+        try:
+            while not self.closed:
+                await wake.wait()
+                wake.clear()
+                self._wake_scheduled = False
+                outbox = self._outbox
+                while outbox:
+                    batch = _frames.take_batch(outbox, _call_cost, budget)
+                    await self._stream.write(pb.ClientFrame(calls=[slot.call for slot in batch]))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+            log.debug("session writer to %s ended: %s", self.address, exc)
+            await self._on_lost(f"write failed: {exc}")
+        except asyncio.CancelledError:
+            pass
+
+    async def _reader(self) -> None:
+        reason = "the server closed the session"
+        try:
+            while True:
+                frame = await self._stream.read()
+                if frame is grpc.aio.EOF:
+                    break
+                pending = self.pending
+                for reply in frame.replies:
+                    slot = pending.pop(reply.call_id, None)
+                    if slot is None:
+                        continue
+                    owner = slot.owner
+                    if reply.state:
+                        if owner is not None:
+                            owner.on_checkpoint(reply)
+                        reply.ClearField("state")
+                    if owner is not None and reply.status != pb.OK:
+                        if reply.status == pb.STALE_EPOCH:
+                            owner.on_lost(self, [slot], f"fenced ({reply.error_message})")
+                            continue
+                        if reply.status in _REFUSED and owner.on_refused(self, slot, reply):
+                            continue
+                    if reply.status == pb.OK and owner is not None and slot.call.method == "__create__":
+                        owner.on_created(self, reply)
+                    slot.set(reply)
+        except grpc.aio.AioRpcError as exc:
+            reason = f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            return
+        await self._on_lost(reason)
+
+    async def _on_lost(self, reason: str, notify: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._on_closed(self)
+        log.info("session with agent server %s ended: %s", self.address, reason)
+        if self._wake is not None:
+            self._wake.set()
+        slots = list(self.pending.values())
+        self.pending.clear()
+        self._outbox.clear()
+        by_owner: dict[CallOwner, list[CallSlot]] = {owner: [] for owner in list(self.owners)} if notify else {}
+        for slot in slots:
+            if slot.owner is not None and notify:
+                by_owner.setdefault(slot.owner, []).append(slot)
+            else:
+                self._lost_one(slot, reason)
+        for owner, owned in by_owner.items():
+            owner.on_lost(self, owned, reason)
+        if self._channel is not None:
+            await self._channel.close()
+
+    async def _watch_health(self) -> None:
+        """Follow the server's health: NOT_SERVING means it drains, so its agents move now."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            async for response in stub.Watch(health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME)):
+                if response.status == health_pb2.HealthCheckResponse.NOT_SERVING and not self.draining:
+                    self.draining = True
+                    log.info("agent server %s is draining; moving its agents", self.address)
+                    for owner in list(self.owners):
+                        owner.on_lost(self, [], "the server is draining")
+                    self.close_if_unused()
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            return
+
+    async def probe(self, timeout: float) -> bool:
+        """Ask the server's health once: False when it does not answer (then the session is lost)."""
+        try:
+            response = await health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            await self._on_lost("its registry key expired and it does not answer")
+            return False
+        if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            self.draining = True
+        return True
+
+    def close_if_unused(self) -> None:
+        """Close a draining session once no owner and no call needs it (any thread)."""
+        if self.draining and not self.closed and not self.owners and not self.pending:
+            self._loop.get().call_soon_threadsafe(lambda: asyncio.ensure_future(self.close()))
+
+    def _lost_one(self, slot: CallSlot, reason: str) -> None:
+        fail(self._loop, slot, pb.UNAVAILABLE, f"agent server {self.address} was lost: {reason}")
+
+    async def close(self) -> None:
+        """Close the session; pending calls fail, owners stay bound (they reconnect on next use)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._on_lost("closed by this process", notify=False)

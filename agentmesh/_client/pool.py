@@ -1,0 +1,138 @@
+"""The sessions of one runtime, one per server address, and fetching results made by others."""
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Protocol
+
+import grpc
+
+from .. import _status, errors
+from .._loop import IoLoop
+from ..v1 import agent_server_pb2 as pb
+from .connection import Connection, Dialing
+
+#: where an agent lives now, per the registry (agent_id, address to avoid) -> address or None
+Locator = Callable[[str, str], Awaitable["str | None"]]
+#: (server_id, address, agent_id, call_id): where a placeholder's value is made
+ResultRef = tuple[str, str, str, str]
+
+
+class LocalServer(Protocol):
+    """An agent server in this process: its results are fetched without the network."""
+
+    async def fetch_result(self, call_id: str, agent_id: str = "") -> pb.Reply:
+        """The reply of call_id, waiting while the call runs."""
+
+
+class Pool:
+    """Open sessions by address; opening one is shared by everyone who asks at the same time."""
+
+    def __init__(self, loop: IoLoop, dialing: Dialing) -> None:
+        self.loop = loop
+        self.dialing = dialing
+        #: how a fetch finds an agent that moved; set when the runtime has a registry
+        self.locator: Locator | None = None
+        #: server_id -> an in-process server, so its placeholders skip the network
+        self.local_servers: dict[str, LocalServer] = {}
+        self._open: dict[str, Connection] = {}
+        self._connecting: dict[str, asyncio.Future] = {}
+
+    def connections(self) -> list[Connection]:
+        """The open sessions."""
+        return list(self._open.values())
+
+    def discard(self, conn: Connection) -> None:
+        """Forget a session that ended."""
+        if self._open.get(conn.address) is conn:
+            del self._open[conn.address]
+
+    async def get(self, address: str, timeout: float | None = None) -> Connection:
+        """The open session to address, opening one if needed (on the I/O loop)."""
+        conn = self._open.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        waiting = self._connecting.get(address)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        fut = asyncio.get_running_loop().create_future()
+        self._connecting[address] = fut
+        try:
+            conn = Connection(address, self.loop, self.dialing, self.discard)
+            await conn.open(timeout if timeout is not None else self.dialing.connect_timeout)
+            self._open[address] = conn
+            fut.set_result(conn)
+            return conn
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            self._connecting.pop(address, None)
+
+    def connect(self, address: str, timeout: float | None = None) -> Connection:
+        """get() from a user thread."""
+        conn = self._open.get(address)
+        if conn is not None and not conn.closed:
+            return conn
+        return self.loop.run(self.get(address, timeout))
+
+    def closed(self, address: str) -> Connection:
+        """A connection that is already lost: calls submitted to it go to their owner's failover."""
+        conn = Connection(address, self.loop, self.dialing)
+        conn.closed = True
+        return conn
+
+    async def fetch(self, ref: ResultRef) -> pb.Reply:
+        """The reply of a call made by someone else, from the server that produces it.
+
+        If that server is gone, the call's agent has moved (its owner replays the
+        call under the same id): follow the agent's registry record there.
+        """
+        server_id, address, agent_id, call_id = ref
+        while True:
+            reply = await self._fetch_from(server_id, address, agent_id, call_id)
+            if reply.status != pb.UNAVAILABLE or self.locator is None:
+                return reply
+            moved_to = await self.locator(agent_id, address)
+            if not moved_to:
+                return reply
+            server_id, address = "", moved_to
+
+    async def _fetch_from(self, server_id: str, address: str, agent_id: str, call_id: str) -> pb.Reply:
+        local = self.local_servers.get(server_id)
+        if local is not None:
+            return await local.fetch_result(call_id, agent_id)
+        try:
+            conn = await self.get(address)
+            return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
+                                               metadata=conn.metadata)
+        except grpc.aio.AioRpcError as exc:
+            if _status.status_of(exc) == pb.EXPIRED:
+                return _status.refusal(call_id, pb.EXPIRED, exc.details() or "result not found")
+            return _status.refusal(call_id, pb.UNAVAILABLE, f"could not fetch result {call_id} from {address}: "
+                                                             f"{exc.code().name}: {exc.details()}")
+        except errors.AgentMeshError as exc:
+            return _status.refusal(call_id, pb.UNAVAILABLE, str(exc), type(exc).__name__)
+
+    async def server_gone(self, server_id: str) -> None:
+        """The registry says server_id's key vanished: if we talk to it and it does not answer, it is lost."""
+        for conn in list(self._open.values()):
+            if conn.server_id == server_id and not conn.closed and not conn.draining:
+                await conn.probe(timeout=0.3)
+
+    async def delete_agents(self, owned: dict[str, str]) -> None:
+        """Delete agents (agent_id -> address) on their servers, each as far as it goes."""
+        async def delete(agent_id: str, address: str) -> None:
+            try:
+                conn = await self.get(address, timeout=1.0)
+                await conn.stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id), metadata=conn.metadata,
+                                            timeout=2.0)
+            except (grpc.aio.AioRpcError, errors.AgentMeshError):
+                pass
+
+        await asyncio.gather(*(delete(agent_id, address) for agent_id, address in owned.items()))
+
+    async def close(self) -> None:
+        """Close every session."""
+        for conn in list(self._open.values()):
+            await conn.close()

@@ -1,0 +1,136 @@
+"""One call in flight (CallSlot), and the interfaces on either side of it: its owner and its transport."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Callable, Protocol
+
+from .. import _codec, _status, errors
+from ..v1 import agent_server_pb2 as pb
+
+_MISSING = object()
+
+
+class CallOwner(Protocol):
+    """What a connection tells whoever made a call (a proxy's binding to its agent's server)."""
+
+    def on_checkpoint(self, reply: pb.Reply) -> None:
+        """A reply carried the agent's state after that call (I/O loop)."""
+
+    def on_lost(self, conn: "Transport", slots: list["CallSlot"], reason: str) -> None:
+        """The server behind conn is gone, hung, fenced or draining; slots are calls to replay."""
+
+    def on_refused(self, conn: "Transport", slot: "CallSlot", reply: pb.Reply) -> bool:
+        """The server would not create the agent (full, class unknown); True when the owner retries elsewhere."""
+
+    def on_created(self, conn: "Transport", reply: pb.Reply) -> None:
+        """The server built the agent (the reply to its pipelined creation)."""
+
+
+class Transport(Protocol):
+    """A session with one agent server, as a call and its owner see it."""
+
+    address: str
+    server_id: str
+    epoch: int
+    closed: bool
+    draining: bool
+    max_message_size: int
+
+    def submit(self, slot: "CallSlot") -> None:
+        """Send the call (any thread); its reply lands in the slot."""
+
+
+class _Raised:
+    """A decoded failure: the exception to raise where the value is used."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def decode_reply(reply: pb.Reply, agent_id: str, method: str) -> Any:
+    """Unpickle an OK reply; a failed one becomes the exception to raise on use."""
+    if reply.status != pb.OK:
+        return _Raised(_status.reply_error(reply, agent_id, method))
+    try:
+        return _codec.loads(reply.payload)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a payload error
+        return _Raised(errors.PayloadError(
+            f"result of {method}() on agent {agent_id} could not be unpickled here: "
+            f"{type(exc).__name__}: {exc}", agent_id=agent_id, method=method))
+
+
+def raised(value: Any) -> BaseException | None:
+    """The exception a decoded value stands for, or None for a value."""
+    return value.error if isinstance(value, _Raised) else None
+
+
+class CallSlot:
+    """One call's reply: set once on the I/O loop, waited on from any thread.
+
+    A lock held from birth and released when the reply lands is the cheapest
+    cross-thread wait CPython offers; every waiter passes it on.
+    """
+
+    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock")
+
+    def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None) -> None:
+        self.call = call
+        self.owner = owner          # who made the call (failover replays through it)
+        self.conn = conn            # the connection it was last sent on
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.reply: pb.Reply | None = None
+        self._callbacks: list[Callable[[pb.Reply], None]] | None = None
+        self._value: Any = _MISSING
+        self._value_lock = threading.Lock()
+
+    def set(self, reply: pb.Reply) -> None:
+        """Deliver the reply (I/O loop thread); the first one wins."""
+        if self.reply is not None:
+            return
+        self.reply = reply
+        self._lock.release()
+        callbacks, self._callbacks = self._callbacks, None
+        for cb in callbacks or ():
+            cb(reply)
+
+    def done(self) -> bool:
+        return self.reply is not None
+
+    def wait(self, timeout: float | None = None) -> pb.Reply:
+        """Block until the reply is there."""
+        reply = self.reply
+        if reply is not None:
+            return reply
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(
+                f"agentmesh: {self.call.method}() on agent {self.call.agent_id} "
+                f"gave no result within {timeout} s")
+        self._lock.release()
+        return self.reply  # type: ignore[return-value]
+
+    async def wait_async(self) -> pb.Reply:
+        """Wait on the I/O loop."""
+        if self.reply is not None:
+            return self.reply
+        fut = asyncio.get_running_loop().create_future()
+
+        def done(reply: pb.Reply) -> None:
+            if not fut.done():
+                fut.set_result(reply)
+
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(done)
+        return await fut
+
+    def value(self) -> Any:
+        """The unpickled result (decoded once), or a wrapped error (see raised())."""
+        if self._value is _MISSING:
+            with self._value_lock:
+                if self._value is _MISSING:
+                    self._value = decode_reply(self.reply, self.call.agent_id, self.call.method)  # type: ignore[arg-type]
+        return self._value

@@ -1,0 +1,73 @@
+"""Pickling for the wire: cloudpickle where code must travel, the C pickler where it gives the same bytes."""
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import threading
+from typing import Any, Callable
+
+import cloudpickle
+
+_SCALARS = frozenset((type(None), bool, int, float, str, bytes))
+
+#: held while a module is registered with cloudpickle by value: that registry is cloudpickle's own
+#: process-wide global, so this lock is one too (it holds no state of ours)
+_by_value_lock = threading.Lock()
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with cloudpickle (classes from __main__ and lambdas by value)."""
+    if type(obj) in _SCALARS:    # the same bytes, without cloudpickle's per-call set-up
+        return pickle.dumps(obj, protocol=5)
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+def dumps_plain_first(obj: Any) -> bytes:
+    """Like dumps, trying the C pickler first (3x faster) when its output is the same.
+
+    The standard pickler differs from cloudpickle only for what it refers to by
+    name that cloudpickle would ship by value: objects of __main__ (and
+    modules registered by value, while a class is being shipped). A pickle
+    that names __main__ or that fails is made again with cloudpickle.
+    """
+    try:
+        blob = pickle.dumps(obj, protocol=5)
+    except Exception:  # noqa: BLE001 - lambdas, local classes...: cloudpickle's job
+        return cloudpickle.dumps(obj, protocol=5)
+    if b"__main__" in blob or _by_value_lock.locked():
+        return cloudpickle.dumps(obj, protocol=5)
+    return blob
+
+
+def dumps_by_value(obj: Any, module_name: str) -> bytes:
+    """Pickle obj with its module's code included, for a server that cannot import the module."""
+    module = sys.modules.get(module_name)
+    if module is None or module_name in ("__main__", "builtins"):
+        return dumps(obj)
+    with _by_value_lock:
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return dumps(obj)
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+loads = cloudpickle.loads
+
+
+class _Unpickler(pickle.Unpickler):
+    """An unpickler that hands some globals over to callables of the caller's."""
+
+    def __init__(self, data: bytes, replace: dict[tuple[str, str], Callable[..., Any]]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._replace = replace
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._replace.get((module, name))
+        return found if found is not None else super().find_class(module, name)
+
+
+def loads_replacing(data: bytes, replace: dict[tuple[str, str], Callable[..., Any]]) -> Any:
+    """Unpickle, calling replace[(module, name)] wherever the pickle names that global."""
+    return _Unpickler(data, replace).load()

@@ -1,0 +1,61 @@
+"""Creating an agent on a chosen server over the unary RPC: the class by reference, else by value."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grpc
+
+from . import _status, errors
+from ._client.connection import Connection
+from ._runtime import Runtime
+from .v1 import agent_server_pb2 as pb
+
+
+@dataclasses.dataclass
+class AgentSpec:
+    """What to create: the class, its constructor arguments, options, and a checkpoint to start from."""
+
+    cls: type
+    agent_id: str
+    init_blob: bytes
+    options: dict[str, Any]
+    state: bytes = b""
+    state_seq: int = 0
+
+    @property
+    def timeout(self) -> float | None:
+        return self.options.get("max_timeout_seconds")
+
+    @property
+    def checkpoint(self) -> bool:
+        return self.options.get("checkpoint", True)
+
+
+async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.CreateAgentResponse:
+    """Create spec's agent on the server behind conn (I/O loop).
+
+    The class goes by reference when the server can import it, else by value;
+    either way its bytes are sent once per server. The server says which by
+    the status of its refusal (CLASS_NOT_SENT, CLASS_NOT_FOUND), never by text.
+    """
+    classes = runtime.classes
+    by_value = False
+    for _ in range(4):
+        ref = classes.ref(spec.cls, conn.server_id, by_value)
+        request = pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
+                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
+        try:
+            response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=spec.timeout)
+        except grpc.aio.AioRpcError as exc:
+            status = _status.status_of(exc)
+            if status == pb.CLASS_NOT_SENT:
+                classes.forget(conn.server_id, ref.digest)
+                continue
+            if status == pb.CLASS_NOT_FOUND and not by_value:
+                by_value = True
+                continue
+            raise _status.rpc_error(exc, conn.address, "agent creation") from None
+        classes.mark_shipped(conn.server_id, ref.digest)
+        return response
+    raise errors.AgentCreationError(f"agent server {conn.address} keeps losing class {ref.name}")

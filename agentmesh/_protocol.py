@@ -1,0 +1,61 @@
+"""What both ends of the wire agree on besides the protobuf messages: metadata, versions, gRPC options."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL_VERSION = "1"
+PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
+CLOUDPICKLE_MAJOR = cloudpickle.__version__.split(".")[0]
+SERVICE_NAME = "agentmesh.v1.AgentServer"
+
+MD_PROTOCOL = "x-agentmesh-protocol"
+MD_PYTHON = "x-agentmesh-python"
+MD_PICKLE = "x-agentmesh-cloudpickle"
+MD_TOKEN = "x-agentmesh-token"
+#: trailing metadata of a refused RPC: the ReplyStatus name that says why (never matched by text)
+MD_STATUS = "x-agentmesh-status"
+
+#: room for the protobuf envelope around a payload of max_message_size bytes
+ENVELOPE = 64 * 1024
+
+#: Keepalive settings both ends use so a hung peer is noticed in about 2 s.
+CLIENT_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.http2.ping_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def size_options(max_message_size: int) -> list[tuple[str, Any]]:
+    """gRPC's send and receive limits for messages of up to max_message_size bytes of payload."""
+    limit = max_message_size + ENVELOPE
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def channel_options(max_message_size: int) -> list[tuple[str, Any]]:
+    """Options of every channel to an agent server."""
+    return [*size_options(max_message_size), *CLIENT_KEEPALIVE_OPTIONS]
+
+
+def server_options(max_message_size: int) -> list[tuple[str, Any]]:
+    """Options of every agent server; SO_REUSEPORT off, so a port in use is an error."""
+    return [("grpc.so_reuseport", 0), *size_options(max_message_size), *SERVER_KEEPALIVE_OPTIONS]
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The metadata every agentmesh RPC carries."""
+    md = [(MD_PROTOCOL, PROTOCOL_VERSION), (MD_PYTHON, PYTHON_VERSION), (MD_PICKLE, CLOUDPICKLE_MAJOR)]
+    if token:
+        md.append((MD_TOKEN, token))
+    return tuple(md)

@@ -1,0 +1,156 @@
+"""Placeholders: the AsyncResult an asynchronous call returns at once."""
+from __future__ import annotations
+
+from typing import Any
+
+from . import _codec
+from ._client.pool import ResultRef
+from ._client.slot import CallSlot, decode_reply, raised
+from ._runtime import Runtime, default_runtime
+
+
+class AsyncResult:
+    """Stands for the value of an asynchronous call until it arrives.
+
+    Touching any attribute, ``str()``, ``==`` or ``.result()`` waits for the
+    value. It pickles while pending; whoever unpickles it fetches the value
+    straight from the server that produces it.
+    """
+
+    __slots__ = ("_slot", "_ref", "_resolved", "_runtime")
+
+    def __init__(self, slot: CallSlot | None = None, ref: ResultRef | None = None,
+                 runtime: Runtime | None = None) -> None:
+        object.__setattr__(self, "_slot", slot)
+        object.__setattr__(self, "_ref", ref)   # (server_id, address, agent_id, call_id)
+        object.__setattr__(self, "_resolved", None)
+        object.__setattr__(self, "_runtime", runtime)   # fetches a remote value; None: the default one
+
+    # -- resolving --------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        """The value (waiting for it); raises AgentCallError if the call failed."""
+        value = self._raw_value(timeout)
+        error = raised(value)
+        if error is not None:
+            raise error
+        if isinstance(value, AsyncResult):  # the agent returned another placeholder
+            return value.result(timeout)
+        return value
+
+    def done(self) -> bool:
+        """True once the value is here (no waiting)."""
+        slot = self._slot
+        return slot.done() if slot is not None else self._resolved is not None
+
+    def _raw_value(self, timeout: float | None) -> Any:
+        slot = self._slot
+        if slot is not None:
+            slot.wait(timeout)
+            return slot.value()
+        if self._resolved is None:    # a remote placeholder fetches its value
+            runtime = self._runtime or default_runtime()
+            reply = runtime.run(runtime.pool.fetch(self._ref), timeout)
+            object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
+        return self._resolved[0]
+
+    async def _resolve_async(self) -> None:
+        """Fetch a remote value on the I/O loop, so no thread waits for it."""
+        if self._slot is not None:
+            await self._slot.wait_async()
+            return
+        if self._resolved is None:
+            reply = await (self._runtime or default_runtime()).pool.fetch(self._ref)
+            object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
+
+    @property
+    def call_id(self) -> str:
+        return self._slot.call.call_id if self._slot is not None else self._ref[3]
+
+    # -- pickling ---------------------------------------------------------
+    def __reduce__(self):
+        if self.done():
+            value = self._raw_value(None)
+            if raised(value) is None:
+                return (_identity, (value,))
+        slot = self._slot
+        if slot is None:
+            return (_rebuild, (self._ref,))
+        conn = slot.conn
+        ref = (conn.server_id if conn else "", conn.address if conn else "",
+               slot.call.agent_id, slot.call.call_id)
+        return (_rebuild, (ref,))
+
+    # -- behaving like the value -----------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return getattr(self.result(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.result(), name, value)
+
+    def __str__(self) -> str:
+        return str(self.result())
+
+    def __repr__(self) -> str:
+        if not self.done():
+            return f"<AsyncResult {self.call_id} pending>"
+        return repr(self.result())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, AsyncResult):
+            other = other.result()
+        return self.result() == other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(self.result())
+
+    def __bool__(self) -> bool:
+        return bool(self.result())
+
+    def __len__(self) -> int:
+        return len(self.result())
+
+    def __iter__(self):
+        return iter(self.result())
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.result()
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.result()[key]
+
+    def __int__(self) -> int:
+        return int(self.result())
+
+    def __float__(self) -> float:
+        return float(self.result())
+
+    def __add__(self, other: Any) -> Any:
+        return self.result() + other
+
+    def __radd__(self, other: Any) -> Any:
+        return other + self.result()
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _rebuild(ref: ResultRef) -> AsyncResult:
+    return AsyncResult(ref=ref)
+
+
+def loads_collecting(data: bytes, runtime: Runtime | None = None) -> tuple[Any, list[AsyncResult]]:
+    """Unpickle, also returning the pending placeholders found inside (they fetch through runtime)."""
+    found: list[AsyncResult] = []
+
+    def collect(ref: ResultRef) -> AsyncResult:
+        placeholder = AsyncResult(ref=ref, runtime=runtime)
+        found.append(placeholder)
+        return placeholder
+
+    return _codec.loads_replacing(data, {(__name__, "_rebuild"): collect}), found

@@ -1,0 +1,162 @@
+"""The Runtime: everything one process holds in the mesh, on one object.
+
+Settings, the I/O loop thread, the sessions to servers, the class cache, the
+agents this process created, its registry views and its child servers. The
+process has one default runtime (the handle below): ``agentmesh.init()``
+configures it and ``agentmesh.shutdown()`` closes it. Nothing else of
+agentmesh keeps state at module level.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import secrets
+import threading
+from typing import Any
+
+from ._classes import ClassCache
+from ._client.children import ChildPool
+from ._client.connection import Dialing
+from ._client.pool import Pool
+from ._config import Settings
+from ._loop import IoLoop
+from .discovery._view import ServerView
+
+log = logging.getLogger("agentmesh")
+
+
+class Runtime:
+    """One process's share of the mesh; made on first use, configured by ``agentmesh.init()``."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else Settings.from_env()
+        self.settings.check()
+        self._generated_token = secrets.token_urlsafe(32)
+        self.loop = IoLoop()
+        self.classes = ClassCache()
+        self.children = ChildPool(self._child_config, lambda: self.settings.child_servers)
+        self.pool = Pool(self.loop, self._dialing())
+        #: agents this process created: agent_id -> address; deleted when it closes
+        self.owned: dict[str, str] = {}
+        #: why the last placement went to child mode (logged once per reason)
+        self.fallback_reason = ""
+        self._views: dict[tuple[str, str], ServerView] = {}
+        self._call_prefix = secrets.token_hex(6) + "-"
+        self._call_numbers = itertools.count(1)
+        self._apply()
+        atexit.register(self._at_exit)
+
+    # -- settings ------------------------------------------------------------
+    def configure(self, **options: Any) -> None:
+        """Change settings (unknown options are ignored); sessions opened from now on use them."""
+        self.settings = self.settings.replace(**options)
+        self._apply()
+
+    def _apply(self) -> None:
+        self.pool.dialing = self._dialing()
+        self.pool.locator = self.locate if self.settings.registry else None
+
+    @property
+    def token(self) -> str:
+        """The token this process sends: the configured one, else one made up for its children."""
+        return self.settings.token or self._generated_token
+
+    def _dialing(self) -> Dialing:
+        s = self.settings
+        return Dialing(token=self.token, max_message_size=s.max_message_size, connect_timeout=s.connect_timeout,
+                       tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
+                       plaintext=self.children.is_plaintext)
+
+    def _child_config(self) -> dict[str, Any]:
+        """How to start a child server: loopback, this runtime's token and, with a certificate, its TLS.
+
+        Children serve TLS with this process's certificate (which must then name
+        127.0.0.1) and make their own calls like it; a process with only a CA
+        gets plaintext children.
+        """
+        s = self.settings.absolute()
+        config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
+                                  "max_message_size": s.max_message_size, "lifeline": True}
+        if s.tls_cert and s.tls_key:
+            config.update(tls_cert=s.tls_cert, tls_key=s.tls_key, tls_ca=s.tls_ca)
+        return config
+
+    def process_options(self) -> dict[str, Any]:
+        """What a server process started from here needs to make its own calls like this process."""
+        s = self.settings.absolute()
+        return {"tls_ca": s.tls_ca, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert, "etcd_key": s.etcd_key}
+
+    # -- calls ---------------------------------------------------------------
+    def next_call_id(self) -> str:
+        """A call id unique across the mesh: a random prefix of this runtime and a counter."""
+        return self._call_prefix + str(next(self._call_numbers))
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine on the I/O loop and wait for it (from a user thread)."""
+        return self.loop.run(coro, timeout)
+
+    # -- registry ------------------------------------------------------------
+    def view(self, url: str, namespace: str) -> ServerView:
+        """This runtime's watch-backed view of the servers of namespace in the registry at url."""
+        view = self._views.get((url, namespace))
+        if view is None:
+            view = self._views[(url, namespace)] = ServerView(
+                url, namespace, self.settings.registry_timeout, self.settings.etcd_options(),
+                on_server_gone=self.pool.server_gone)
+        return view
+
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
+        """Where agent_id lives now per its registry record, waiting up to timeout for it to leave avoid."""
+        if not self.settings.registry:
+            return None
+        return await self.view(self.settings.registry, self.settings.namespace).locate(agent_id, avoid, timeout)
+
+    # -- the end ---------------------------------------------------------------
+    def close(self) -> None:
+        """Delete the agents this runtime created, close its sessions and views, stop its child servers.
+
+        The runtime stays usable: what is used afterwards starts again.
+        """
+        if self.loop.started:
+            owned, self.owned = self.owned, {}
+            views, self._views = list(self._views.values()), {}
+            try:
+                self.loop.run(self._close(owned, views), timeout=30.0)
+            except Exception:  # noqa: BLE001 - clean-up must go on
+                log.debug("closing the runtime did not finish", exc_info=True)
+        self.children.stop()
+
+    async def _close(self, owned: dict[str, str], views: list[ServerView]) -> None:
+        await self.pool.delete_agents(owned)
+        for view in views:
+            await view.close()
+        await self.pool.close()
+
+    def _at_exit(self) -> None:
+        self.close()
+        self.loop.stop()
+
+
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+
+
+def default_runtime() -> Runtime:
+    """The process's default runtime, made on first use."""
+    global _default
+    runtime = _default
+    if runtime is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runtime()
+            runtime = _default
+    return runtime
+
+
+def set_default_runtime(runtime: Runtime | None) -> Runtime | None:
+    """Make runtime the default (None: make a new one on next use); returns the previous one."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, runtime
+    return previous

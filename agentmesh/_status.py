@@ -1,0 +1,117 @@
+"""The one status table: reply status <-> gRPC status code <-> agentmesh exception.
+
+Servers refuse with a ReplyStatus: in a Reply on the session stream, or as
+the trailing metadata ``x-agentmesh-status`` of an aborted RPC. Clients turn
+either back into the exception of the same row; nothing is matched by text.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import grpc
+
+from . import errors
+from ._protocol import MD_STATUS
+from .v1 import agent_server_pb2 as pb
+
+
+class Row(NamedTuple):
+    code: grpc.StatusCode
+    error: type[errors.AgentMeshError]
+
+
+S = grpc.StatusCode
+TABLE: dict[int, Row] = {
+    pb.ERROR: Row(S.UNKNOWN, errors.AgentCallError),
+    pb.UNKNOWN_AGENT: Row(S.NOT_FOUND, errors.UnknownAgentError),
+    pb.UNKNOWN_METHOD: Row(S.NOT_FOUND, errors.UnknownMethodError),
+    pb.BAD_PAYLOAD: Row(S.INVALID_ARGUMENT, errors.PayloadError),
+    pb.TOO_LARGE: Row(S.RESOURCE_EXHAUSTED, errors.MessageTooLargeError),
+    pb.STALE_EPOCH: Row(S.FAILED_PRECONDITION, errors.StaleEpochError),
+    pb.OVERLOADED: Row(S.RESOURCE_EXHAUSTED, errors.BackpressureError),
+    pb.EXPIRED: Row(S.NOT_FOUND, errors.ResultExpiredError),
+    pb.UNAVAILABLE: Row(S.UNAVAILABLE, errors.AgentCallError),
+    pb.CAPACITY: Row(S.RESOURCE_EXHAUSTED, errors.CapacityError),
+    pb.CLASS_NOT_FOUND: Row(S.NOT_FOUND, errors.ClassNotFoundError),
+    pb.CREATION_FAILED: Row(S.INVALID_ARGUMENT, errors.AgentCreationError),
+    pb.CLASS_NOT_SENT: Row(S.FAILED_PRECONDITION, errors.ClassNotFoundError),
+    pb.UNAUTHENTICATED: Row(S.UNAUTHENTICATED, errors.AuthenticationError),
+    pb.VERSION_MISMATCH: Row(S.FAILED_PRECONDITION, errors.VersionMismatchError),
+}
+#: the error_type a reply of each status carries when the server made it (not the agent)
+_ERROR_TYPES = {status: row.error.__name__ for status, row in TABLE.items()}
+_ERROR_TYPES[pb.UNAVAILABLE] = "ServerUnavailableError"
+_TRANSPORT = (S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.CANCELLED)
+
+
+def name(status: int) -> str:
+    """The status's name in the proto ("CAPACITY")."""
+    return pb.ReplyStatus.Name(status)
+
+
+def refusal(call_id: str, status: int, message: str, error_type: str = "") -> pb.Reply:
+    """A reply that refuses a call with status."""
+    return pb.Reply(call_id=call_id, status=status, error_message=message,
+                    error_type=error_type or _ERROR_TYPES.get(status, "AgentCallError"))
+
+
+def trailing(status: int) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata naming why an RPC was refused."""
+    return ((MD_STATUS, name(status)),)
+
+
+def status_of(exc: grpc.RpcError) -> int | None:
+    """The ReplyStatus a refused RPC carried in its trailing metadata, or None (not refused by agentmesh)."""
+    try:
+        metadata = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - an RPC error without metadata
+        return None
+    for key, value in metadata:
+        if key == MD_STATUS:
+            try:
+                return pb.ReplyStatus.Value(value)
+            except ValueError:
+                return None
+    return None
+
+
+def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors.AgentMeshError:
+    """The exception a failed reply stands for."""
+    cls = TABLE.get(reply.status, TABLE[pb.ERROR]).error
+    if not issubclass(cls, errors.AgentCallError):    # the agent was never created
+        return cls(f"agent {agent_id} could not be created: {reply.error_message}")
+    if reply.status == pb.ERROR:
+        message = f"{reply.error_type}: {reply.error_message}" if reply.error_message else reply.error_type
+        if method:
+            message = f"{method}() on agent {agent_id} raised {message}"
+    else:
+        message = reply.error_message or name(reply.status)
+    return cls(message, remote_type=reply.error_type, remote_traceback=reply.traceback,
+               agent_id=agent_id, method=method)
+
+
+def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> errors.AgentMeshError:
+    """The agentmesh error an RPC failure means: the server's status if it gave one, else the transport's."""
+    code = exc.code()
+    detail = exc.details() or code.name
+    status = status_of(exc)
+    if status is not None:
+        cls = TABLE[status].error
+        if status == pb.UNAVAILABLE:
+            return errors.ServerUnavailableError(f"agent server {address} ({what}): {detail}")
+        if what == "agent creation" and issubclass(cls, errors.AgentCallError):
+            cls = errors.AgentCreationError
+        if status == pb.CAPACITY:
+            return cls(f"agent server {address} is full: {detail}")
+        if issubclass(cls, errors.AgentCallError):
+            return cls(f"agent server {address} ({what}): {detail}")   # type: ignore[call-arg]
+        if cls is errors.AuthenticationError:
+            return cls(f"agent server {address} refused {what}: {detail}")
+        return cls(f"agent server {address}: {detail}")
+    if code in _TRANSPORT:
+        hint = (" (does one side use TLS and the other not? see tls_ca / tls_cert)"
+                if "Socket closed" in detail or "handshake" in detail.lower() else "")
+        return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}{hint}")
+    if code == S.RESOURCE_EXHAUSTED:     # gRPC's own message size limit
+        return errors.MessageTooLargeError(f"agent server {address}: {detail}")
+    return errors.AgentMeshError(f"agent server {address} ({what}): {code.name}: {detail}")

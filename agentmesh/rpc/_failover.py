@@ -1,0 +1,249 @@
+"""A proxy's binding to its agent's server, and the failover that moves the agent when that server is lost.
+
+The Binding is the CallOwner of every call its proxy makes: connections tell
+it of checkpoints, losses, refusals and creations. When the server dies,
+hangs, is fenced or drains, the agent is re-created elsewhere with its last
+checkpoint (the proxy that created it can), or found through its registry
+record (a copy of a proxy), and the calls in flight are replayed there.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from .. import errors
+from .._client.connection import fail
+from .._client.slot import CallSlot, Transport
+from .._creation import AgentSpec, create_on
+from .._placement import place
+from .._runtime import Runtime
+from ..v1 import agent_server_pb2 as pb
+
+log = logging.getLogger("agentmesh.rpc")
+
+#: how long a lost server gets to answer again before its agents move
+PROBE_TIMEOUT = 0.5
+#: how long a draining server gets to finish our calls before the agent moves without them
+DRAIN_WAIT = 30.0
+
+
+class Binding:
+    """Where one agent lives (address, server, epoch, session) and how it moves (the CallOwner of its calls)."""
+
+    def __init__(self, runtime: Runtime, *, agent_id: str, cls_name: str, address: str, server_id: str = "",
+                 epoch: int = 0, name: str = "", spec: AgentSpec | None = None, relocatable: bool = False) -> None:
+        self.runtime = runtime
+        self.agent_id = agent_id
+        self.cls_name = cls_name
+        self.name = name
+        self.address = address
+        self.server_id = server_id
+        self.epoch = epoch
+        self.spec = spec                  # set on the binding of the proxy that created the agent: it can re-create it
+        self.relocatable = relocatable    # placement chose the server: a refusal moves on
+        self.conn: Any = None
+        self.creation: CallSlot | None = None   # the __create__ call while the agent is being built
+        self.ckpt: tuple[int, bytes] = (0, b"")  # (calls completed, state) after the last reply
+        self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
+        self._move_lock = threading.Lock()
+
+    # -- the session ---------------------------------------------------------
+    def bind(self, conn: Any) -> None:
+        old = self.conn
+        self.conn = conn
+        conn.owners.add(self)
+        if old is not None and old is not conn:
+            old.owners.discard(self)
+            old.close_if_unused()
+
+    def session(self) -> Any:
+        """The session to send on, connecting on first use (a dead server leads to a move)."""
+        conn = self.conn
+        if conn is None:
+            try:
+                conn = self.runtime.pool.connect(self.address)
+            except errors.ServerUnavailableError:
+                if not self.can_move():
+                    raise
+                conn = self.runtime.pool.closed(self.address)
+            self.bind(conn)
+        return conn
+
+    def start_creation(self, conn: Any) -> None:
+        """Send the creation ahead of the first calls, on the same session (returns at once)."""
+        spec = self.spec
+        assert spec is not None
+        classes = self.runtime.classes
+        ref = classes.ref(spec.cls, conn.server_id)
+        classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
+        request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=spec.init_blob,
+                                        checkpoint=spec.checkpoint)
+        slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__",
+                                payload=request.SerializeToString()), self)
+        self.creation = slot
+        conn.submit(slot)
+
+    def send(self, slot: CallSlot) -> None:
+        """Send a call, or hold it while the agent moves."""
+        if self.held is None or not self._hold(slot):
+            self.session().submit(slot)
+
+    # -- CallOwner -------------------------------------------------------------
+    def on_checkpoint(self, reply: pb.Reply) -> None:
+        if reply.seq > self.ckpt[0]:
+            self.ckpt = (reply.seq, reply.state)
+
+    def on_created(self, conn: Transport, reply: pb.Reply) -> None:
+        response = pb.CreateAgentResponse.FromString(reply.payload)
+        if conn is self.conn:
+            self.epoch, self.server_id = response.epoch, response.server_id
+        self.name = response.name or self.name
+
+    def on_refused(self, conn: Transport, slot: CallSlot, reply: pb.Reply) -> bool:
+        if self.spec is None:
+            return False
+        if reply.status in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
+            classes = self.runtime.classes
+            classes.forget(conn.server_id, classes.ref(self.spec.cls, conn.server_id).digest)
+        elif not (reply.status == pb.CAPACITY and self.relocatable):
+            return False
+        self.on_lost(conn, [slot], reply.error_message, refused=reply.status)
+        return True
+
+    def on_lost(self, conn: Transport, slots: list[CallSlot], reason: str, refused: int = 0) -> None:
+        """The server behind conn is gone, hung, fenced or draining: move the agent, replay slots."""
+        with self._move_lock:
+            if self.held is not None:          # already moving: these calls go along
+                self.held.extend(slots)
+                return
+            current = self.conn
+            if current is not conn and current is not None and not current.closed:
+                moved_to = current               # already moved: just send them there
+            else:
+                moved_to = None
+                self.held = list(slots)
+        if moved_to is not None:
+            for slot in slots:
+                moved_to.submit(slot)
+            return
+        if not self.can_move():
+            self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
+            return
+        threading.Thread(target=self._move, args=(conn, reason, refused), name="agentmesh-failover",
+                         daemon=True).start()
+
+    # -- moving --------------------------------------------------------------
+    def can_move(self) -> bool:
+        return self.spec is not None or bool(self.runtime.settings.registry)
+
+    def _hold(self, slot: CallSlot) -> bool:
+        with self._move_lock:
+            if self.held is None:
+                return False
+            self.held.append(slot)
+            return True
+
+    def _fail_held(self, message: str) -> None:
+        with self._move_lock:
+            held, self.held = self.held or [], None
+        for slot in held:
+            fail(self.runtime.loop, slot, pb.UNAVAILABLE, message)
+
+    def _move(self, lost: Any, reason: str, refused: int = 0) -> None:
+        """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread).
+
+        refused: the server would not create the agent (full, or it could not
+        load the class by reference): another server, or the same with the class by value.
+        """
+        start = time.monotonic()
+        try:
+            if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
+                target, how = self._create_again(lost), "created with its class shipped by value"
+            else:
+                target = None if refused else self._same_server_again(lost)
+                how = "reconnected to the same server"
+            if target is None:
+                target, how = self._relocate(lost)
+        except Exception as exc:  # noqa: BLE001 - every held call must learn why
+            log.error("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
+                      self.cls_name, lost.address, exc)
+            self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
+                            f"not be moved: {exc}")
+            return
+        with self._move_lock:
+            held, self.held = self.held or [], None
+            self.address, self.server_id = target.address, target.server_id
+            self.bind(target)
+        owned = self.runtime.owned
+        if self.agent_id in owned:
+            owned[self.agent_id] = target.address
+        held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
+        for slot in held:
+            slot.call.epoch = self.epoch
+            target.submit(slot)
+        log.warning("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
+                    self.name or self.agent_id, self.cls_name, lost.address, target.address, reason, how,
+                    len(held), time.monotonic() - start)
+
+    def _spec_now(self) -> AgentSpec:
+        """The creation spec with the last checkpoint in it."""
+        seq, state = self.ckpt
+        spec = self.spec
+        assert spec is not None
+        return AgentSpec(spec.cls, self.agent_id, spec.init_blob, spec.options, state, seq)
+
+    def _create_again(self, conn: Any) -> Any:
+        """Create on the same server through the unary path, which ships the class by value if needed."""
+        response = self.runtime.run(create_on(self.runtime, conn, self._spec_now()))
+        self.epoch = response.epoch
+        self.name = response.name or self.name
+        return conn
+
+    def _same_server_again(self, lost: Any) -> Any:
+        """The same server, if the loss was a blip and it still holds the agent at the same epoch."""
+        if lost.draining:
+            return None
+        try:
+            conn = self.runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT)
+        except errors.AgentMeshError:
+            return None
+        if conn.server_id == lost.server_id and conn.epoch == lost.epoch:
+            return conn
+        return None
+
+    def _finish_on(self, lost: Any, timeout: float = DRAIN_WAIT) -> None:
+        """A draining server: let our calls there finish, and take the state they leave."""
+        deadline = time.monotonic() + timeout
+        while any(slot.owner is self for slot in list(lost.pending.values())):
+            if time.monotonic() > deadline or lost.closed:
+                return
+            time.sleep(0.005)
+        if not self.ckpt[1]:   # checkpoints off: ask the server for the state once
+            async def get_state() -> pb.AgentState:
+                return await lost.stub.GetState(pb.StateRequest(agent_id=self.agent_id),
+                                                metadata=lost.metadata, timeout=5.0)
+
+            try:
+                state = self.runtime.run(get_state())
+                self.ckpt = (state.seq, state.state)
+            except Exception as exc:  # noqa: BLE001 - then it restarts from its constructor
+                log.warning("agent %s: could not fetch its state from draining %s: %s",
+                            self.agent_id, lost.address, exc)
+
+    def _relocate(self, lost: Any) -> tuple[Any, str]:
+        if self.spec is None:        # a copy of the proxy: follow the agent's record in the registry
+            address = self.runtime.run(self.runtime.locate(self.agent_id, avoid=lost.address))
+            if not address:
+                raise errors.ServerUnavailableError(f"no registry record says where agent {self.agent_id} went")
+            conn = self.runtime.pool.connect(address)
+            self.epoch = 0
+            return conn, "found in the registry"
+        if lost.draining and not lost.closed:
+            self._finish_on(lost)
+        spec = self._spec_now()
+        conn, response = place(self.runtime, spec, exclude=(lost.server_id, lost.address))
+        self.epoch = response.epoch
+        return conn, (f"re-created from its checkpoint after call {spec.state_seq}" if spec.state
+                      else "re-created from its constructor arguments")

