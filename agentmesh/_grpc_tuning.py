@@ -16,7 +16,9 @@ servers apply it again on import).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import sys
 
 #: grpcio (major, minor) releases whose experiment names below are known and tested
@@ -27,9 +29,6 @@ _EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_al
 def _grpcio_version() -> tuple[int, int] | None:
     """grpcio's version, read from its metadata file without importing grpc."""
     try:
-        import importlib.util
-        import re
-
         spec = importlib.util.find_spec("grpc")
         if spec is None or not spec.submodule_search_locations:
             return None
