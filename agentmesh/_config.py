@@ -82,8 +82,9 @@ class Settings:
         """ValueError for a certificate without its key (or the reverse) and for unreadable files."""
         _tls.require_pair(self.tls_cert, self.tls_key, "tls_cert and tls_key (AGENTMESH_TLS_CERT and "
                                                        "AGENTMESH_TLS_KEY) for a client certificate")
-        _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (AGENTMESH_ETCD_CERT and "
-                                                         "AGENTMESH_ETCD_KEY) for an etcd client certificate")
+        _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (--etcd-cert and --etcd-key, "
+                                                         "AGENTMESH_ETCD_CERT and AGENTMESH_ETCD_KEY) for an "
+                                                         "etcd client certificate")
         for path, what in ((self.tls_ca, "CA certificate"), (self.tls_cert, "certificate"),
                            (self.tls_key, "private key")):
             if path:

@@ -60,9 +60,6 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """This command's settings: the environment's, with the --etcd-ca/--etcd-cert/--etcd-key flags."""
-    if bool(args.etcd_cert) != bool(args.etcd_key):
-        raise SystemExit("agentmesh: give both --etcd-cert and --etcd-key (AGENTMESH_ETCD_CERT and "
-                         "AGENTMESH_ETCD_KEY), or neither")
     try:
         return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
     except ValueError as exc:

@@ -65,7 +65,7 @@ class Connection:
         self.metadata = _protocol.call_metadata(dialing.token)
         self.closed = False
         self.draining = False
-        self.owners: weakref.WeakSet[Any] = weakref.WeakSet()   # bindings whose agent lives on this server
+        self.owners: weakref.WeakSet[CallOwner] = weakref.WeakSet()   # owners whose agent lives on this server
         self.pending: dict[str, CallSlot] = {}
         self._dialing = dialing
         self._on_closed = on_closed

@@ -132,5 +132,6 @@ class CallSlot:
         if self._value is _MISSING:
             with self._value_lock:
                 if self._value is _MISSING:
-                    self._value = decode_reply(self.reply, self.call.agent_id, self.call.method)  # type: ignore[arg-type]
+                    self._value = decode_reply(self.reply, self.call.agent_id,  # type: ignore[arg-type]
+                                               self.call.method)
         return self._value

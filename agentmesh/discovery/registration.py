@@ -106,7 +106,8 @@ class Registration:
             try:
                 await asyncio.wait_for(asyncio.shield(self.registered.wait()), wait)
             except asyncio.TimeoutError:
-                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id, redact_url(self.url))
+                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id,
+                            redact_url(self.url))
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -116,7 +117,8 @@ class Registration:
                 backoff = 0.1
                 await self._update_until_lost()
             except (EtcdError, OSError) as exc:
-                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id, redact_url(self.url), exc)
+                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id,
+                         redact_url(self.url), exc)
             except asyncio.CancelledError:
                 return
             self.registered.clear()

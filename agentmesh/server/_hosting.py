@@ -205,7 +205,9 @@ class Hosting:
 
     async def state_of(self, host: AgentHost) -> bytes:
         """The agent's checkpoint, taken on a worker thread."""
-        return await self._loop.run_in_executor(self.executor, _checkpoint.checkpoint_of, host.agent)  # type: ignore[union-attr]
+        loop = self._loop
+        assert loop is not None
+        return await loop.run_in_executor(self.executor, _checkpoint.checkpoint_of, host.agent)
 
     # -- the call path ---------------------------------------------------------
     @staticmethod
@@ -225,7 +227,7 @@ class Hosting:
         call_id = call.call_id
         if call.epoch and call.epoch != self.epoch:
             self._answer(outbox, _status.refusal(call_id, pb.STALE_EPOCH, f"server {self.server_id} is at epoch "
-                                                                          f"{self.epoch}, the call expected {call.epoch}"))
+                                                 f"{self.epoch}, the call expected {call.epoch}"))
             return
         host = self.agents.get(call.agent_id)
         if host is None:
