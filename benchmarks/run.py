@@ -12,16 +12,15 @@ created on first use (see envs.py); quick mode never installs. Every
 (workload, system) pair runs in a fresh subprocess of that system's
 interpreter (workloads_<system>.py), which prints its result as JSON; after it,
 every process it started is killed (found by a marker in their environment).
-Logs of the last run: benchmarks/.envs/logs/.
+Logs of the last run: benchmarks/.envs/logs/. What is compared (systems, rows,
+targets) and the rendering of the report's parts live in _report.py.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
-import platform
 import shlex
 import signal
 import statistics
@@ -37,6 +36,19 @@ sys.path.insert(0, HERE)
 
 import envs  # noqa: E402
 from _common import RESULT_MARK  # noqa: E402
+from _report import (  # noqa: E402,F401  (ROWS: tests/test_benchmarks_smoke.py reads run.ROWS)
+    ALL_WORKLOADS,
+    BY_KEY,
+    ROWS,
+    SYSTEMS,
+    System,
+    how_measured,
+    loadavg,
+    machine,
+    profile_section,
+    table,
+    targets,
+)
 
 LOG_DIR = os.path.join(envs.ENVS, "logs")
 
@@ -64,109 +76,6 @@ QUICK = {
     "failover_rounds": 1,
     "ckpt_calls": 100,
 }
-
-
-@dataclasses.dataclass
-class System:
-    key: str
-    label: str
-    script: str
-    workloads: tuple[str, ...]
-    peer: bool
-
-
-COMMON = ("tutorial", "sync_call", "pipelined", "nn", "creation", "payload", "memory")
-SYSTEMS = [
-    System("agentmesh", "agentmesh", "workloads_agentmesh.py", COMMON + ("registry", "failover", "checkpoint"), False),
-    System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
-    System("ray", "Ray", "workloads_ray.py", COMMON, True),
-]
-BY_KEY = {s.key: s for s in SYSTEMS}
-ALL_WORKLOADS = SYSTEMS[0].workloads
-
-LOWER, HIGHER = "lower", "higher"
-
-
-@dataclasses.dataclass
-class Row:
-    name: str
-    workload: str
-    metric: str
-    unit: str
-    better: str
-    agentmesh_only: bool = False
-
-
-#: the table, in order. The names are stable: tests/test_benchmarks_smoke.py looks for them.
-ROWS = [
-    Row("tutorial: child-mode initialisation", "tutorial", "child_init", "s", LOWER),
-    Row("tutorial: child-mode runtime", "tutorial", "child_runtime", "s", LOWER),
-    Row("tutorial: independent initialisation", "tutorial", "indep_init", "s", LOWER),
-    Row("tutorial: independent runtime", "tutorial", "indep_runtime", "s", LOWER),
-    Row("sync no-op call round trip", "sync_call", "rtt", "µs", LOWER),
-    Row("sync no-op calls/s", "sync_call", "rate", "calls/s", HIGHER),
-    Row("pipelined async no-op calls/s", "pipelined", "rate", "calls/s", HIGHER),
-    Row("n:n calls/s (4 callers × 8 agents, 2 servers)", "nn", "rate", "calls/s", HIGHER),
-    Row("n:n call round trip", "nn", "rtt", "µs", LOWER),
-    Row("agent creation on running servers", "creation", "rate", "agents/s", HIGHER),
-    Row("100 KB payload round trip", "payload", "rtt", "µs", LOWER),
-    Row("memory per idle agent (server RSS)", "memory", "per_agent_kb", "KB", LOWER),
-    Row("registry-resolved to_dist(), per agent", "registry", "to_dist", "ms", LOWER, True),
-    Row("registry placements, one thread", "registry", "bulk_rate", "agents/s", HIGHER, True),
-    Row("SIGKILL of a server -> its registry key gone", "registry", "key_gone", "s", LOWER, True),
-    Row("etcd restarted empty -> every server registered again", "registry", "reregister", "s", LOWER, True),
-    Row("failover after SIGKILL: next call returns", "failover", "sigkill", "s", LOWER, True),
-    Row("no-op round trip, checkpoints on (default)", "checkpoint", "on", "µs", LOWER, True),
-    Row("no-op round trip, checkpoint=False", "checkpoint", "off", "µs", LOWER, True),
-    Row("checkpoint cost per call (median on - off)", "checkpoint", "cost", "µs", LOWER, True),
-]
-
-#: the issue's targets: (row name, peer, factor): agentmesh rate >= factor x the peer's
-TARGETS = [
-    ("sync no-op calls/s", "agentscope", 2.0),
-    ("sync no-op calls/s", "ray", 1.0),
-    ("pipelined async no-op calls/s", "agentscope", 5.0),
-    ("pipelined async no-op calls/s", "ray", 1.0),
-    ("n:n calls/s (4 callers × 8 agents, 2 servers)", "ray", 1.0),
-    ("agent creation on running servers", "agentscope", 5.0),
-]
-
-
-def how_measured(sz: dict) -> list[str]:
-    return [
-        f"**tutorial**: AgentScope's distribution tutorial: {sz['tutorial_agents']} agents whose `reply()` sleeps "
-        f"{sz['tutorial_sleep']:g} s. *Initialisation*: construct and `to_dist()` the agents (child mode: no host, "
-        "so the system starts its own servers; independent: one server started beforehand, not timed), then one "
-        "`ready()` call each, so the agents exist and answer. *Runtime*: one `reply()` each, then read every answer "
-        "(the tutorial's `run()`): parallel agents take one sleep, not five.",
-        f"**sync no-op call**: {sz['sync_calls']} calls of `ping()` one after another from one thread, after "
-        f"{sz['sync_warmup']} warm-up calls (Ray: `ray.get(a.ping.remote())`). calls/s = calls / loop time.",
-        f"**pipelined**: one caller, one agent: submit {sz['pipe_inflight']} `@async_func` calls, then wait for all "
-        f"of them; median calls/s of {sz['pipe_rounds']} rounds after {sz['pipe_warmup_rounds']} warm-up rounds "
-        f"(Ray: `ray.get([a.aping.remote() for _ in range({sz['pipe_inflight']})])`).",
-        f"**n:n**: {sz['nn_callers']} caller threads in one process, {sz['nn_agents']} agents spread over "
-        f"{sz['nn_servers']} servers; each thread calls every agent round-robin, synchronously, {sz['nn_calls']} "
-        "calls per thread; calls/s = all calls / wall time. The round-trip row is the same calls' latency.",
-        f"**creation**: {sz['create_agents']} agents created on 2 running servers (alternating) in batches of 100: "
-        "`to_dist()` for the whole batch, then one asynchronous no-op call (`aping()`) to each and wait for all, "
-        "so every agent exists and answers when the clock stops (agentmesh pipelines the creation; AgentScope "
-        "0.1.6 creates in a background thread; Ray: `A.remote()` for the batch, then `ray.get` of an `aping` to "
-        f"each, at most {sz['ray_create_actors']} actors).",
-        f"**100 KB payload**: `echo(data)` with 100 KiB of random bytes, returned; {sz['payload_calls']} calls after "
-        f"{sz['payload_warmup']} warm-up calls.",
-        f"**memory**: a server hosting {sz['memory_agents']:,} idle no-op agents (created in batches of 100, each "
-        "answering one call): (server RSS after − RSS with one agent) / agents, from `/proc/PID/status`. Ray: each "
-        f"actor is a process: RSS of the actor processes / actors, with {sz['ray_memory_actors']} actors.",
-        f"**registry** (agentmesh): etcd + 4 registered servers; {sz['registry_warm']} `to_dist()` with no host one "
-        f"after another (placement through the registry), then {sz['registry_bulk']} more for the rate; then SIGKILL "
-        "of one server (time until its lease-bound key is gone) and etcd restarted empty (time until the 3 live "
-        "servers are registered again).",
-        f"**failover** (agentmesh): {sz['failover_rounds']} rounds of: SIGKILL the server of a registry-placed agent, "
-        "then time one `ping()`; it returns from the agent re-created (with its checkpoint) on another server.",
-        f"**checkpoint cost** (agentmesh): no-op round trip of an agent with checkpoints on (the default: the state "
-        f"rides on every reply) versus `to_dist(..., checkpoint=False)`, {sz['ckpt_calls']} calls each in interleaved "
-        "blocks of 100.",
-    ]
 
 
 # -- running ------------------------------------------------------------------------
@@ -267,178 +176,6 @@ def merge(reps: list[dict]) -> dict:
     out["metrics"] = med([r["metrics"] for r in ok])
     out["repeats"] = f"{len(ok)} of {len(reps)}"
     return out
-
-
-# -- the report -----------------------------------------------------------------------
-def fmt(x) -> str:
-    if x is None:
-        return "—"
-    x = float(x)
-    a = abs(x)
-    if a >= 100:
-        return f"{x:,.0f}"
-    if a >= 10:
-        return f"{x:.1f}"
-    if a >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3f}"
-
-
-def fmt_ratio(x: float | None) -> str:
-    if not x:
-        return "—"
-    return f"{x:,.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
-
-
-def value_of(result: dict | None, row: Row) -> tuple[float | None, float | None]:
-    """(median, p99) of a row's metric in a result; p99 None for single values and rates."""
-    if not result or "metrics" not in result:
-        return None, None
-    v = result["metrics"].get(row.metric)
-    if isinstance(v, dict):
-        return v.get("median"), v.get("p99")
-    return v, None
-
-
-def advantage(row: Row, am: float | None, peer: float | None) -> float | None:
-    """How many times better agentmesh is (> 1: agentmesh wins), whatever the metric's direction."""
-    if am is None or peer is None or am <= 0 or peer <= 0:
-        return None
-    return am / peer if row.better == HIGHER else peer / am
-
-
-def cell_status(system: System, status: dict, result: dict | None) -> str | None:
-    """Why a system has no number for a workload, or None if it has one."""
-    if system.key in status:
-        why = status[system.key]
-        return "not installed (see notes)" if why.startswith("not installed") else why
-    if result is None:
-        return "not run (--workloads)"
-    if "error" in result:
-        return "failed (see notes)"
-    return None
-
-
-def table(results: dict, status: dict, labels: dict) -> list[str]:
-    head = ["workload", "unit", "agentmesh median", "agentmesh p99"]
-    for s in SYSTEMS[1:]:
-        head += [f"{labels[s.key]} median", f"{labels[s.key]} p99", f"agentmesh vs {s.label}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    am_sys = SYSTEMS[0]
-    for row in ROWS:
-        am_res = results.get(("agentmesh", row.workload))
-        am_med, am_p99 = value_of(am_res, row)
-        why = cell_status(am_sys, status, am_res)
-        cells = [row.name, row.unit, why or fmt(am_med), "" if why else (fmt(am_p99) if am_p99 is not None else "—")]
-        for s in SYSTEMS[1:]:
-            if row.agentmesh_only:
-                cells += ["n/a", "", ""]
-                continue
-            res = results.get((s.key, row.workload))
-            why = cell_status(s, status, res)
-            if why:
-                cells += [why, "", ""]
-                continue
-            med, p99 = value_of(res, row)
-            adv = advantage(row, am_med, med)
-            cells += [fmt(med), fmt(p99) if p99 is not None else "—", fmt_ratio(adv)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
-def targets(results: dict, status: dict) -> list[str]:
-    by_name = {r.name: r for r in ROWS}
-    out = []
-    for name, peer, factor in TARGETS:
-        row = by_name[name]
-        am = value_of(results.get(("agentmesh", row.workload)), row)[0]
-        pv = value_of(results.get((peer, row.workload)), row)[0]
-        want = f"agentmesh ≥ {factor:g}× {BY_KEY[peer].label}" if factor != 1 else f"agentmesh ≥ {BY_KEY[peer].label}"
-        if am is None or pv is None:
-            why = status.get(peer) or status.get("agentmesh") or "not measured"
-            out.append(f"- {name}: {want} — **unknown** ({why})")
-            continue
-        ratio = am / pv
-        verdict = "met" if ratio >= factor else "missed"
-        out.append(f"- {name}: {want} — **{verdict}**: agentmesh {fmt(am)} vs {BY_KEY[peer].label} {fmt(pv)} "
-                   f"= {ratio:.2f}×")
-    return out
-
-
-def machine(am_info: dict, peer_versions: dict, loads: tuple[str, str]) -> list[str]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    mem = f"{int(line.split()[1]) / 1024 ** 2:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    commit = "unknown"
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=10).stdout.strip() or commit
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no", "agentmesh"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        if dirty:
-            commit += " (with uncommitted changes in agentmesh/)"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    lines = [
-        f"- CPU: {cpu}; {os.cpu_count()} logical cores ({usable} usable by this run)",
-        f"- memory: {mem}; kernel {platform.system()} {platform.release()} ({platform.machine()})",
-        f"- Python {platform.python_version()} ({sys.executable})",
-        f"- agentmesh {am_info.get('agentmesh', '?')} at commit {commit}, grpcio {am_info.get('grpcio', '?')}",
-    ]
-    for s in SYSTEMS[1:]:
-        v = peer_versions.get(s.key)
-        if v:
-            extra = ", ".join(f"{k} {val}" for k, val in v.items() if k != s.key)
-            venv = os.path.relpath(envs.env_dir(s.key), ROOT)
-            lines.append(f"- {s.label} {v.get(s.key, '?')} ({extra}; venv {venv})")
-        else:
-            lines.append(f"- {s.label}: no version (not installed or not run)")
-    lines.append(f"- load average (1, 5, 15 min) at start: {loads[0]}; at end: {loads[1]} "
-                 "(other work on the machine shows up here)")
-    try:
-        before = float(loads[0].split(",")[0])
-    except ValueError:
-        before = 0.0
-    if before > 0.5 * (os.cpu_count() or 1):
-        lines.append(f"- **the machine was busy**: 1-minute load {before:.1f} on {os.cpu_count()} cores before the "
-                     "run started (other work): expect noise of tens of percent; compare systems within one run "
-                     "(the harness interleaves them workload by workload), and use `--repeat`")
-    return lines
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return ", ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
-def _profile_section() -> list[str]:
-    """benchmarks/PROFILE.md: where the time goes for the targets that are missed."""
-    path = os.path.join(HERE, "PROFILE.md")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [f.read().rstrip(), ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *targets(results, status),
         "",
-        *_profile_section(),
+        *profile_section(),
         "## Notes",
         "",
     ]
