@@ -85,10 +85,10 @@ class Binding:
         self.creation = slot
         conn.submit(slot)
 
-    def send(self, slot: CallSlot) -> None:
-        """Send a call, or hold it while the agent moves."""
+    def send(self, slot: CallSlot, conn: Any) -> None:
+        """Send a call on conn (this binding's session), or hold it while the agent moves."""
         if self.held is None or not self._hold(slot):
-            self.session().submit(slot)
+            conn.submit(slot)
 
     # -- CallOwner -------------------------------------------------------------
     def on_checkpoint(self, reply: pb.Reply) -> None:

@@ -90,7 +90,7 @@ class RpcObject:
                 f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         slot = CallSlot(pb.Call(call_id=binding.runtime.next_call_id(), agent_id=self.agent_id, method=method,
                                 payload=payload, epoch=binding.epoch), binding)
-        binding.send(slot)
+        binding.send(slot, conn)
         result = AsyncResult(slot)
         if is_async:
             return result
