@@ -140,12 +140,18 @@ def _identity(value: Any) -> Any:
     return value
 
 
+#: a pickle that holds a placeholder names this module (for _rebuild)
+_MODULE = __name__.encode()
+
+
 def _rebuild(ref: ResultRef) -> AsyncResult:
     return AsyncResult(ref=ref)
 
 
 def loads_collecting(data: bytes, runtime: Runtime | None = None) -> tuple[Any, list[AsyncResult]]:
     """Unpickle, also returning the pending placeholders found inside (they fetch through runtime)."""
+    if _MODULE not in data:    # no placeholder can be inside: the C unpickler alone (the usual call)
+        return _codec.loads(data), []
     found: list[AsyncResult] = []
 
     def collect(ref: ResultRef) -> AsyncResult:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-import pickle
 
 import grpc
 from hypothesis import strategies as st
 
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
+from wire_helpers import file_writing_pickle
 
 
 FULL = os.environ.get("AGENTMESH_FUZZ_FULL") == "1"
@@ -40,28 +40,8 @@ def check_code(code: grpc.StatusCode, details: str, what: str) -> None:
     assert code.name in EXPECTED_CODES, f"{what}: {code.name}: {details}"
 
 
-class _WritesMarker:
-    """Unpickling one of these runs open(path, "w"): the file's existence proves it was unpickled."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def marker_pickle(path) -> bytes:
-    return pickle.dumps(_WritesMarker(str(path)), protocol=5)
-
-
 def good_metadata() -> list[tuple[str, str]]:
     return list(_wire.call_metadata(TOKEN))
-
-
-def class_ref(cls: type) -> pb.ClassRef:
-    blob = _wire.dumps(cls)
-    return pb.ClassRef(name=f"{cls.__module__}:{cls.__qualname__}",
-                       digest=hashlib.sha256(blob).hexdigest(), blob=blob)
 
 
 def with_digest(name: str, blob: bytes) -> pb.ClassRef:
@@ -166,7 +146,7 @@ def draw_payload(data, marker: str | None = None, huge: bool = True) -> bytes:
     if kind == "over limit":
         return bytes(data.draw(st.integers(LIMIT + 1, LIMIT + 16_384), label="over size"))
     assert kind == "marker" and marker
-    return marker_pickle(marker)
+    return file_writing_pickle(marker)
 
 
 # -- the fuzzer -------------------------------------------------------------------------------

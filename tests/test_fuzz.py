@@ -29,14 +29,14 @@ from agentmesh import Msg
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
-from raw_session import RawSession
-from sample_agents import Echo
-
 from fuzz_helpers import (
     FULL, TARGET_REQUESTS, TOKEN, LIMIT, GRPC_LIMIT, SERVICE, UNARY_METHODS, SAFE_METHODS,
-    REPLY_TIMEOUT, check_code, marker_pickle, good_metadata, class_ref, with_digest, Stats,
-    ascii_text, any_text, scalars, draw_metadata, draw_payload,
+    REPLY_TIMEOUT, check_code, good_metadata, with_digest, Stats, ascii_text, any_text, scalars,
+    draw_metadata, draw_payload,
 )
+from raw_session import RawSession
+from sample_agents import Echo
+from wire_helpers import class_ref, file_writing_pickle
 
 
 class Fuzzer:
@@ -138,7 +138,7 @@ class Fuzzer:
         md, authentic = draw_metadata(data, authentic_allowed=False)
         assert not authentic
         which = data.draw(st.sampled_from(["create", "session", "raw"]), label="unauthenticated kind")
-        evil = marker_pickle(self.marker)
+        evil = file_writing_pickle(self.marker)
         if which == "create":
             request = pb.CreateAgentRequest(agent_id=f"fz-evil-{next(self.ids)}",
                                             cls=with_digest("evil:Evil", evil), init_args=evil, state=b"A" + evil)
@@ -298,7 +298,7 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
         control = tmp_path / "control"
         session = RawSession(fuzzer.channel, good_metadata())
         probe = pb.Call(call_id=uuid.uuid4().hex, agent_id=target.agent_id, method="ping",
-                        payload=marker_pickle(control))
+                        payload=file_writing_pickle(control))
         session.send(probe)
         session.wait_for(collections.Counter({probe.call_id: 1}))
         session.close()

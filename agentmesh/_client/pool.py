@@ -37,10 +37,6 @@ class Pool:
         self._open: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
 
-    def connections(self) -> list[Connection]:
-        """The open sessions."""
-        return list(self._open.values())
-
     def discard(self, conn: Connection) -> None:
         """Forget a session that ended."""
         if self._open.get(conn.address) is conn:

@@ -1,1 +1,1 @@
-"""Discovery: servers registering in etcd, and placement of new agents."""
+"""Discovery: servers registering in etcd, the watch-backed view of them, the registry's key layout."""

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import _tls
 from .._address import format_address, is_loopback
-from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE
+from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings
 from .._process import ServerProcess
 from .._runtime import default_runtime
 from ._service import AgentServer
@@ -46,15 +46,14 @@ def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_
                 "can reach it can run code on this machine", host)
 
 
-def _process_settings(tls: _tls.ServerTLS | None, token: str | None, registry: str | None, namespace: str,
-                      tls_ca: str | None, etcd_ca: str | None, etcd_cert: str | None,
+def _process_settings(current: Settings, tls: _tls.ServerTLS | None, token: str | None, registry: str | None,
+                      namespace: str, tls_ca: str | None, etcd_ca: str | None, etcd_cert: str | None,
                       etcd_key: str | None) -> dict[str, Any]:
     """The settings of a server process's own calls (placeholder fetches, proxies in agents, etcd).
 
     The server's certificate doubles as its client certificate; peers are
     verified with tls_ca, else the configured CA, else the client CA.
     """
-    current = default_runtime().settings
     options: dict[str, Any] = {name: value for name, value in (("token", token), ("etcd_ca", etcd_ca),
                                                                  ("etcd_cert", etcd_cert), ("etcd_key", etcd_key))
                                if value}
@@ -81,8 +80,8 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
     runtime = default_runtime()   # this process is the server: its runtime serves it
-    runtime.configure(**_process_settings(tls, token, options.get("registry"), options.get("namespace", "default"),
-                                          tls_ca, etcd_ca, etcd_cert, etcd_key))
+    runtime.configure(**_process_settings(runtime.settings, tls, token, options.get("registry"),
+                                          options.get("namespace", "default"), tls_ca, etcd_ca, etcd_cert, etcd_key))
     server = AgentServer(runtime=runtime, host=host, port=port or 0, capacity=capacity,
                          custom_agent_classes=custom_agent_classes, token=token, tls=tls,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
