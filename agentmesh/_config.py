@@ -79,7 +79,11 @@ class Settings:
         return updated
 
     def check(self) -> None:
-        """ValueError for a certificate without its key (or the reverse) and for unreadable files."""
+        """ValueError for a registry without a token, a certificate without its key (or the reverse), unreadable files."""
+        if self.registry and not self.token:
+            raise ValueError("agentmesh: a registry (registry=, AGENTMESH_REGISTRY) needs the namespace token "
+                             "(token=, AGENTMESH_TOKEN_FILE or AGENTMESH_TOKEN): registry records are signed with "
+                             "it and records that do not verify are ignored")
         _tls.require_pair(self.tls_cert, self.tls_key, "tls_cert and tls_key (AGENTMESH_TLS_CERT and "
                                                        "AGENTMESH_TLS_KEY) for a client certificate")
         _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (--etcd-cert and --etcd-key, "

@@ -71,7 +71,8 @@ async def _by_registry(runtime: Runtime, url: str, namespace: str, cls: type, op
         if address in exclude:
             continue
         try:
-            conn = await runtime.pool.get(address, timeout=runtime.settings.registry_timeout)
+            conn = await runtime.pool.get(address, timeout=runtime.settings.registry_timeout,
+                                          expect=record["server_id"], namespace=namespace)
             response = await create_on(runtime, conn, spec) if spec is not None else None
         except errors.CapacityError:
             view.full(record["server_id"])

@@ -14,7 +14,8 @@ SERVICE_NAME = "agentmesh.v1.AgentServer"
 MD_PROTOCOL = "x-agentmesh-protocol"
 MD_PYTHON = "x-agentmesh-python"
 MD_PICKLE = "x-agentmesh-cloudpickle"
-MD_TOKEN = "x-agentmesh-token"
+#: the ticket of a caller that passed the Handshake (see _trust); never the token itself
+MD_AUTH = "x-agentmesh-auth"
 #: trailing metadata of a refused RPC: the ReplyStatus name that says why (never matched by text)
 MD_STATUS = "x-agentmesh-status"
 
@@ -53,9 +54,9 @@ def server_options(max_message_size: int) -> list[tuple[str, Any]]:
     return [("grpc.so_reuseport", 0), *size_options(max_message_size), *SERVER_KEEPALIVE_OPTIONS]
 
 
-def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """The metadata every agentmesh RPC carries."""
+def call_metadata(ticket: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The metadata every agentmesh RPC carries: versions, and the Handshake's ticket once there is one."""
     md = [(MD_PROTOCOL, PROTOCOL_VERSION), (MD_PYTHON, PYTHON_VERSION), (MD_PICKLE, CLOUDPICKLE_MAJOR)]
-    if token:
-        md.append((MD_TOKEN, token))
+    if ticket:
+        md.append((MD_AUTH, ticket))
     return tuple(md)

@@ -15,6 +15,7 @@ import secrets
 import threading
 from typing import Any
 
+from . import _trust
 from ._classes import ClassCache
 from ._client.children import ChildPool
 from ._client.connection import Dialing
@@ -64,9 +65,10 @@ class Runtime:
 
     def _dialing(self) -> Dialing:
         s = self.settings
-        return Dialing(token=self.token, max_message_size=s.max_message_size, connect_timeout=s.connect_timeout,
+        return Dialing(token=s.token, max_message_size=s.max_message_size, connect_timeout=s.connect_timeout,
                        tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
-                       plaintext=self.children.is_plaintext)
+                       plaintext=self.children.is_plaintext, namespace=s.namespace, child_token=self.token,
+                       child_namespace=self.children.namespace_of)
 
     def _child_config(self) -> dict[str, Any]:
         """How to start a child server: loopback, this runtime's token and, with a certificate, its TLS.
@@ -77,6 +79,7 @@ class Runtime:
         """
         s = self.settings.absolute()
         config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
+                                  "namespace": s.namespace,
                                   "max_message_size": s.max_message_size, "lifeline": True}
         if s.tls_cert and s.tls_key:
             config.update(tls_cert=s.tls_cert, tls_key=s.tls_key, tls_ca=s.tls_ca)
@@ -101,13 +104,14 @@ class Runtime:
         """This runtime's watch-backed view of the servers of namespace in the registry at url."""
         view = self._views.get((url, namespace))
         if view is None:
+            token = self.settings.token
             view = self._views[(url, namespace)] = ServerView(
                 url, namespace, self.settings.registry_timeout, self.settings.etcd_options(),
-                on_server_gone=self.pool.server_gone)
+                on_server_gone=self.pool.server_gone, key=_trust.namespace_key(token, namespace) if token else None)
         return view
 
-    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
-        """Where agent_id lives now per its registry record, waiting up to timeout for it to leave avoid."""
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> tuple[str, str] | None:
+        """(server_id, address) of agent_id per its signed registry record, waiting up to timeout to leave avoid."""
         if not self.settings.registry:
             return None
         return await self.view(self.settings.registry, self.settings.namespace).locate(agent_id, avoid, timeout)

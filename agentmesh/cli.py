@@ -16,7 +16,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import _tls
+from . import _tls, _trust
 from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
                       Settings, env)
 from ._version import __version__
@@ -95,7 +95,12 @@ def _registry_url(args: argparse.Namespace) -> str:
     return args.registry
 
 
-async def _read_records(url: str, prefix: str, settings: Settings) -> list[dict]:
+async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> list[dict]:
+    """The records under prefix that are signed with the namespace's token; the others are reported and skipped."""
+    if not settings.token:
+        raise SystemExit("agentmesh: reading the registry needs the namespace token (AGENTMESH_TOKEN_FILE or "
+                         "AGENTMESH_TOKEN) to verify its records")
+    key = _trust.namespace_key(settings.token, namespace)
     client = EtcdClient.from_url(url, **settings.etcd_options())
     try:
         kvs, _ = await client.get_prefix(prefix)
@@ -105,10 +110,12 @@ async def _read_records(url: str, prefix: str, settings: Settings) -> list[dict]
         await client.close()
     records = []
     for kv in kvs:
-        try:
-            records.append(json.loads(kv.value))
-        except ValueError:
-            log.warning("ignoring malformed record %s", kv.key.decode(errors="replace"))
+        record = _trust.verify_record(key, kv.key.decode(errors="replace"), kv.value) if kv.lease else None
+        if record is None:
+            log.warning("ignoring %s: unsigned, forged, signed with another token, or without a lease",
+                        kv.key.decode(errors="replace"))
+        else:
+            records.append(record)
     return records
 
 
@@ -145,7 +152,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def gather() -> list[dict]:
-        records = await _read_records(url, keys.servers_prefix(args.namespace), settings)
+        records = await _read_records(url, keys.servers_prefix(args.namespace), settings, args.namespace)
         healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
         for record, health in zip(records, healths):
             record["health"] = health
@@ -166,7 +173,8 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
 def cmd_agents(args: argparse.Namespace) -> int:
     url = _registry_url(args)
-    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args))),
+    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
+                                               args.namespace)),
                      key=lambda r: (r.get("address", ""), r.get("name", "")))
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))

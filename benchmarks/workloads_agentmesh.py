@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 import time
@@ -30,6 +31,10 @@ def info() -> dict:
     import grpc
 
     return {"agentmesh": agentmesh.__version__, "grpcio": grpc.__version__, "python": sys.version.split()[0]}
+
+
+#: the namespace token of the registry workloads (registry records are signed with it)
+TOKEN = "bench-" + secrets.token_hex(8)
 
 
 def launch(n: int = 1, **kwargs) -> list[RpcAgentServerLauncher]:
@@ -209,9 +214,9 @@ def registry(sz: dict) -> dict:
     n_warm, n_bulk = sz["registry_warm"], sz["registry_bulk"]
     metrics = {}
     with EtcdProcess(name="agentmesh-bench") as etcd:
-        servers = launch(4, capacity=n_bulk + n_warm + 10, registry=etcd.url, namespace="bench")
+        servers = launch(4, capacity=n_bulk + n_warm + 10, registry=etcd.url, namespace="bench", token=TOKEN)
         try:
-            agentmesh.init(registry=etcd.url, namespace="bench")
+            agentmesh.init(registry=etcd.url, namespace="bench", token=TOKEN)
             Noop("warm-up").to_dist().ping()
             lat = []
             for i in range(n_warm):
@@ -256,10 +261,10 @@ def failover(sz: dict) -> dict:
     rounds = sz["failover_rounds"]
     times, calls_ok = [], 0
     with EtcdProcess(name="agentmesh-bench-failover") as etcd:
-        servers = launch(rounds + 1, capacity=16, registry=etcd.url, namespace="failover")
+        servers = launch(rounds + 1, capacity=16, registry=etcd.url, namespace="failover", token=TOKEN)
         by_port = {s.port: s for s in servers}
         try:
-            agentmesh.init(registry=etcd.url, namespace="failover")
+            agentmesh.init(registry=etcd.url, namespace="failover", token=TOKEN)
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and not all(
                     asyncio.run(present(etcd.url, keys.server_key("failover", s.server_id))) for s in servers):

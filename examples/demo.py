@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +49,9 @@ def cli(*args: str) -> None:
 
 def main() -> None:
     servers: list[subprocess.Popen] = []
+    # The namespace token: servers sign their registry records with it and prove they hold it. It goes to
+    # the servers through the environment, never argv.
+    os.environ.setdefault("AGENTMESH_TOKEN", secrets.token_urlsafe(32))
     with EtcdProcess(name="agentmesh-demo") as etcd:
         print(f"etcd up at {etcd.url}", flush=True)
         try:

@@ -13,6 +13,8 @@ import pytest
 from agentmesh import RpcAgentServerLauncher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the namespace token of the tests' registry: servers registered by tests and the mesh fixture share it
+MESH_TOKEN = "test-mesh-token"
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:
@@ -53,6 +55,8 @@ def servers():
 
     def start(**kwargs) -> RpcAgentServerLauncher:
         kwargs.setdefault("host", "127.0.0.1")
+        if kwargs.get("registry"):       # registry records are signed with the namespace token
+            kwargs.setdefault("token", MESH_TOKEN)
         launcher = RpcAgentServerLauncher(**kwargs)
         launcher.launch(in_subprocess=True)
         started.append(launcher)
@@ -95,17 +99,21 @@ def procs():
 PYTHON = sys.executable
 
 
-def server_info(port: int, token: str | None = None, host: str = "127.0.0.1"):
-    """GetInfo of a server over a raw gRPC channel: id, capacity, agents, in-flight calls."""
+def server_info(server, token: str | None = None, host: str = "127.0.0.1", namespace: str = "default"):
+    """GetInfo of a server (a launcher, whose token and namespace are used, or a port) over a raw gRPC channel."""
     import grpc
 
     from agentmesh.testing import wire as _wire
     from agentmesh.v1 import agent_server_pb2 as pb
     from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 
+    if isinstance(server, RpcAgentServerLauncher):
+        port, token, namespace = server.port, server.token, server.namespace
+    else:
+        port = server
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         return pb_grpc.AgentServerStub(channel).GetInfo(
-            pb.InfoRequest(), metadata=_wire.call_metadata(token), timeout=5)
+            pb.InfoRequest(), metadata=_wire.authenticate(channel, token, namespace), timeout=5)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +149,7 @@ def runtime():
 @pytest.fixture
 def mesh(etcd, namespace, runtime):
     """This process placing through the test etcd in the test's namespace; reset afterwards."""
-    runtime.configure(registry=etcd.url, namespace=namespace)
+    runtime.configure(registry=etcd.url, namespace=namespace, token=MESH_TOKEN)
     yield etcd
 
 

@@ -19,7 +19,7 @@ TOKEN = "fuzz-s3cret-token"
 LIMIT = 256 * 1024                     # the fuzzed server's message size limit: "near the limit" stays cheap
 GRPC_LIMIT = LIMIT + 64 * 1024         # what gRPC itself accepts on that server
 SERVICE = "/agentmesh.v1.AgentServer/"
-UNARY_METHODS = ("CreateAgent", "DeleteAgent", "FetchResult", "GetInfo", "GetState")
+UNARY_METHODS = ("CreateAgent", "DeleteAgent", "FetchResult", "GetInfo", "GetState", "Handshake")
 SAFE_METHODS = ("reply", "ping", "get_count", "pid", "boom", "observe", "__call__", "__getattr__")
 REPLY_TIMEOUT = 20.0
 
@@ -40,8 +40,28 @@ def check_code(code: grpc.StatusCode, details: str, what: str) -> None:
     assert code.name in EXPECTED_CODES, f"{what}: {code.name}: {details}"
 
 
+#: the authenticated call metadata of the fuzzed server (set by authenticate_once)
+_AUTH: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+def authenticate_once(channel) -> None:
+    """Handshake with the fuzzed server once; good_metadata() carries the ticket from then on."""
+    _AUTH["md"] = _wire.authenticate(channel, TOKEN)
+
+
 def good_metadata() -> list[tuple[str, str]]:
-    return list(_wire.call_metadata(TOKEN))
+    return list(_AUTH["md"])
+
+
+def _good_ticket() -> str:
+    return dict(_AUTH["md"])[_wire.MD_AUTH]
+
+
+def _flipped(ticket: str, at: int) -> str:
+    at %= len(ticket)
+    if ticket[at] == ".":
+        at = (at + 1) % len(ticket)
+    return ticket[:at] + ("0" if ticket[at] != "0" else "1") + ticket[at + 1:]
 
 
 def with_digest(name: str, blob: bytes) -> pb.ClassRef:
@@ -83,11 +103,14 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan
 
 def draw_metadata(data, authentic_allowed: bool) -> tuple[list[tuple[str, str]], bool]:
     """Random call metadata, and whether the server must accept it (right token and versions)."""
-    md = dict(_wire.call_metadata(TOKEN))
-    wrong_tokens = st.one_of(st.none(), st.just(""), ascii_text.filter(lambda t: t != TOKEN),
-                             st.sampled_from([TOKEN + "x", TOKEN[:-1], TOKEN.upper(), "Bearer " + TOKEN]))
-    token_ok = authentic_allowed and data.draw(st.booleans(), label="token ok")
-    token = TOKEN if token_ok else data.draw(wrong_tokens, label="token")
+    good = _good_ticket()
+    md = dict(_wire.call_metadata(good))
+    wrong_tickets = st.one_of(st.none(), st.just(""), ascii_text.filter(lambda t: t != good),
+                              st.integers(0, len(good)).map(lambda at: _flipped(good, at)),
+                              st.sampled_from([TOKEN, good + "0", good[:-2], good.upper(), "Bearer " + good,
+                                               good.replace(".", "", 1)]))
+    token_ok = authentic_allowed and data.draw(st.booleans(), label="ticket ok")
+    token = good if token_ok else data.draw(wrong_tickets, label="ticket")
     versions_ok = True
     for key, right in ((_wire.MD_PROTOCOL, _wire.PROTOCOL_VERSION), (_wire.MD_PYTHON, _wire.PYTHON_VERSION),
                        (_wire.MD_PICKLE, _wire.CLOUDPICKLE_MAJOR)):
@@ -98,11 +121,11 @@ def draw_metadata(data, authentic_allowed: bool) -> tuple[list[tuple[str, str]],
                 md.pop(key)
             else:
                 md[key] = value
-    items = [(k, v) for k, v in md.items() if k != _wire.MD_TOKEN]
+    items = [(k, v) for k, v in md.items() if k != _wire.MD_AUTH]
     if token is not None:
-        items.append((_wire.MD_TOKEN, token))
-    if not token_ok and data.draw(st.booleans(), label="second wrong token"):
-        items.insert(0, (_wire.MD_TOKEN, data.draw(ascii_text.filter(lambda t: t != TOKEN))))
+        items.append((_wire.MD_AUTH, token))
+    if not token_ok and data.draw(st.booleans(), label="second wrong ticket"):
+        items.insert(0, (_wire.MD_AUTH, data.draw(ascii_text.filter(lambda t: t != good))))
     extra = data.draw(st.lists(st.tuples(st.from_regex(r"x-fuzz-[a-z0-9-]{1,12}", fullmatch=True), ascii_text),
                                max_size=3), label="extra metadata")
     items.extend((k, v) for k, v in extra if v)

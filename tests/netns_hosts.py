@@ -150,6 +150,7 @@ class ServerProc:
 
     def __init__(self, host: Host, etcd_url: str, namespace: str) -> None:
         self.host = host
+        self.namespace = namespace
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
                    PYTHONUNBUFFERED="1")
         env.pop("AGENTMESH_TOKEN", None)
@@ -183,7 +184,7 @@ class ServerProc:
         return f"{self.host.ns_ip}:{self.port}"
 
     def info(self):
-        return server_info(self.port, TOKEN, host=self.host.ns_ip)
+        return server_info(self.port, TOKEN, host=self.host.ns_ip, namespace=self.namespace)
 
     def log(self) -> str:
         return "\n".join(self.lines[-60:])
@@ -194,7 +195,7 @@ class ServerProc:
         self.proc.wait(timeout=10)
 
 
-def raw_call(address: str, agent_id: str, method: str, epoch: int):
+def raw_call(address: str, agent_id: str, method: str, epoch: int, namespace: str):
     """One call on a fresh session of our own, with an epoch we choose: the server's raw reply."""
     import grpc
 
@@ -211,7 +212,7 @@ def raw_call(address: str, agent_id: str, method: str, epoch: int):
 
     with grpc.insecure_channel(address) as channel:
         stream = pb_grpc.AgentServerStub(channel).Session(
-            frames(), metadata=_wire.call_metadata(TOKEN), timeout=5)
+            frames(), metadata=_wire.authenticate(channel, TOKEN, namespace), timeout=5)
         try:
             for frame in stream:
                 for reply in frame.replies:

@@ -17,6 +17,7 @@ from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 from conftest import PYTHON, kill_pid, pid_alive, wait_until
+from wire_helpers import ticket_made_with
 from sample_agents import Echo
 
 #: subprocesses get no registry and no shared token from the environment
@@ -103,8 +104,9 @@ def test_child_server_requires_the_parents_token(runtime):
     channel = grpc.insecure_channel(agent.server)
     try:
         stub = pb_grpc.AgentServerStub(channel)
-        for md, words in ((_wire.call_metadata(None), "missing token"),
-                          (_wire.call_metadata("x" + token), "wrong token")):
+        namespace = runtime.settings.namespace
+        for md, words in ((_wire.call_metadata(), "missing token"),
+                          (_wire.call_metadata(ticket_made_with(channel, "x" + token, namespace)), "wrong token")):
             with pytest.raises(grpc.RpcError) as info:
                 stub.GetInfo(pb.InfoRequest(), metadata=md, timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -112,7 +114,8 @@ def test_child_server_requires_the_parents_token(runtime):
             with pytest.raises(grpc.RpcError) as info:
                 stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=md, timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        server_info = stub.GetInfo(pb.InfoRequest(), metadata=_wire.call_metadata(token), timeout=10)
+        server_info = stub.GetInfo(pb.InfoRequest(), metadata=_wire.authenticate(channel, token, namespace),
+                                   timeout=10)
     finally:
         channel.close()
     pid = agent.pid()

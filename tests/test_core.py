@@ -226,8 +226,8 @@ def test_shutdown_releases_this_process_agents(servers):
     s = servers(capacity=4)
     agents = [Echo(f"E{i}").to_dist(host="127.0.0.1", port=s.port) for i in range(3)]
     assert [a.ping(i) for i, a in enumerate(agents)] == [0, 1, 2]
-    assert server_info(s.port).agents == 3
+    assert server_info(s).agents == 3
     agentmesh.shutdown()
-    wait_until(lambda: server_info(s.port).agents == 0)
+    wait_until(lambda: server_info(s).agents == 0)
     with pytest.raises(UnknownAgentError):
         agents[0].ping(1)

@@ -31,7 +31,7 @@ def test_sigkill_during_calls_keeps_state_and_every_call_returns(mesh, namespace
     victim = by_address(launchers)[agent.server]
     before = agent.server
     pending = [agent.slow(0.5, i) for i in range(3)]
-    wait_until(lambda: server_info(victim.port).inflight >= 1)
+    wait_until(lambda: server_info(victim).inflight >= 1)
     killed = time.monotonic()
     os.kill(victim.pid, signal.SIGKILL)
     assert [p.result(timeout=15) for p in pending] == [0, 1, 2]
@@ -58,7 +58,7 @@ def test_sigstop_is_detected_routed_around_and_the_resumed_server_is_fenced(mesh
     agent = Echo("A").to_dist()
     warm(agent)
     victim = by_address(launchers)[agent.server]
-    old_epoch = server_info(victim.port).epoch
+    old_epoch = server_info(victim).epoch
     pending = agent.slow(0.2, "x")
     os.kill(victim.pid, signal.SIGSTOP)
     try:
@@ -71,8 +71,8 @@ def test_sigstop_is_detected_routed_around_and_the_resumed_server_is_fenced(mesh
         os.kill(victim.pid, signal.SIGCONT)
     print(f"SIGSTOP: routed around in {took:.2f} s", file=sys.stderr)
     # the resumed server fences itself: new epoch, the moved agent is gone from it
-    wait_until(lambda: server_info(victim.port).epoch != old_epoch, timeout=10)
-    assert server_info(victim.port).agents == 0
+    wait_until(lambda: server_info(victim).epoch != old_epoch, timeout=10)
+    assert server_info(victim).agents == 0
     assert agent.get_count() == 3
 
 
@@ -87,7 +87,7 @@ def test_drain_during_calls_moves_agents_live(mesh, namespace, servers):
         agents[1] = Echo("A1", to_dist={"host": "127.0.0.1", "port": victim.port, "checkpoint": False})
         warm(agents[1], 2)
     pending = [a.slow(0.5, a.name) for a in agents]
-    wait_until(lambda: server_info(victim.port).inflight >= 1)
+    wait_until(lambda: server_info(victim).inflight >= 1)
     victim.shutdown()   # SIGTERM: NOT_SERVING, withdraw, agents move, then exit 0
     assert [p.result(timeout=15) for p in pending] == ["A0", "A1"]
     assert victim._process.proc.returncode == 0
@@ -119,7 +119,7 @@ def test_chaos_kills_and_joins_lose_no_call_and_no_turn(mesh, namespace, servers
     alive = list(launchers)
     for round_ in range(2):
         wait_until(lambda: sum(len(v) for v in turns.values()) >= (round_ + 1) * 150, timeout=60)
-        victim = next(s for s in alive if server_info(s.port).agents > 0)
+        victim = next(s for s in alive if server_info(s).agents > 0)
         alive.remove(victim)
         done_at_kill.append(sum(len(v) for v in turns.values()))
         os.kill(victim.pid, signal.SIGKILL)
@@ -152,7 +152,7 @@ def test_third_party_placeholder_and_proxy_copies_follow_the_agent(mesh, namespa
     boss = FanOut("boss", workers, to_dist={"host": "127.0.0.1", "port": s2.port})
     pending = slow(Msg("u", 1))
     relayed = relay(pending)            # s2 fetches `pending` from s1, which is about to die
-    wait_until(lambda: server_info(s1.port).inflight >= 1)
+    wait_until(lambda: server_info(s1).inflight >= 1)
     os.kill(s1.pid, signal.SIGKILL)
     assert relayed.result(timeout=30).content == 3
     assert slow.server != f"127.0.0.1:{s1.port}"

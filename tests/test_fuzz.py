@@ -30,7 +30,7 @@ from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
 from fuzz_helpers import (
-    FULL, TARGET_REQUESTS, TOKEN, LIMIT, GRPC_LIMIT, SERVICE, UNARY_METHODS, SAFE_METHODS,
+    FULL, TARGET_REQUESTS, TOKEN, authenticate_once, LIMIT, GRPC_LIMIT, SERVICE, UNARY_METHODS, SAFE_METHODS,
     REPLY_TIMEOUT, check_code, good_metadata, with_digest, Stats, ascii_text, any_text, scalars,
     draw_metadata, draw_payload,
 )
@@ -56,6 +56,7 @@ class Fuzzer:
                    ("grpc.max_receive_message_length", 4 * GRPC_LIMIT)]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
         self.raw = {name: self.channel.unary_unary(SERVICE + name) for name in UNARY_METHODS}
+        authenticate_once(self.channel)
         self.session: RawSession | None = None
         self.echo_ref = class_ref(Echo)
         self.echo_ref_no_blob = pb.ClassRef(name=self.echo_ref.name, digest=self.echo_ref.digest)

@@ -29,7 +29,7 @@ def test_an_idle_server_stops_in_under_a_second(in_subprocess):
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4)
     launcher.launch(in_subprocess=in_subprocess)
     try:
-        assert server_info(launcher.port).agents == 0
+        assert server_info(launcher).agents == 0
         start = time.monotonic()
         launcher.shutdown()
         took = time.monotonic() - start
@@ -48,7 +48,7 @@ def test_shutdown_lets_running_calls_finish():
     try:
         agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
         pending = agent.slow(1.0, "done")
-        wait_until(lambda: server_info(launcher.port).inflight == 1)
+        wait_until(lambda: server_info(launcher).inflight == 1)
         launcher.shutdown()
         assert pending.result(timeout=5) == "done"
     finally:

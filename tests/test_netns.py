@@ -203,7 +203,7 @@ def test_cut_off_server_back_on_the_network_is_fenced(netns_servers, configured,
         wait_until(lambda: s.servers_in_registry().get(s.server_key, {}).get("epoch", s.old_epoch)
                    != s.old_epoch, timeout=15)   # re-registered as new: it fenced itself
         back = s.servers_in_registry()[s.server_key]
-        reply = raw_call(s.victim.address, s.agent.agent_id, "get_count", s.old_epoch)
+        reply = raw_call(s.victim.address, s.agent.agent_id, "get_count", s.old_epoch, s.victim.namespace)
         record = s.agent_record()
         diagnosis = (f"old server back in the registry at epoch {back['epoch']} (was {s.old_epoch}) hosting "
                      f"{s.victim.info().agents} agent(s); a call at the old epoch got "

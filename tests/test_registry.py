@@ -12,7 +12,7 @@ import time
 
 import agentmesh
 from agentmesh.discovery import keys
-from conftest import PYTHON, etcd_get_prefix, server_info, wait_until
+from conftest import MESH_TOKEN, PYTHON, etcd_get_prefix, server_info, wait_until
 from sample_agents import Echo
 
 
@@ -26,7 +26,8 @@ def servers_in(etcd, namespace):
     return etcd_get_prefix(etcd.url, keys.servers_prefix(namespace))
 
 
-def test_registration_fields_and_load_updates(etcd, namespace, servers):
+def test_registration_fields_and_load_updates(mesh, namespace, servers):
+    etcd = mesh
     s = servers(capacity=5, registry=etcd.url, namespace=namespace, labels={"zone": "a"},
                 custom_agent_classes=[Echo])
     key = keys.server_key(namespace, s.server_id)
@@ -56,16 +57,18 @@ def test_placement_by_free_capacity(mesh, namespace, servers):
     settle(*agents)
     counts = collections.Counter(a.server for a in agents)
     assert counts == {f"127.0.0.1:{big.port}": 10, f"127.0.0.1:{small.port}": 2}
-    assert server_info(small.port).agents == 2 and server_info(big.port).agents == 10
+    assert server_info(small).agents == 2 and server_info(big).agents == 10
     wait_until(lambda: sorted(r["agents"] for r in servers_in(mesh, namespace).values()) == [2, 10], timeout=1.5)
     out = subprocess.run([PYTHON, "-m", "agentmesh.cli", "servers", "--registry", mesh.url,
-                          "--namespace", namespace], capture_output=True, text=True, timeout=30)
+                          "--namespace", namespace], capture_output=True, text=True, timeout=30,
+                         env=dict(os.environ, AGENTMESH_TOKEN=MESH_TOKEN))
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:-1]}
     assert rows[small.server_id][2:4] == ["2", "2"] and rows[big.server_id][2:4] == ["10", "10"]
     assert rows[big.server_id][5] == "SERVING"
     as_json = subprocess.run([PYTHON, "-m", "agentmesh.cli", "agents", "--json", "--registry", mesh.url,
-                              "--namespace", namespace], capture_output=True, text=True, timeout=30)
+                              "--namespace", namespace], capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, AGENTMESH_TOKEN=MESH_TOKEN))
     listed = json.loads(as_json.stdout)
     assert sorted(r["agent_id"] for r in listed) == sorted(a.agent_id for a in agents)
 
@@ -97,7 +100,7 @@ def test_full_mesh_falls_back_to_child_mode(mesh, namespace, servers, caplog):
 def test_unreachable_registry_falls_back_quickly(caplog, runtime):
     from agentmesh.testing import free_port
 
-    agentmesh.init(registry=f"etcd://127.0.0.1:{free_port()}", namespace="nowhere")
+    agentmesh.init(registry=f"etcd://127.0.0.1:{free_port()}", namespace="nowhere", token=MESH_TOKEN)
     try:
         start = time.monotonic()
         with caplog.at_level(logging.INFO, logger="agentmesh"):
@@ -148,7 +151,7 @@ def test_servers_register_again_after_etcd_loses_everything(namespace, servers, 
         print(f"etcd wiped and restarted -> server registered again in {time.monotonic() - start:.2f} s",
               file=sys.stderr)
         assert len(servers_in(etcd, namespace)) == 1
-        agentmesh.init(registry=etcd.url, namespace=namespace)
+        agentmesh.init(registry=etcd.url, namespace=namespace, token=MESH_TOKEN)
         agent = Echo("after").to_dist()
         assert agent.server == f"127.0.0.1:{s.port}"
     finally:
@@ -164,7 +167,7 @@ def test_etcd_restart_is_survived_by_servers_and_clients(namespace, servers, tmp
         s = servers(capacity=4, registry=etcd.url, namespace=namespace, registry_ttl=2)
         key = keys.server_key(namespace, s.server_id)
         wait_until(lambda: key in servers_in(etcd, namespace))
-        agentmesh.init(registry=etcd.url, namespace=namespace)
+        agentmesh.init(registry=etcd.url, namespace=namespace, token=MESH_TOKEN)
         first = Echo("before").to_dist()
         assert first.server == f"127.0.0.1:{s.port}"
         etcd.restart()
@@ -184,7 +187,7 @@ def test_concurrent_placement_from_several_processes_respects_capacity(etcd, nam
     script = textwrap.dedent(f"""
         import agentmesh, sys
         from sample_agents import Echo
-        agentmesh.init(registry={etcd.url!r}, namespace={namespace!r})
+        agentmesh.init(registry={etcd.url!r}, namespace={namespace!r}, token={MESH_TOKEN!r})
         agents = [Echo(f"E{{i}}").to_dist() for i in range(8)]
         for x in agents:
             x.ping()
@@ -198,9 +201,9 @@ def test_concurrent_placement_from_several_processes_respects_capacity(etcd, nam
         placed.update(w.stdout.readline().split())
     assert sum(placed.values()) == 24
     assert placed[f"127.0.0.1:{a.port}"] == 5 and placed[f"127.0.0.1:{b.port}"] == 7
-    assert server_info(a.port).agents == 5 and server_info(b.port).agents == 7
+    assert server_info(a).agents == 5 and server_info(b).agents == 7
     for w in workers:
         w.stdin.close()
         assert w.wait(30) == 0
     # the workers deleted their agents on exit
-    wait_until(lambda: server_info(a.port).agents == 0 and server_info(b.port).agents == 0)
+    wait_until(lambda: server_info(a).agents == 0 and server_info(b).agents == 0)

@@ -24,7 +24,7 @@ from agentmesh._tls import ServerTLS
 from agentmesh.errors import ServerUnavailableError
 from agentmesh.server.launcher import check_exposure
 from agentmesh.testing import fresh_runtime
-from conftest import PYTHON, ROOT, wait_until
+from conftest import MESH_TOKEN, PYTHON, ROOT, wait_until
 from sample_agents import Echo
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
@@ -173,9 +173,9 @@ def test_mutual_tls_with_a_token(servers, tls_settings, certs):
     secure = tls_server(servers, certs, mutual=True, token=TOKEN)
     agent = Echo("E").to_dist(host="127.0.0.1", port=secure.port)
     assert agent.reply(Msg("u", 1)).content["count"] == 1
-    tls_settings(token=None)         # a fresh connection with the process's generated token: refused
+    tls_settings(token=None)         # a fresh connection without the token: refused
     secure2 = tls_server(servers, certs, mutual=True, token=TOKEN)
-    with pytest.raises(agentmesh.errors.AuthenticationError, match="wrong token"):
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="missing token"):
         Echo("E").to_dist(host="127.0.0.1", port=secure2.port)
 
 
@@ -333,7 +333,8 @@ def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs,
 
         env = {"AGENTMESH_ETCD_CA": certs["ca.crt"], "AGENTMESH_ETCD_CERT": certs["client.crt"],
                "AGENTMESH_ETCD_KEY": certs["client.key"], "AGENTMESH_TLS_CA": certs["ca.crt"],
-               "AGENTMESH_TLS_CERT": certs["client.crt"], "AGENTMESH_TLS_KEY": certs["client.key"]}
+               "AGENTMESH_TLS_CERT": certs["client.crt"], "AGENTMESH_TLS_KEY": certs["client.key"],
+               "AGENTMESH_TOKEN": MESH_TOKEN}
         out = subprocess.run([PYTHON, "-m", "agentmesh.cli", "servers", "--registry", etcd.url,
                               "--namespace", namespace], capture_output=True, text=True, timeout=30,
                              cwd=ROOT, env={**os.environ, **env})
@@ -342,8 +343,8 @@ def test_registration_and_cli_over_etcd_mutual_tls(servers, tls_settings, certs,
         assert row[5] == "SERVING"
         without = subprocess.run([PYTHON, "-m", "agentmesh.cli", "servers", "--registry", etcd.url,
                                   "--namespace", namespace], capture_output=True, text=True, timeout=30,
-                                 cwd=ROOT, env={k: v for k, v in os.environ.items() if not k.startswith(
-                                     "AGENTMESH_ETCD_")})
-        assert without.returncode != 0
+                                 cwd=ROOT, env={**{k: v for k, v in os.environ.items() if not k.startswith(
+                                     "AGENTMESH_ETCD_")}, "AGENTMESH_TOKEN": MESH_TOKEN})
+        assert without.returncode != 0 and "token" not in without.stderr
     finally:
         etcd.stop()

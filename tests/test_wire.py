@@ -29,6 +29,7 @@ from wire_helpers import (  # noqa: F401  (raw is a fixture)
     evil_create_request,
     file_writing_pickle,
     metadata,
+    ticket_made_with,
     proxy,
     raw,
 )
@@ -89,7 +90,7 @@ def test_token_is_required_and_checked_before_unpickling(servers, raw, tmp_path)
     s = servers(capacity=8, token=TOKEN)
     channel, stub = raw(s.port)
     echo_id = uuid.uuid4().hex
-    right = metadata(TOKEN)
+    right = _wire.authenticate(channel, TOKEN)
 
     # The right token works, over raw gRPC: create an agent, call it on a Session.
     response = stub.CreateAgent(pb.CreateAgentRequest(agent_id=echo_id, cls=class_ref(Echo),
@@ -104,9 +105,14 @@ def test_token_is_required_and_checked_before_unpickling(servers, raw, tmp_path)
     assert reply.status == pb.OK
     assert _wire.loads(reply.payload).content == {"count": 1, "got": "hi"}
 
+    forged = ticket_made_with(channel, TOKEN).split(".")
+    forged[1] = "00" * 32    # a server nonce the server never issued
     for label, md, words in (("missing", metadata(None), "missing token"),
-                             ("wrong", metadata("not-" + TOKEN), "wrong token"),
-                             ("empty", metadata(None, **{_wire.MD_TOKEN: ""}), "missing token")):
+                             ("wrong", metadata(ticket_made_with(channel, "not-" + TOKEN)), "wrong token"),
+                             ("empty", metadata(None, **{_wire.MD_AUTH: ""}), "missing token"),
+                             ("garbage", metadata("not a ticket"), "malformed"),
+                             ("forged nonce", metadata(".".join(forged)), "not issued by this agent server"),
+                             ("the token itself", metadata(TOKEN), "malformed")):
         created = tmp_path / f"create-{label}"
         with pytest.raises(grpc.RpcError) as info:
             stub.CreateAgent(evil_create_request(created), metadata=md, timeout=10)
@@ -141,12 +147,19 @@ def test_token_is_required_and_checked_before_unpickling(servers, raw, tmp_path)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
-def test_client_api_reports_a_wrong_token(servers, runtime):
+def test_client_api_reports_a_missing_or_wrong_token(servers, runtime):
     s = servers(capacity=8, token=TOKEN)
-    # This process sends its own (generated) token, not the server's.
-    runtime.configure(token=None)
-    with pytest.raises(agentmesh.errors.AuthenticationError, match="wrong token"):
+    runtime.configure(token=None)      # no token: the server refuses us
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="missing token"):
         Echo("x").to_dist(host="127.0.0.1", port=s.port)
+    runtime.configure(token="not-" + TOKEN)   # another token: we refuse the server, whose proof does not verify
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="did not prove it holds the token"):
+        Echo("x").to_dist(host="127.0.0.1", port=s.port)
+    runtime.configure(token=TOKEN, namespace="elsewhere")   # the right token, another namespace
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="serves namespace 'default'"):
+        Echo("x").to_dist(host="127.0.0.1", port=s.port)
+    runtime.configure(namespace="default")
+    assert Echo("x").to_dist(host="127.0.0.1", port=s.port).ping(1) == 1
 
 
 # -- frames and replays on a Session -------------------------------------------------

@@ -7,6 +7,7 @@ and closes them at the end; test modules import it by name.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import uuid
 
@@ -33,9 +34,17 @@ def file_writing_pickle(path) -> bytes:
     return pickle.dumps(_CreatesFile(str(path)), protocol=5)
 
 
-def metadata(token: str | None = None, **overrides: str | None) -> tuple[tuple[str, str], ...]:
-    """call_metadata(token) with some keys replaced (None removes a key)."""
-    md = dict(_wire.call_metadata(token))
+def ticket_made_with(channel: grpc.Channel, token: str, namespace: str = "default") -> str:
+    """A ticket from a real handshake with the server, made with token (which may be the wrong one)."""
+    nonce = os.urandom(16)
+    answer = pb_grpc.AgentServerStub(channel).Handshake(
+        pb.HandshakeRequest(client_nonce=nonce, namespace=namespace), metadata=_wire.call_metadata(), timeout=10)
+    return _wire.ticket_for(token, namespace, answer, nonce)
+
+
+def metadata(ticket: str | None = None, **overrides: str | None) -> tuple[tuple[str, str], ...]:
+    """call_metadata(ticket) with some keys replaced (None removes a key)."""
+    md = dict(_wire.call_metadata(ticket))
     for key, value in overrides.items():
         if value is None:
             md.pop(key, None)

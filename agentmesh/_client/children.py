@@ -52,6 +52,13 @@ class ChildPool:
             self._start(1)
             return self._children[-1]
 
+    def namespace_of(self, address: str) -> str | None:
+        """The namespace the child of this pool at address serves; None when no child listens there."""
+        for child in self.processes:
+            if child.address == address:
+                return str(child.config.get("namespace", "default"))
+        return None
+
     def is_plaintext(self, address: str) -> bool:
         """True for a child of this pool that listens without TLS (loopback, behind a token)."""
         return any(child.address == address and not child.config.get("tls_cert") for child in self.processes)

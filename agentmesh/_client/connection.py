@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
-import weakref
 import dataclasses
+import functools
+import hmac
+import logging
+import os
+import weakref
 from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .. import _frames, _protocol, _status, _tls, errors
+from .. import _frames, _protocol, _status, _tls, _trust, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
@@ -28,9 +31,9 @@ def _call_cost(slot: CallSlot) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Dialing:
-    """How this process dials agent servers: its token, limits and TLS (from its settings)."""
+    """How this process dials agent servers: its credentials, limits and TLS (from its settings)."""
 
-    token: str
+    token: str | None
     max_message_size: int
     connect_timeout: float
     tls_ca: str | None = None
@@ -38,6 +41,19 @@ class Dialing:
     tls_key: str | None = None
     #: addresses dialled in plaintext even so: this process's own plaintext child servers
     plaintext: Callable[[str], bool] = lambda address: False
+    namespace: str = "default"
+    #: the token this process gave its child servers (its own, or one made up for them)
+    child_token: str | None = None
+    #: the namespace a child server of this process serves, given its address (None: not a child)
+    child_namespace: Callable[[str], "str | None"] = lambda address: None
+
+    def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes | None]:
+        """The namespace to claim at address and the key its server must prove it holds (None: no token)."""
+        child = self.child_namespace(address)
+        if child is not None:
+            return child, _namespace_key(self.child_token, child) if self.child_token else None
+        namespace = namespace or self.namespace
+        return namespace, _namespace_key(self.token, namespace) if self.token else None
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """An aio channel to address with agentmesh's options, TLS when configured."""
@@ -46,6 +62,55 @@ class Dialing:
             credentials = _tls.channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
             return grpc.aio.secure_channel(address, credentials, options=options)
         return grpc.aio.insecure_channel(address, options=options)
+
+
+@functools.lru_cache(maxsize=64)
+def _namespace_key(token: str, namespace: str) -> bytes:
+    return _trust.namespace_key(token, namespace)
+
+
+class ServerMismatchError(errors.ServerUnavailableError):
+    """The server at an address is not the one the caller chose (it was replaced, or is an impostor)."""
+
+
+class UnprovenServerError(errors.AuthenticationError, errors.ServerUnavailableError):
+    """The server at an address did not prove it holds the namespace key: nothing is sent to it.
+
+    For the agent it is as good as gone (a proxy moves its agent elsewhere);
+    for a caller who named the address it is an authentication failure.
+    """
+
+
+async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes | None, namespace: str,
+                    expect: str = "", timeout: float = 5.0) -> tuple[pb.HandshakeResponse, tuple[tuple[str, str], ...]]:
+    """Prove the server at address holds the namespace key, then make our ticket; (its answer, call metadata).
+
+    Nothing derived from the key leaves this process unless the server's proof
+    is right and, given expect, it is that server.
+    """
+    client_nonce = os.urandom(_trust.NONCE_SIZE)
+    try:
+        answer = await stub.Handshake(pb.HandshakeRequest(client_nonce=client_nonce, namespace=namespace),
+                                      metadata=_protocol.call_metadata(), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise UnprovenServerError(f"the server at {address} is not an agentmesh server of this protocol "
+                                             f"version (it has no Handshake); nothing was sent to it") from None
+        raise _status.rpc_error(exc, address, "the handshake") from None
+    if expect and answer.server_id != expect:
+        raise ServerMismatchError(f"the agent server at {address} is {answer.server_id or 'anonymous'}, not "
+                                  f"{expect} (the server chosen is gone); nothing was sent to it")
+    if key is None:
+        return answer, _protocol.call_metadata()
+    if not answer.proof:
+        raise UnprovenServerError(f"agent server {address} has no token, so it cannot prove it is one of "
+                                         f"ours; nothing was sent to it")
+    expected = _trust.server_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
+    if not hmac.compare_digest(answer.proof, expected):
+        raise UnprovenServerError(f"agent server {address} did not prove it holds the token of namespace "
+                                         f"{namespace!r} (an impostor, or another token); nothing was sent to it")
+    proof = _trust.client_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
+    return answer, _protocol.call_metadata(_trust.ticket(client_nonce, answer.server_nonce, proof))
 
 
 def fail(loop: IoLoop, slot: CallSlot, status: int, message: str) -> None:
@@ -57,12 +122,15 @@ class Connection:
     """One multiplexed session stream to an agent server (lives on the I/O loop)."""
 
     def __init__(self, address: str, loop: IoLoop, dialing: Dialing,
-                 on_closed: Callable[["Connection"], None] = lambda conn: None) -> None:
+                 on_closed: Callable[["Connection"], None] = lambda conn: None, namespace: str | None = None,
+                 expect: str = "") -> None:
         self.address = address
         self.server_id = ""
         self.epoch = 0
         self.max_message_size = dialing.max_message_size
-        self.metadata = _protocol.call_metadata(dialing.token)
+        self.namespace, self._key = dialing.credentials(address, namespace)
+        self.expect = expect
+        self.metadata = _protocol.call_metadata()
         self.closed = False
         self.draining = False
         self.owners: weakref.WeakSet[CallOwner] = weakref.WeakSet()   # owners whose agent lives on this server
@@ -84,10 +152,17 @@ class Connection:
         return self._stub
 
     async def open(self, timeout: float) -> None:
-        """Connect and read the server's Hello; raise a clear error if refused."""
+        """Authenticate both ends, then open the session and read the server's Hello; a clear error if refused."""
         self._channel = self._dialing.channel(self.address)
         self._stub = pb_grpc.AgentServerStub(self._channel)
         self._wake = asyncio.Event()
+        try:
+            answer, self.metadata = await handshake(self._stub, self.address, self._key, self.namespace,
+                                                    self.expect, timeout)
+        except BaseException:
+            await self._channel.close()
+            raise
+        self.server_id = answer.server_id
         self._stream = self._stub.Session(metadata=self.metadata, wait_for_ready=False)
         try:
             first = await asyncio.wait_for(self._stream.read(), timeout)
@@ -98,10 +173,9 @@ class Connection:
             await self._channel.close()
             raise errors.ServerUnavailableError(
                 f"agent server {self.address} did not answer within {timeout} s") from None
-        if first is grpc.aio.EOF or not first.HasField("hello"):
+        if first is grpc.aio.EOF or not first.HasField("hello") or first.hello.server_id != self.server_id:
             await self._channel.close()
             raise errors.ServerUnavailableError(f"agent server {self.address} closed the session at once")
-        self.server_id = first.hello.server_id
         self.epoch = first.hello.epoch
         if first.hello.max_message_size:
             self.max_message_size = min(self.max_message_size, first.hello.max_message_size)

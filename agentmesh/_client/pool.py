@@ -9,10 +9,10 @@ import grpc
 from .. import _status, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
-from .connection import Connection, Dialing
+from .connection import Connection, Dialing, ServerMismatchError
 
-#: where an agent lives now, per the registry (agent_id, address to avoid) -> address or None
-Locator = Callable[[str, str], Awaitable["str | None"]]
+#: where an agent lives now, per the registry (agent_id, address to avoid) -> (server_id, address) or None
+Locator = Callable[[str, str], Awaitable["tuple[str, str] | None"]]
 #: (server_id, address, agent_id, call_id): where a placeholder's value is made
 ResultRef = tuple[str, str, str, str]
 
@@ -42,18 +42,29 @@ class Pool:
         if self._open.get(conn.address) is conn:
             del self._open[conn.address]
 
-    async def get(self, address: str, timeout: float | None = None) -> Connection:
-        """The open session to address, opening one if needed (on the I/O loop)."""
+    async def get(self, address: str, timeout: float | None = None, expect: str = "",
+                  namespace: str | None = None) -> Connection:
+        """The open session to address, opening one if needed (on the I/O loop).
+
+        expect: the server id the caller chose (from a registry record or an
+        earlier session); a server at address that cannot prove it is that one
+        is refused before anything is sent to it.
+        """
         conn = self._open.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        waiting = self._connecting.get(address)
-        if waiting is not None:
-            return await asyncio.shield(waiting)
+        if conn is None or conn.closed:
+            waiting = self._connecting.get(address)
+            conn = await asyncio.shield(waiting) if waiting is not None else await self._dial(address, timeout,
+                                                                                               expect, namespace)
+        if expect and conn.server_id != expect:
+            raise ServerMismatchError(f"the agent server at {address} is {conn.server_id}, not {expect} "
+                                      f"(the server chosen is gone)")
+        return conn
+
+    async def _dial(self, address: str, timeout: float | None, expect: str, namespace: str | None) -> Connection:
         fut = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut
         try:
-            conn = Connection(address, self.loop, self.dialing, self.discard)
+            conn = Connection(address, self.loop, self.dialing, self.discard, namespace, expect)
             await conn.open(timeout if timeout is not None else self.dialing.connect_timeout)
             self._open[address] = conn
             fut.set_result(conn)
@@ -65,12 +76,12 @@ class Pool:
         finally:
             self._connecting.pop(address, None)
 
-    def connect(self, address: str, timeout: float | None = None) -> Connection:
+    def connect(self, address: str, timeout: float | None = None, expect: str = "") -> Connection:
         """get() from a user thread."""
         conn = self._open.get(address)
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and (not expect or conn.server_id == expect):
             return conn
-        return self.loop.run(self.get(address, timeout))
+        return self.loop.run(self.get(address, timeout, expect))
 
     def closed(self, address: str) -> Connection:
         """A connection that is already lost: calls submitted to it go to their owner's failover."""
@@ -92,14 +103,14 @@ class Pool:
             moved_to = await self.locator(agent_id, address)
             if not moved_to:
                 return reply
-            server_id, address = "", moved_to
+            server_id, address = moved_to
 
     async def _fetch_from(self, server_id: str, address: str, agent_id: str, call_id: str) -> pb.Reply:
         local = self.local_servers.get(server_id)
         if local is not None:
             return await local.fetch_result(call_id, agent_id)
         try:
-            conn = await self.get(address)
+            conn = await self.get(address, expect=server_id)
             return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
                                                metadata=conn.metadata)
         except grpc.aio.AioRpcError as exc:

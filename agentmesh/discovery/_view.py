@@ -6,13 +6,12 @@ map current, so a warm placement needs no etcd round trip.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from typing import Any, Awaitable, Callable
 
-from .. import _protocol
+from .. import _protocol, _trust
 from ..etcd import EtcdClient, EtcdError, redact_url
 from . import keys
 
@@ -23,11 +22,20 @@ _PLACED_MEMORY = 1.0
 
 
 class ServerView:
-    """Server records of a namespace, kept current by a watch (lives on the I/O loop)."""
+    """Server records of a namespace, kept current by a watch (lives on the I/O loop).
+
+    Only records signed with the namespace key and attached to a lease count;
+    anything else in etcd is ignored (and logged once per key).
+    """
 
     def __init__(self, url: str, namespace: str, timeout: float = 2.0, etcd_options: dict[str, Any] | None = None,
-                 on_server_gone: Callable[[str], Awaitable[None]] | None = None) -> None:
+                 on_server_gone: Callable[[str], Awaitable[None]] | None = None, key: bytes | None = None) -> None:
+        if key is None:
+            raise ValueError(f"registry {redact_url(url)}: reading it needs the namespace token (token=, "
+                             f"AGENTMESH_TOKEN_FILE or AGENTMESH_TOKEN), which verifies its records")
         self.url = url
+        self.key = key
+        self._ignored: set[str] = set()
         self.namespace = namespace
         self.timeout = timeout
         self.servers: dict[str, dict[str, Any]] = {}
@@ -60,19 +68,29 @@ class ServerView:
         kvs, revision = await self.client.get_prefix(prefix)
         self.servers = {}
         for kv in kvs:
-            self._put(kv.key.decode(), kv.value)
+            self._put(kv.key.decode(), kv.value, kv.lease)
         self._watch = self.client.watch_prefix(prefix, start_revision=revision + 1)
         await self._watch.start()
         self._task = asyncio.ensure_future(self._follow())
         self.ready = True
 
-    def _put(self, key: str, value: bytes) -> None:
-        try:
-            record = json.loads(value)
-        except ValueError:
-            log.warning("registry: ignoring malformed server record %s", key)
-            return
+    def verified(self, key: str, value: bytes, lease: int) -> dict[str, Any] | None:
+        """The record at key if it is signed with the namespace key and has a lease; else None, logged once."""
+        record = _trust.verify_record(self.key, key, value) if lease else None
+        if record is None and key not in self._ignored:
+            if len(self._ignored) < 10_000:
+                self._ignored.add(key)
+            log.warning("registry %s: ignoring %s: %s", redact_url(self.url), key,
+                        "it has no lease" if not lease else "its signature does not verify with this namespace's "
+                                                            "token (forged, or written with another token)")
+        return record
+
+    def _put(self, key: str, value: bytes, lease: int) -> None:
         server_id = key.rsplit("/", 1)[-1]
+        record = self.verified(key, value, lease)
+        if record is None or record.get("server_id") != server_id:
+            self._gone(server_id)
+            return
         old = self.servers.get(server_id)
         if old is not None and time.monotonic() - old.get("_placed_at", 0.0) < _PLACED_MEMORY:
             # our own recent placements may not be in the server's record yet (it writes every 0.2 s)
@@ -86,19 +104,21 @@ class ServerView:
                 if event.type == "RESYNC":
                     self.servers = {}
                     for snap in event.snapshot:
-                        self._put(snap.key, snap.value)
+                        self._put(snap.key, snap.value, snap.lease)
                 elif event.type == "PUT":
-                    self._put(event.key, event.value)
+                    self._put(event.key, event.value, event.lease)
                 elif event.type == "DELETE":
-                    server_id = event.key.rsplit("/", 1)[-1]
-                    if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
-                        asyncio.ensure_future(self._on_server_gone(server_id))
+                    self._gone(event.key.rsplit("/", 1)[-1])
         except asyncio.CancelledError:
             return
         except EtcdError as exc:
             log.warning("registry %s: watch ended (%s); the next placement reads again", redact_url(self.url), exc)
         self.ready = False
         self._starting = None
+
+    def _gone(self, server_id: str) -> None:
+        if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
+            asyncio.ensure_future(self._on_server_gone(server_id))
 
     def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
                    exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
@@ -133,18 +153,20 @@ class ServerView:
         if record is not None:
             record["agents"] = int(record.get("capacity", 0))
 
-    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> str | None:
-        """Where agent_id lives now per its record, waiting up to timeout for it to name another than avoid."""
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> tuple[str, str] | None:
+        """(server_id, address) of agent_id per its signed record, waiting up to timeout for one other than avoid."""
         deadline = time.monotonic() + timeout
+        path = keys.agent_key(self.namespace, agent_id)
         while True:
             try:
-                kv = await self.client.get(keys.agent_key(self.namespace, agent_id))
+                kv = await self.client.get(path)
             except EtcdError:
                 kv = None
-            if kv is not None:
-                address = json.loads(kv.value).get("address")
-                if address and address != avoid:
-                    return address
+            record = self.verified(path, kv.value, kv.lease) if kv is not None else None
+            if record is not None:
+                address = record.get("address")
+                if address and address != avoid and isinstance(address, str):
+                    return str(record.get("server_id", "")), address
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.05)

@@ -9,14 +9,13 @@ keys: no duplicate, and the old keys die with the old lease, so no ghost.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import time
 from typing import Any, Mapping, Protocol
 
-from .. import _protocol
+from .. import _protocol, _trust
 from .._address import advertised_host
 from .._version import __version__
 from ..etcd import EtcdClient, EtcdError, Lease, redact_url
@@ -52,8 +51,12 @@ class Registration:
 
     def __init__(self, server: RegisteredServer, url: str, namespace: str = "default",
                  labels: dict[str, str] | None = None, ttl: int = 3, min_interval: float = 0.2,
-                 advertise_host: str | None = None, etcd_options: dict[str, Any] | None = None) -> None:
+                 advertise_host: str | None = None, etcd_options: dict[str, Any] | None = None,
+                 key: bytes | None = None) -> None:
+        if key is None:
+            raise ValueError("registration needs the namespace key: records are signed with it")
         self.server = server
+        self.signing_key = key
         self.url = url
         self.namespace = namespace
         self.labels = dict(labels or {})
@@ -154,10 +157,9 @@ class Registration:
         kvs, _ = await self.client.get_prefix(keys.agents_prefix(self.namespace))
         elsewhere = set()
         for kv in kvs:
-            try:
-                record = json.loads(kv.value)
-            except ValueError:
-                continue
+            record = _trust.verify_record(self.signing_key, kv.key.decode(), kv.value) if kv.lease else None
+            if record is None:
+                continue      # unsigned, forged or lease-less: it moves nothing
             if record.get("server_id") != self.server.server_id:
                 elsewhere.add(record.get("agent_id"))
         moved = [aid for aid in self.server.agents if aid in elsewhere]
@@ -166,13 +168,15 @@ class Registration:
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
         lease_id = self.lease.id if self.lease else 0
-        puts = [(self.key, json.dumps(self.record()).encode(), lease_id)]
+        sign = self.signing_key
+        puts = [(self.key, _trust.sign_record(sign, self.key, self.record()), lease_id)]
         deletes = []
         for agent_id, rec in agents.items():
+            path = keys.agent_key(self.namespace, agent_id)
             if rec is None:
-                deletes.append(keys.agent_key(self.namespace, agent_id))
+                deletes.append(path)
             else:
-                puts.append((keys.agent_key(self.namespace, agent_id), json.dumps(rec).encode(), lease_id))
+                puts.append((path, _trust.sign_record(sign, path, rec), lease_id))
         await self.client.put_many(puts, deletes)
 
     async def _update_until_lost(self) -> None:

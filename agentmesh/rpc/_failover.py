@@ -63,7 +63,7 @@ class Binding:
         conn = self.conn
         if conn is None:
             try:
-                conn = self.runtime.pool.connect(self.address)
+                conn = self.runtime.pool.connect(self.address, expect=self.server_id)
             except errors.ServerUnavailableError:
                 if not self.can_move():
                     raise
@@ -206,7 +206,7 @@ class Binding:
         if lost.draining:
             return None
         try:
-            conn = self.runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT)
+            conn = self.runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT, expect=lost.server_id)
         except errors.AgentMeshError:
             return None
         if conn.server_id == lost.server_id and conn.epoch == lost.epoch:
@@ -234,10 +234,10 @@ class Binding:
 
     def _relocate(self, lost: Any) -> tuple[Any, str]:
         if self.spec is None:        # a copy of the proxy: follow the agent's record in the registry
-            address = self.runtime.run(self.runtime.locate(self.agent_id, avoid=lost.address))
-            if not address:
+            located = self.runtime.run(self.runtime.locate(self.agent_id, avoid=lost.address))
+            if not located:
                 raise errors.ServerUnavailableError(f"no registry record says where agent {self.agent_id} went")
-            conn = self.runtime.pool.connect(address)
+            conn = self.runtime.pool.connect(located[1], expect=located[0])
             self.epoch = 0
             return conn, "found in the registry"
         if lost.draining and not lost.closed:

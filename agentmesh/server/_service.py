@@ -21,9 +21,10 @@ from .._runtime import Runtime
 from .._tls import ServerTLS
 from .._version import __version__
 from ..discovery.registration import Registration
+from ..etcd import redact_url
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
-from ._auth import Gate
+from ._auth import Credentials, Gate
 from ._classes import HostedClasses
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
@@ -84,15 +85,21 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.token = token
         self.max_message_size = max_message_size
         self.server_id = server_id or uuid.uuid4().hex[:12]
+        self.namespace = namespace
+        self.credentials = Credentials(self.server_id, namespace, token)
         self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity,
                                classes=HostedClasses(list(custom_agent_classes or ()), allow_shipped_classes),
                                max_message_size=max_message_size, max_pending_calls=max_pending_calls,
                                max_results=max_results, result_ttl=result_ttl, max_workers=max_workers)
         self.fence_after = fence_after
         self.tls = tls   # serve TLS (mutual when it has a client CA); None: plaintext
+        if registry and token is None:
+            raise ValueError(f"agent server: a registry ({redact_url(registry)}) needs the namespace token "
+                             f"(token=, --token-file or AGENTMESH_TOKEN_FILE): its records are signed with it, "
+                             f"and readers ignore records they cannot verify")
         self.registry_options = (
             dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host,
-                 etcd_options=runtime.settings.etcd_options())
+                 etcd_options=runtime.settings.etcd_options(), key=self.credentials.key)
             if registry else None)
         self.registration: Registration | None = None
         self.started_at = time.time()
@@ -138,7 +145,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
     async def start(self) -> int:
         """Bind and serve; returns the port. A port in use is an error, never a second listener."""
         self.hosting.bind_loop(asyncio.get_running_loop())
-        server = grpc.aio.server(interceptors=[Gate(self.token)],
+        server = grpc.aio.server(interceptors=[Gate(self.credentials)],
                                  options=_protocol.server_options(self.max_message_size))
         pb_grpc.add_AgentServerServicer_to_server(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -210,6 +217,13 @@ class AgentServer(pb_grpc.AgentServerServicer):
             results.sweep()
 
     # -- unary RPCs -------------------------------------------------------------
+    async def Handshake(self, request: pb.HandshakeRequest, context: grpc.aio.ServicerContext) -> pb.HandshakeResponse:
+        answer = self.credentials.answer(request)
+        if isinstance(answer, tuple):
+            status, message = answer
+            await context.abort(_status.TABLE[status].code, message, _status.trailing(status))
+        return answer
+
     async def CreateAgent(self, request: pb.CreateAgentRequest, context: grpc.aio.ServicerContext) -> pb.CreateAgentResponse:
         try:
             begun = self.hosting.begin_create(request)

@@ -57,8 +57,9 @@ def _process_settings(current: Settings, tls: _tls.ServerTLS | None, token: str 
     options: dict[str, Any] = {name: value for name, value in (("token", token), ("etcd_ca", etcd_ca),
                                                                  ("etcd_cert", etcd_cert), ("etcd_key", etcd_key))
                                if value}
+    options["namespace"] = namespace        # its own calls are made in its namespace
     if registry and not current.registry:   # its own proxies and fetches follow the registry too
-        options.update(registry=registry, namespace=namespace)
+        options["registry"] = registry
     if tls is not None:
         options.update(tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls_ca or current.tls_ca or tls.client_ca)
     elif tls_ca:
@@ -118,7 +119,7 @@ class RpcAgentServerLauncher:
 
     def __init__(self, host: str = "localhost", port: int | None = None, capacity: int = DEFAULT_CAPACITY,
                  custom_agent_classes: list[type] | None = None, registry: str | None = None,
-                 namespace: str = "default", labels: dict[str, str] | None = None, token: str | None = None,
+                 namespace: str | None = None, labels: dict[str, str] | None = None, token: str | None = None,
                  insecure: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_client_ca: str | None = None, **options: Any) -> None:
@@ -129,7 +130,7 @@ class RpcAgentServerLauncher:
         self._runtime = default_runtime()
         settings = self._runtime.settings
         self.registry = registry if registry is not None else settings.registry
-        self.namespace = namespace
+        self.namespace = namespace or settings.namespace
         self.labels = dict(labels or {})
         self.token = token if token is not None else settings.token
         self.insecure = insecure
@@ -183,8 +184,9 @@ class RpcAgentServerLauncher:
         return options
 
     def _registry_options(self) -> dict[str, Any]:
+        """The server's namespace (always: a token is scoped to it), and its registry if it has one."""
         if not self.registry:
-            return {}
+            return {"namespace": self.namespace}
         return {"registry": self.registry, "namespace": self.namespace, "labels": self.labels}
 
     @property

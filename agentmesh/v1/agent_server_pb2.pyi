@@ -128,6 +128,26 @@ class Reply(_message.Message):
     state: bytes
     def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ...) -> None: ...
 
+class HandshakeRequest(_message.Message):
+    __slots__ = ("client_nonce", "namespace")
+    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    client_nonce: bytes
+    namespace: str
+    def __init__(self, client_nonce: _Optional[bytes] = ..., namespace: _Optional[str] = ...) -> None: ...
+
+class HandshakeResponse(_message.Message):
+    __slots__ = ("server_id", "namespace", "server_nonce", "proof")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_NONCE_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    namespace: str
+    server_nonce: bytes
+    proof: bytes
+    def __init__(self, server_id: _Optional[str] = ..., namespace: _Optional[str] = ..., server_nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
+
 class Hello(_message.Message):
     __slots__ = ("server_id", "epoch", "max_message_size")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]

@@ -34,6 +34,11 @@ class AgentServerStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Handshake = channel.unary_unary(
+                '/agentmesh.v1.AgentServer/Handshake',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.HandshakeRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.HandshakeResponse.FromString,
+                _registered_method=True)
         self.Session = channel.stream_stream(
                 '/agentmesh.v1.AgentServer/Session',
                 request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.ClientFrame.SerializeToString,
@@ -68,6 +73,13 @@ class AgentServerStub:
 
 class AgentServerServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Handshake(self, request, context):
+        """The challenge-response that opens every conversation; no pickle crosses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Session(self, request_iterator, context):
         """One long-lived multiplexed stream per (client process, server). Calls and
@@ -118,6 +130,11 @@ class AgentServerServicer:
 
 def add_AgentServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Handshake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Handshake,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.HandshakeRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.HandshakeResponse.SerializeToString,
+            ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
                     request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.ClientFrame.FromString,
@@ -158,6 +175,33 @@ def add_AgentServerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AgentServer:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Handshake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/Handshake',
+            agentmesh_dot_v1_dot_agent__server__pb2.HandshakeRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.HandshakeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Session(request_iterator,
