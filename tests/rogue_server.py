@@ -81,7 +81,9 @@ class Rogue(pb_grpc.AgentServerServicer):
 
 def main() -> None:
     port, server_id, log_path, marker = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[
+        ("grpc.so_reuseport", 0), ("grpc.keepalive_permit_without_calls", 1),   # tolerate our clients' pings
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 500), ("grpc.http2.max_ping_strikes", 0)])
     pb_grpc.add_AgentServerServicer_to_server(Rogue(server_id, log_path, marker), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     if not bound:
