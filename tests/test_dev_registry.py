@@ -145,6 +145,12 @@ def test_registry_up_prints_the_exports_once_and_they_work(tmp_path, procs):
         out, err = listing.communicate(timeout=60)
         assert listing.returncode == 0, err
         assert "0 server(s)" in out and password not in out + err
+        by_flag = procs([PYTHON, "-m", "agentmesh.cli", "agents", "--registry", exports["AGENTMESH_REGISTRY"],
+                         "--etcd-password-file", exports["AGENTMESH_ETCD_PASSWORD_FILE"]],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                        env={"AGENTMESH_TOKEN_FILE": exports["AGENTMESH_TOKEN_FILE"]})
+        out, err = by_flag.communicate(timeout=60)
+        assert by_flag.returncode == 0 and "0 agent(s)" in out, err
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         wait_until(lambda: not pid_alive(etcd_pid), timeout=10)
