@@ -20,13 +20,19 @@ from .server import RpcAgentServerLauncher  # noqa: E402
 
 
 def init(registry: str | None = None, namespace: str | None = None, token: str | None = None,
-         **options: Any) -> None:
+         token_file: str | None = None, **options: Any) -> None:
     """Configure this process's runtime: registry URL, namespace, shared token and tuning options.
 
     With no arguments the ``AGENTMESH_REGISTRY``, ``AGENTMESH_NAMESPACE`` and
-    ``AGENTMESH_TOKEN`` environment variables apply; with none of those,
-    agents go to child servers. Unknown options are accepted (for code written
-    for AgentScope's ``init``) and logged at DEBUG.
+    ``AGENTMESH_TOKEN`` (or ``AGENTMESH_TOKEN_FILE``) environment variables
+    apply; with none of those, agents go to child servers. Unknown options are
+    accepted (for code written for AgentScope's ``init``) and logged at DEBUG.
+
+    Secrets: ``token_file`` names a file holding the token (read once, now;
+    its trailing newline stripped), so the token stays out of code and argv;
+    give ``token`` or ``token_file``, not both. ``etcd_password_file``
+    (``AGENTMESH_ETCD_PASSWORD_FILE``) holds the password of the user named in
+    the registry URL (``etcd://USER@host:2379``).
 
     TLS: ``tls_ca`` (the CA agent servers' certificates chain to), ``tls_cert``
     and ``tls_key`` (this process's certificate, for servers that require
@@ -37,9 +43,11 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     """
     runtime = default_runtime()
     env = Settings.from_env()
+    if token is None and token_file is None:
+        token = env.token
     runtime.configure(registry=registry if registry is not None else env.registry,
                       namespace=namespace if namespace is not None else env.namespace,
-                      token=token if token is not None else env.token, **options)
+                      token=token, token_file=token_file, **options)
 
 
 def shutdown() -> None:

@@ -32,6 +32,8 @@ ENVIRONMENT = {
     "etcd_ca": "AGENTMESH_ETCD_CA",
     "etcd_cert": "AGENTMESH_ETCD_CERT",
     "etcd_key": "AGENTMESH_ETCD_KEY",
+    "token_file": "AGENTMESH_TOKEN_FILE",
+    "etcd_password_file": "AGENTMESH_ETCD_PASSWORD_FILE",
 }
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
@@ -43,13 +45,41 @@ def env(name: str, default: str | None = None, environ: Mapping[str, str] | None
     return (os.environ if environ is None else environ).get(name) or default
 
 
+def read_secret(path: str, what: str = "token file") -> str:
+    """The secret held in a file, read now: one line, its trailing newline stripped.
+
+    A file that cannot be read, is empty or holds more than one line is a
+    ValueError naming it; one that group or others may read or write gets a
+    warning (``chmod 600``). The secret itself is never logged.
+    """
+    try:
+        with open(path, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            data = fh.read()
+    except OSError as exc:
+        raise ValueError(f"{what} {path!r} cannot be read ({exc.strerror or exc}); give the path of a "
+                         f"readable file holding the secret on one line") from None
+    try:
+        secret = data.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path!r} is not UTF-8 text; put the secret on one line") from None
+    if not secret.strip():
+        raise ValueError(f"{what} {path!r} is empty; put the secret on its first line")
+    if "\n" in secret or "\r" in secret:
+        raise ValueError(f"{what} {path!r} holds more than one line; put the secret alone on one line")
+    if os.name == "posix" and mode & 0o077:
+        log.warning("agentmesh: %s %s is accessible to group or others (mode %03o); run chmod 600 %s",
+                    what, path, mode & 0o777, path)
+    return secret
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What a process of the mesh uses: registry, namespace, token, TLS and tuning."""
 
     registry: str | None = None
     namespace: str = "default"
-    token: str | None = None
+    token: str | None = dataclasses.field(default=None, repr=False)
     child_servers: int = max(1, min(4, os.cpu_count() or 1))
     child_capacity: int = DEFAULT_CHILD_CAPACITY
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
@@ -61,20 +91,25 @@ class Settings:
     etcd_ca: str | None = None       # etcd client TLS: CA, and client certificate and key for etcd mTLS
     etcd_cert: str | None = None
     etcd_key: str | None = None
+    etcd_password: str | None = dataclasses.field(default=None, repr=False)  # of the registry URL's user
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
-        """Defaults, overridden by the AGENTMESH_* variables that are set."""
+        """Defaults, overridden by the AGENTMESH_* variables that are set (secret files read now)."""
         values = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
         values["namespace"] = values["namespace"] or "default"
-        return cls(**values)
+        return cls(**_read_secret_files(values, from_env=True))
 
     def replace(self, **options: Any) -> "Settings":
-        """A copy with the known options changed (checked); unknown ones are logged at DEBUG and ignored."""
+        """A copy with the known options changed (checked); unknown ones are logged at DEBUG and ignored.
+
+        The options ``token_file`` and ``etcd_password_file`` are files read
+        now, once, into ``token`` and ``etcd_password``; only the secret is kept.
+        """
         known = {key: value for key, value in options.items() if key in _FIELDS}
         for key in sorted(set(options) - set(known)):
             log.debug("agentmesh: option %r is not used by agentmesh", key)
-        updated = dataclasses.replace(self, **known)
+        updated = dataclasses.replace(self, **_read_secret_files(known, from_env=False))
         updated.check()
         return updated
 
@@ -111,8 +146,27 @@ class Settings:
             options["ca_cert"] = self.etcd_ca
         if self.etcd_cert:
             options["cert"], options["key"] = self.etcd_cert, self.etcd_key
+        if self.etcd_password:
+            options["password"] = self.etcd_password
         return options
 
 
-_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings))
+#: option naming a file -> (the Settings field it is read into, what it is called in messages)
+_SECRET_FILES = {"token_file": ("token", "token file"), "etcd_password_file": ("etcd_password", "etcd password file")}
+_FIELDS = frozenset(field.name for field in dataclasses.fields(Settings)) | frozenset(_SECRET_FILES)
 _PATHS = ("tls_ca", "tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key")
+
+
+def _read_secret_files(values: dict[str, Any], from_env: bool) -> dict[str, Any]:
+    """Options with each secret file read into its field (and the file option gone); ValueError if given both ways."""
+    values = dict(values)
+    for option, (field, what) in _SECRET_FILES.items():
+        path = values.pop(option, None)
+        if path and values.get(field):
+            names = (f"{ENVIRONMENT.get(field, field)} and {ENVIRONMENT[option]}" if from_env
+                     else f"{field}= and {option}=")
+            raise ValueError(f"both {names} are set; give one of them (the {what} is better: it keeps the "
+                             f"secret out of argv, the environment and shell history)")
+        if path:
+            values[field] = read_secret(path, what)
+    return values

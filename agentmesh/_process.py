@@ -25,8 +25,8 @@ log = logging.getLogger("agentmesh.server")
 
 READY_PREFIX = "AGENTMESH_READY"
 #: variables a server process takes from its configuration instead (secrets and TLS files)
-_CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("token", "tls_ca", "tls_cert", "tls_key", "etcd_ca",
-                                                            "etcd_cert", "etcd_key"))
+_CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("token", "token_file", "tls_ca", "tls_cert", "tls_key",
+                                                            "etcd_ca", "etcd_cert", "etcd_key", "etcd_password_file"))
 ERROR_PREFIX = "AGENTMESH_ERROR"
 
 

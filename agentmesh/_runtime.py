@@ -88,7 +88,8 @@ class Runtime:
     def process_options(self) -> dict[str, Any]:
         """What a server process started from here needs to make its own calls like this process."""
         s = self.settings.absolute()
-        return {"tls_ca": s.tls_ca, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert, "etcd_key": s.etcd_key}
+        return {"tls_ca": s.tls_ca, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert, "etcd_key": s.etcd_key,
+                "etcd_password": s.etcd_password}
 
     # -- calls ---------------------------------------------------------------
     def next_call_id(self) -> str:

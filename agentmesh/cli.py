@@ -19,11 +19,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _tls, _trust
 from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
                       Settings, env)
+from ._runtime import Runtime, set_default_runtime
 from ._version import __version__
 from .discovery import keys
 from .etcd import EtcdClient, EtcdError, redact_url
 from .server.launcher import check_exposure, serve_forever
-from .testing import EtcdProcess, free_port
+from .testing import start_dev_registry
 
 log = logging.getLogger("agentmesh")
 
@@ -58,17 +59,30 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """This command's settings: the environment's, with the --etcd-ca/--etcd-cert/--etcd-key flags."""
+def _settings(args: argparse.Namespace, **secrets: str | None) -> Settings:
+    """This command's settings: the environment's, with the etcd flags (and ``secrets`` the command was given)."""
+    if args.registry and redact_url(args.registry) != args.registry:
+        log.warning("agentmesh: the --registry URL holds a password, which every local user can read in the "
+                    "process list; put it in a 0600 file and give AGENTMESH_ETCD_PASSWORD_FILE or "
+                    "--etcd-password-file instead")
     try:
-        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
+        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
+                                           etcd_password_file=args.etcd_password_file,
+                                           **{key: value for key, value in secrets.items() if value})
     except ValueError as exc:
         raise SystemExit(f"agentmesh: {exc}") from None
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    token = args.token or env(ENVIRONMENT["token"])
-    _settings(args)
+    if args.token:
+        log.warning("agentmesh server: --token on the command line can be read by every local user (ps, "
+                    "/proc/PID/cmdline); put the token in a 0600 file and give --token-file FILE or "
+                    "AGENTMESH_TOKEN_FILE instead")
+    if args.token and args.token_file:
+        raise SystemExit("agentmesh server: both --token and --token-file were given; give one")
+    settings = _settings(args, token=args.token, token_file=args.token_file)
+    set_default_runtime(Runtime(settings))   # the server's runtime: secret files are not read a second time
+    token = settings.token
     try:
         tls = _tls.ServerTLS.from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
         check_exposure(args.host, token, tls is not None, args.insecure,
@@ -83,7 +97,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                          namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
-                         etcd_key=args.etcd_key,
+                         etcd_key=args.etcd_key, etcd_password=settings.etcd_password,
                          on_ready=lambda port, sid: log.warning(
                              "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
 
@@ -187,18 +201,22 @@ def cmd_agents(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_up(args: argparse.Namespace) -> int:
-    port = args.port or free_port()
-    etcd = EtcdProcess(name="agentmesh-dev")
-    etcd.start(data_dir=args.data_dir, client_port=port)
+    """Run the development registry (auth on) until SIGTERM or Ctrl-C; print the variables that use it once."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"etcd {etcd.pid} serving; use it with:\n  export AGENTMESH_REGISTRY={etcd.url}", flush=True)
     try:
-        while not stop.wait(0.5) and etcd.running:
+        registry = start_dev_registry(args.data_dir, args.port or None, fast=False)
+    except (OSError, RuntimeError, ValueError, EtcdError) as exc:
+        raise SystemExit(f"agentmesh registry up: {exc}") from None
+    exports = "\n".join(f"  {line}" for line in registry.exports().splitlines())
+    print(f"etcd {registry.pid} serving on {registry.etcd.endpoint} with auth on (data in {registry.directory});"
+          f" use it with:\n{exports}", flush=True)
+    try:
+        while not stop.wait(0.5) and registry.etcd.running:
             pass
     finally:
-        etcd.stop()
+        registry.stop()
     return 0
 
 
@@ -212,6 +230,9 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
                         help="client certificate for etcd mTLS (default: AGENTMESH_ETCD_CERT)")
     parser.add_argument("--etcd-key", default=env(ENVIRONMENT["etcd_key"]), metavar="PEM",
                         help="its key (default: AGENTMESH_ETCD_KEY)")
+    parser.add_argument("--etcd-password-file", default=None, metavar="FILE",
+                        help="file holding the password of the registry URL's user "
+                             "(default: AGENTMESH_ETCD_PASSWORD_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--ttl", type=int, default=3, help="registry lease TTL in seconds (default 3)")
     server.add_argument("--advertise-host", default=None,
                         help="host others dial (default: --host, or this machine's address for 0.0.0.0)")
-    server.add_argument("--token", default=None, help="shared token (default: AGENTMESH_TOKEN)")
+    server.add_argument("--token", default=None,
+                        help="shared token; visible to every local user in the process list, prefer --token-file")
+    server.add_argument("--token-file", default=None, metavar="FILE",
+                        help="file holding the shared token, read once (default: AGENTMESH_TOKEN_FILE, "
+                             "else AGENTMESH_TOKEN)")
     server.add_argument("--tls-cert", default=env(ENVIRONMENT["tls_cert"]), metavar="PEM",
                         help="serve TLS with this certificate (default: AGENTMESH_TLS_CERT)")
     server.add_argument("--tls-key", default=env(ENVIRONMENT["tls_key"]), metavar="PEM",
@@ -259,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     up = registry_sub.add_parser("up", help="run a local single-node etcd for development")
     up.add_argument("--port", type=int, default=0, help="client port (default: a free one)")
-    up.add_argument("--data-dir", default=None, help="where etcd keeps its data (default: a temporary dir)")
+    up.add_argument("--data-dir", default=None,
+                    help="directory for etcd's data, the root password and the namespace token; reused when "
+                         "started again (default: a temporary dir)")
     up.set_defaults(func=cmd_registry_up)
     return parser
 

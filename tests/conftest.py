@@ -130,6 +130,18 @@ def etcd():
 
 
 @pytest.fixture
+def dev_registry(tmp_path):
+    """The development registry (etcd with auth on, as `agentmesh registry up` starts it), stopped by PID after."""
+    from agentmesh.testing import start_dev_registry
+
+    registry = start_dev_registry(tmp_path / "registry")
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture
 def namespace(request):
     """A namespace of the test's own, so tests sharing one etcd never see each other's servers."""
     import uuid

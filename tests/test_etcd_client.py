@@ -16,6 +16,7 @@ import uuid
 import pytest
 
 from agentmesh.etcd import (
+    EtcdAuthDisabled,
     EtcdAuthError,
     EtcdClient,
     EtcdError,
@@ -59,6 +60,11 @@ def test_redact_url():
         assert redact_url(unchanged) == unchanged
     parsed = parse_registry_url(redact_url("etcd://root:secret@h:2379"))
     assert parsed["endpoints"] == ["h:2379"] and parsed["password"] == "***"
+    assert redact_url("root:secret@h:2379") == "root:***@h:2379"   # no scheme: still masked
+    for bad in ("etcd://root:secret@h:port", "redis://root:secret@h:1", "etcd://root:secret@", "root:secret@h:1"):
+        with pytest.raises(ValueError) as refused:
+            EtcdClient.from_url(bad) if "://" in bad else EtcdClient(bad)
+        assert "secret" not in str(refused.value) and "***" in str(refused.value)
 
 
 # -- KV ----------------------------------------------------------------------
@@ -325,15 +331,25 @@ def test_auth_with_user_and_password(tmp_path):
         proc.stop()
 
 
-def test_credentials_accepted_when_etcd_has_no_auth(etcd):
+def test_credentials_are_refused_when_etcd_has_no_auth(etcd, caplog):
     p = fresh_prefix()
 
     async def main():
-        async with EtcdClient(etcd.endpoint, user="root", password="unused") as c:
-            await c.put(p + "k", "v")
-            assert (await c.get(p + "k")).value == b"v"
+        async with EtcdClient.from_url(f"etcd://root:s3cret@{etcd.endpoint}") as c:
+            for _ in range(2):
+                with pytest.raises(EtcdAuthDisabled) as refused:
+                    await c.put(p + "k", "v")
+                message = str(refused.value)
+                assert f"etcd://root:***@{etcd.endpoint}" in message and "auth" in message
+                assert "s3cret" not in message
+        async with EtcdClient(etcd.endpoint) as anonymous:
+            assert await anonymous.get(p + "k") is None
 
     run(main())
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "authentication turned off" in r.message]
+    assert len(errors) == 1 and "s3cret" not in caplog.text   # logged once per client, never the password
+    with pytest.raises(ValueError, match="no user"):
+        EtcdClient(etcd.endpoint, password="orphan")
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")

@@ -14,6 +14,8 @@ What it guarantees, because the registry depends on it:
 - With ``user``/``password`` it authenticates, sends the token in the
   ``token`` metadata key, and re-authenticates once when etcd says the token
   is invalid (tokens die when etcd restarts or after ``--auth-token-ttl``).
+  Credentials for an etcd that has auth turned off are refused
+  (:class:`EtcdAuthDisabled`): such an etcd lets anyone write the registry.
 - :class:`Lease` keeps a lease alive in the background (every TTL/3) and
   calls ``on_lost`` once when etcd says it expired or it could not be renewed
   before it would have expired.
@@ -30,7 +32,7 @@ holds the helpers). TLS credentials come from ``agentmesh._tls``.
 """
 from __future__ import annotations
 
-from ._errors import EtcdAuthError, EtcdError, EtcdUnavailable
+from ._errors import EtcdAuthDisabled, EtcdAuthError, EtcdError, EtcdUnavailable
 from ._lease import Lease
 from ._urls import DEFAULT_PORT, parse_registry_url, redact_url
 from ._watch import Watch, WatchEvent
@@ -38,6 +40,7 @@ from .client import EtcdClient, KeyValue, TxnResponse
 
 __all__ = [
     "DEFAULT_PORT",
+    "EtcdAuthDisabled",
     "EtcdAuthError",
     "EtcdClient",
     "EtcdError",

@@ -7,7 +7,7 @@ import logging
 from agentmesh.etcdv3 import etcd_pb2 as pb
 
 from ._endpoints import Endpoints, Metadata
-from ._errors import EtcdError
+from ._errors import EtcdAuthDisabled, EtcdError
 
 log = logging.getLogger("agentmesh.etcd")
 
@@ -16,19 +16,23 @@ class Auth:
     """The client's credentials and current token.
 
     ``token`` is None when one must be fetched before the next call, ``""``
-    when no auth is in use (no user, or etcd has auth disabled). A token is
-    fetched once for all callers waiting on it; etcd drops tokens when it
-    restarts or after ``--auth-token-ttl``, and callers then renew it once
-    (:meth:`authenticate` with the ``stale`` token they were refused with).
+    when no auth is in use (no user). A token is fetched once for all callers
+    waiting on it; etcd drops tokens when it restarts or after
+    ``--auth-token-ttl``, and callers then renew it once (:meth:`authenticate`
+    with the ``stale`` token they were refused with). Credentials for an etcd
+    with auth turned off raise :class:`EtcdAuthDisabled`.
     """
 
-    def __init__(self, endpoints: Endpoints, user: str | None, password: str | None) -> None:
+    def __init__(self, endpoints: Endpoints, user: str | None, password: str | None, url: str = "") -> None:
+        """``url`` names the etcd in errors; it never holds the password."""
         self.user = user
         self.token: str | None = None if user else ""
         self._password = password or ""
+        self._url = url or ",".join(endpoints.targets)
         self._endpoints = endpoints
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock_for_loop: asyncio.Lock | None = None
+        self._logged_disabled = False
 
     def metadata(self, streaming: bool = False) -> Metadata:
         """Call metadata: the auth token, and for streams "fail if no leader"."""
@@ -59,12 +63,23 @@ class Auth:
                                                          deadline=deadline)
             except EtcdError as err:
                 if "authentication is not enabled" in str(err):
-                    log.warning("etcd auth is not enabled; ignoring user %r", self.user)
-                    self.token = ""
-                    return
+                    raise self._disabled() from None
                 raise
             self.token = response.token
             log.debug("authenticated to etcd as %r", self.user)
+
+    def _disabled(self) -> EtcdAuthDisabled:
+        """The error for credentials sent to an open etcd (logged once: servers retry registering)."""
+        error = EtcdAuthDisabled(
+            f"etcd at {self._url} has authentication turned off, but this client was given credentials "
+            f"(user {self.user!r}): anyone who can reach that etcd can rewrite the registry. Turn auth on "
+            f"in etcd (registry/production-rbac.sh, or etcdctl user add root and etcdctl auth enable; "
+            f"`agentmesh registry up` starts a development etcd with auth on), or, if this etcd is meant "
+            f"to be open, drop the user and password from the registry URL and AGENTMESH_ETCD_PASSWORD_FILE")
+        if not self._logged_disabled:
+            self._logged_disabled = True
+            log.error("%s", error)
+        return error
 
     async def ensure(self) -> None:
         """Authenticate now if credentials are set and no token is held (for streams)."""

@@ -34,6 +34,12 @@ UNARY = {
                         pb.LeaseTimeToLiveResponse),
     "Authenticate": ("/etcdserverpb.Auth/Authenticate", pb.AuthenticateRequest,
                      pb.AuthenticateResponse),
+    "AuthEnable": ("/etcdserverpb.Auth/AuthEnable", pb.AuthEnableRequest, pb.AuthEnableResponse),
+    "UserAdd": ("/etcdserverpb.Auth/UserAdd", pb.AuthUserAddRequest, pb.AuthUserAddResponse),
+    "UserList": ("/etcdserverpb.Auth/UserList", pb.AuthUserListRequest, pb.AuthUserListResponse),
+    "UserGrantRole": ("/etcdserverpb.Auth/UserGrantRole", pb.AuthUserGrantRoleRequest,
+                      pb.AuthUserGrantRoleResponse),
+    "RoleAdd": ("/etcdserverpb.Auth/RoleAdd", pb.AuthRoleAddRequest, pb.AuthRoleAddResponse),
     "Status": ("/etcdserverpb.Maintenance/Status", pb.StatusRequest, pb.StatusResponse),
 }
 STREAMS = {

@@ -31,6 +31,10 @@ class EtcdAuthError(EtcdError):
     """etcd refused the credentials, or requires some and none were given."""
 
 
+class EtcdAuthDisabled(EtcdAuthError):
+    """Credentials were given, but etcd has authentication turned off: anyone could write to it."""
+
+
 class StreamBroken(Exception):
     """A stream ended or stopped answering; reopen it (on the next endpoint)."""
 

@@ -15,23 +15,24 @@ def parse_registry_url(url: str) -> dict:
     without a port gets 2379; user and password may be percent-encoded.
     """
     text = url.strip()
+    shown = redact_url(text)
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in ("etcd", "etcds", "http", "https"):
-        raise ValueError(f"registry URL {url!r}: expected etcd://host:port[,host:port...] "
+        raise ValueError(f"registry URL {shown!r}: expected etcd://host:port[,host:port...] "
                          "or etcds://... for TLS")
     netloc, _, path = rest.partition("/")
     if path.strip("/") or "?" in netloc or "#" in netloc:
-        raise ValueError(f"registry URL {url!r}: no path or query is allowed after the hosts")
+        raise ValueError(f"registry URL {shown!r}: no path or query is allowed after the hosts")
     user = password = None
     if "@" in netloc:
         userinfo, _, netloc = netloc.rpartition("@")
         name, has_pw, secret = userinfo.partition(":")
         user = urllib.parse.unquote(name) or None
         password = urllib.parse.unquote(secret) if has_pw else None
-    endpoints = [with_port(h.strip(), url) for h in netloc.split(",") if h.strip()]
+    endpoints = [with_port(h.strip(), shown) for h in netloc.split(",") if h.strip()]
     if not endpoints:
-        raise ValueError(f"registry URL {url!r} names no host")
+        raise ValueError(f"registry URL {shown!r} names no host")
     return {"endpoints": endpoints, "tls": scheme in ("etcds", "https"),
             "user": user, "password": password}
 
@@ -42,18 +43,21 @@ def redact_url(url: str) -> str:
     ``etcd://root:secret@h:2379`` -> ``etcd://root:***@h:2379``; a URL without
     a password comes back unchanged. Everything between the user name's colon
     and the last ``@`` is masked, so a password holding an unencoded ``@`` or
-    ``/`` does not leak either.
+    ``/`` does not leak either, nor one in a URL missing its scheme
+    (``root:secret@h`` -> ``root:***@h``).
     """
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
     userinfo, at, hosts = rest.rpartition("@")
     name, colon, secret = userinfo.partition(":")
-    if not (sep and at and colon and secret):
+    if not (at and colon and secret):
         return url
     return f"{scheme}{sep}{name}:***@{hosts}"
 
 
 def with_port(host: str, url: str) -> str:
-    """``host`` -> ``host:2379``; checks the port is a number (``url`` is for the error)."""
+    """``host`` -> ``host:2379``; checks the port is a number (``url``, redacted, is for the error)."""
     if host.startswith("["):
         addr, _, port = host[1:].partition("]")
         port = port.lstrip(":")
@@ -85,7 +89,7 @@ def normalize_endpoints(endpoints: Sequence[str] | str) -> tuple[list[str], bool
             tls = tls or parsed["tls"]
             result.extend(parsed["endpoints"])
         else:
-            result.append(with_port(item, item))
+            result.append(with_port(item, redact_url(item)))
     if not result:
         raise ValueError("EtcdClient needs at least one endpoint")
     return result, tls

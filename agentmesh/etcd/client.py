@@ -38,9 +38,15 @@ class EtcdClient:
             raise ValueError("timeout must be positive")
         require_pair(cert, key, "cert and key for a client certificate")
         self.tls = bool(tls or url_tls or ca_cert is not None or cert is not None)
+        if password and not user:
+            raise ValueError(f"an etcd password but no user for {self._scheme}://{','.join(targets)}: name the "
+                             f"user in the registry URL ({self._scheme}://USER@{targets[0]}) or drop the password "
+                             f"(AGENTMESH_ETCD_PASSWORD_FILE)")
         credentials = channel_credentials(ca_cert, cert, key) if self.tls else None
         self._endpoints = Endpoints(targets, float(timeout), credentials)
-        self._auth = Auth(self._endpoints, user, password)
+        #: the registry URL for messages: never the password
+        self.url = f"{self._scheme}://{user + (':***' if password else '') + '@' if user else ''}{','.join(targets)}"
+        self._auth = Auth(self._endpoints, user, password, self.url)
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
@@ -68,9 +74,13 @@ class EtcdClient:
     def timeout(self, value: float) -> None:
         self._endpoints.timeout = value
 
+    @property
+    def _scheme(self) -> str:
+        """``etcds`` with TLS, else ``etcd``."""
+        return "etcds" if self.tls else "etcd"
+
     def __repr__(self) -> str:
-        scheme = "etcds" if self.tls else "etcd"
-        return f"<EtcdClient {scheme}://{','.join(self.endpoints)}>"
+        return f"<EtcdClient {self._scheme}://{','.join(self.endpoints)}>"
 
     # -- raw calls (also used by the tests) ---------------------------------
     @property
@@ -172,6 +182,27 @@ class EtcdClient:
     async def status(self) -> pb.StatusResponse:
         """Status of the member currently used (version, leader, db size, raft index)."""
         return await self._unary("Status", pb.StatusRequest())
+
+    # -- auth administration (what turning auth on takes) ------------------
+    async def user_add(self, name: str, password: str) -> None:
+        """Create a user with a password (etcd hashes it); the password travels in the request only."""
+        await self._unary("UserAdd", pb.AuthUserAddRequest(name=name, password=password))
+
+    async def user_list(self) -> list[str]:
+        """The names of etcd's users."""
+        return list((await self._unary("UserList", pb.AuthUserListRequest())).users)
+
+    async def role_add(self, name: str) -> None:
+        """Create a role (``root`` is the role that may do everything)."""
+        await self._unary("RoleAdd", pb.AuthRoleAddRequest(name=name))
+
+    async def user_grant_role(self, user: str, role: str) -> None:
+        """Give ``user`` the role ``role``."""
+        await self._unary("UserGrantRole", pb.AuthUserGrantRoleRequest(user=user, role=role))
+
+    async def auth_enable(self) -> None:
+        """Turn authentication on (etcd needs a ``root`` user holding the ``root`` role first)."""
+        await self._unary("AuthEnable", pb.AuthEnableRequest())
 
     # -- leases -------------------------------------------------------------
     async def lease_grant(self, ttl: int) -> int:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import _tls
 from .._address import format_address, is_loopback
-from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings
+from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, read_secret
 from .._process import ServerProcess
 from .._runtime import default_runtime
 from ._service import AgentServer
@@ -48,14 +48,15 @@ def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_
 
 def _process_settings(current: Settings, tls: _tls.ServerTLS | None, token: str | None, registry: str | None,
                       namespace: str, tls_ca: str | None, etcd_ca: str | None, etcd_cert: str | None,
-                      etcd_key: str | None) -> dict[str, Any]:
+                      etcd_key: str | None, etcd_password: str | None = None) -> dict[str, Any]:
     """The settings of a server process's own calls (placeholder fetches, proxies in agents, etcd).
 
     The server's certificate doubles as its client certificate; peers are
     verified with tls_ca, else the configured CA, else the client CA.
     """
     options: dict[str, Any] = {name: value for name, value in (("token", token), ("etcd_ca", etcd_ca),
-                                                                 ("etcd_cert", etcd_cert), ("etcd_key", etcd_key))
+                                                                 ("etcd_cert", etcd_cert), ("etcd_key", etcd_key),
+                                                                 ("etcd_password", etcd_password))
                                if value}
     options["namespace"] = namespace        # its own calls are made in its namespace
     if registry and not current.registry:   # its own proxies and fetches follow the registry too
@@ -72,17 +73,20 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
                   lifeline: Callable[[Callable[[str], None]], None] | None = None,
                   grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                   tls_client_ca: str | None = None, tls_ca: str | None = None, etcd_ca: str | None = None,
-                  etcd_cert: str | None = None, etcd_key: str | None = None, **options: Any) -> int:
+                  etcd_cert: str | None = None, etcd_key: str | None = None, etcd_password: str | None = None,
+                  **options: Any) -> int:
     """Serve until SIGTERM, SIGINT or the lifeline says stop; returns the exit code (0 after a drain).
 
     tls_cert/tls_key: serve TLS (and use them as this process's client
     certificate); tls_client_ca: require client certificates from that CA;
-    tls_ca: the CA peers' certificates chain to, for this process's own calls.
+    tls_ca: the CA peers' certificates chain to, for this process's own calls;
+    etcd_password: the password of the registry URL's user.
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
     runtime = default_runtime()   # this process is the server: its runtime serves it
     runtime.configure(**_process_settings(runtime.settings, tls, token, options.get("registry"),
-                                          options.get("namespace", "default"), tls_ca, etcd_ca, etcd_cert, etcd_key))
+                                          options.get("namespace", "default"), tls_ca, etcd_ca, etcd_cert, etcd_key,
+                                          etcd_password))
     server = AgentServer(runtime=runtime, host=host, port=port or 0, capacity=capacity,
                          custom_agent_classes=custom_agent_classes, token=token, tls=tls,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
@@ -115,6 +119,10 @@ class RpcAgentServerLauncher:
     speak TLS; ``tls_client_ca`` also requires every caller to present a
     certificate signed by that CA (mutual TLS). Pass ``tls_cert=""`` for a
     plaintext server in a process that has a certificate.
+
+    ``token_file`` names a file holding the token (read once, here); give it
+    or ``token``, not both. A server process gets the token over a pipe,
+    never in its argv or environment.
     """
 
     def __init__(self, host: str = "localhost", port: int | None = None, capacity: int = DEFAULT_CAPACITY,
@@ -122,7 +130,7 @@ class RpcAgentServerLauncher:
                  namespace: str | None = None, labels: dict[str, str] | None = None, token: str | None = None,
                  insecure: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
-                 tls_client_ca: str | None = None, **options: Any) -> None:
+                 tls_client_ca: str | None = None, token_file: str | None = None, **options: Any) -> None:
         self.host = host
         self.port = int(port) if port not in (None, "") else None
         self.capacity = capacity
@@ -132,7 +140,10 @@ class RpcAgentServerLauncher:
         self.registry = registry if registry is not None else settings.registry
         self.namespace = namespace or settings.namespace
         self.labels = dict(labels or {})
-        self.token = token if token is not None else settings.token
+        if token is not None and token_file is not None:
+            raise ValueError("both token= and token_file= were given to RpcAgentServerLauncher; give one")
+        self.token = read_secret(token_file) if token_file is not None else (
+            token if token is not None else settings.token)
         self.insecure = insecure
         if tls_cert is None and tls_key is None:
             tls_cert, tls_key = settings.tls_cert, settings.tls_key
