@@ -18,7 +18,7 @@ from typing import Any, Mapping, Protocol
 from .. import _protocol, _trust
 from .._address import advertised_host
 from .._version import __version__
-from ..etcd import EtcdClient, EtcdError, Lease, redact_url
+from ..etcd import EtcdAuthError, EtcdClient, EtcdError, Lease, redact_url
 from . import keys
 
 log = logging.getLogger("agentmesh.discovery")
@@ -72,6 +72,7 @@ class Registration:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._lost = asyncio.Event()
+        self._auth_problem = ""
 
     # -- what the server tells us --------------------------------------------
     def load_changed(self) -> None:
@@ -119,6 +120,11 @@ class Registration:
                 await self._register()
                 backoff = 0.1
                 await self._update_until_lost()
+            except EtcdAuthError as exc:     # a configuration mistake: loud, once per distinct reason
+                if str(exc) != self._auth_problem:
+                    self._auth_problem = str(exc)
+                    log.error("server %s: registry %s refuses our credentials (%s); not registered, retrying",
+                              self.server.server_id, redact_url(self.url), exc)
             except (EtcdError, OSError) as exc:
                 log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id,
                          redact_url(self.url), exc)
