@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pickle
 import signal
@@ -210,3 +211,30 @@ def etcd_get(url: str, key: str) -> bytes:
 
 def etcd_keys(etcd, prefix: str) -> set[str]:
     return set(etcd_get_prefix(etcd.url, prefix))
+
+
+def test_refusals_are_logged_with_the_peer_once_per_reason(caplog):
+    import grpc
+
+    from agentmesh import RpcAgentServerLauncher
+    from agentmesh.v1 import agent_server_pb2 as pb
+    from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
+
+    server = RpcAgentServerLauncher(host="127.0.0.1", capacity=2, token=MESH_TOKEN)
+    server.launch(in_subprocess=False)       # in this process, so its log lines are captured here
+    try:
+        with caplog.at_level(logging.WARNING, logger="agentmesh.server"), \
+                grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.AgentServerStub(channel)
+            for _ in range(50):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.GetInfo(pb.InfoRequest(), metadata=_wire.call_metadata(), timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert stub.GetInfo(pb.InfoRequest(), metadata=_wire.authenticate(channel, MESH_TOKEN),
+                                timeout=5).capacity == 2
+        refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+        assert len(refused) == 1, refused                     # 50 refusals, one line
+        assert "from ipv4:127.0.0.1:" in refused[0] and "missing token" in refused[0]
+        assert MESH_TOKEN not in caplog.text
+    finally:
+        server.shutdown()
