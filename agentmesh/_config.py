@@ -21,6 +21,25 @@ DEFAULT_CAPACITY = 32
 #: agents a child server accepts
 DEFAULT_CHILD_CAPACITY = 10_000
 
+# -- a server's budgets: what one server holds at most, whatever its clients do --
+#: calls waiting in one agent's mailbox before more are refused (OVERLOADED)
+DEFAULT_MAX_PENDING_CALLS = 10_000
+#: finished calls' replies kept for replays and placeholder fetches: how many, how long, how many bytes
+DEFAULT_MAX_RESULTS = 100_000
+DEFAULT_RESULT_TTL = 600.0
+DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
+#: reply bytes waiting for one slow client before its session's calls stop being read (backpressure)
+DEFAULT_SESSION_BACKLOG_BYTES = 64 * 1024 * 1024
+#: FetchResult RPCs waiting at once on one server; beyond it they are refused (OVERLOADED), ~20 KiB each
+DEFAULT_MAX_FETCH_WAITERS = 4096
+#: classes shipped by clients that a server keeps (least recently used go first): how many, how many bytes
+DEFAULT_MAX_CLASSES = 1024
+DEFAULT_MAX_CLASS_BYTES = 64 * 1024 * 1024
+#: HTTP/2 streams open at once on one connection: above the fetch waiter cap, so that cap answers first
+DEFAULT_MAX_CONCURRENT_STREAMS = 2 * DEFAULT_MAX_FETCH_WAITERS
+#: a connection with no open stream (no session, no health watch) is closed after this long
+DEFAULT_CONNECTION_IDLE_S = 300.0
+
 #: Settings field -> the environment variable that gives its default
 ENVIRONMENT = {
     "registry": "AGENTMESH_REGISTRY",

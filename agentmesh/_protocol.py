@@ -6,6 +6,8 @@ from typing import Any
 
 import cloudpickle
 
+from ._config import DEFAULT_CONNECTION_IDLE_S, DEFAULT_MAX_CONCURRENT_STREAMS
+
 PROTOCOL_VERSION = "1"
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_MAJOR = cloudpickle.__version__.split(".")[0]
@@ -49,9 +51,25 @@ def channel_options(max_message_size: int) -> list[tuple[str, Any]]:
     return [*size_options(max_message_size), *CLIENT_KEEPALIVE_OPTIONS]
 
 
+#: What one connection may hold on a server. Streams beyond max_concurrent_streams are refused
+#: (RST_STREAM, UNAVAILABLE to the caller), so it sits well above the FetchResult waiter cap, which
+#: refuses with a clear error first. gRPC randomly cancels new calls once over 1000 arrive faster than
+#: the server accepts them (a placeholder fan-out does): the pending limits make room for a burst as
+#: large as the stream limit. Idle means no open stream (keepalive pings do not count), so a connection
+#: carrying a Session is never idle. No max_connection_age: with a grace it cancels every open Session;
+#: without one, old connections stay open anyway.
+SERVER_LIMIT_OPTIONS = [
+    ("grpc.max_concurrent_streams", DEFAULT_MAX_CONCURRENT_STREAMS),
+    ("grpc.server.max_pending_requests", DEFAULT_MAX_CONCURRENT_STREAMS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * DEFAULT_MAX_CONCURRENT_STREAMS),
+    ("grpc.max_connection_idle_ms", int(DEFAULT_CONNECTION_IDLE_S * 1000)),
+]
+
+
 def server_options(max_message_size: int) -> list[tuple[str, Any]]:
     """Options of every agent server; SO_REUSEPORT off, so a port in use is an error."""
-    return [("grpc.so_reuseport", 0), *size_options(max_message_size), *SERVER_KEEPALIVE_OPTIONS]
+    return [("grpc.so_reuseport", 0), *size_options(max_message_size), *SERVER_KEEPALIVE_OPTIONS,
+            *SERVER_LIMIT_OPTIONS]
 
 
 def call_metadata(ticket: str | None = None) -> tuple[tuple[str, str], ...]:

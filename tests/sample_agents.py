@@ -171,3 +171,26 @@ class Talker(Echo):
             print(f"{text} {i:06d} ........................................")
         sys.stdout.flush()
         return lines
+
+
+class Heavy(AgentBase):
+    """Holds `size` bytes of state (1 MiB by default): every checkpoint of it is that big."""
+
+    def __init__(self, name: str, size: int = 1 << 20) -> None:
+        super().__init__(name)
+        self.blob = os.urandom(size)
+        self.made = 0
+
+    def noop(self, value=None):
+        return value
+
+    def make(self, size: int) -> bytes:
+        self.made += 1
+        return b"x" * size
+
+    def get_made(self) -> int:
+        return self.made
+
+    def nap(self, seconds: float, value=None):
+        time.sleep(seconds)
+        return value

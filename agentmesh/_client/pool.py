@@ -114,8 +114,9 @@ class Pool:
             return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
                                                metadata=conn.metadata)
         except grpc.aio.AioRpcError as exc:
-            if _status.status_of(exc) == pb.EXPIRED:
-                return _status.refusal(call_id, pb.EXPIRED, exc.details() or "result not found")
+            status = _status.status_of(exc)
+            if status in (pb.EXPIRED, pb.OVERLOADED):   # gone, or too many fetches waiting there: say so
+                return _status.refusal(call_id, status, exc.details() or _status.name(status))
             return _status.refusal(call_id, pb.UNAVAILABLE, f"could not fetch result {call_id} from {address}: "
                                                              f"{exc.code().name}: {exc.details()}")
         except errors.AgentMeshError as exc:

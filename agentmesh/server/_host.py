@@ -47,6 +47,7 @@ class AgentHost:
         self.queued = 0        # calls accepted and not yet finished
         self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
         self.ckpt_seq = seq    # the same, counted by the worker threads for checkpoints
+        self.deleted = False   # set by DeleteAgent: its results are not kept
 
     @property
     def name(self) -> str:
@@ -83,18 +84,28 @@ class AgentHost:
                                                            f"over the limit of {max_message_size} bytes")
         return pb.Reply(call_id=call_id, status=pb.OK, payload=payload)
 
-    def attach_checkpoint(self, reply: pb.Reply) -> None:
-        """Put the agent's state after this call into the reply (worker thread)."""
+    def checkpointed(self, reply: pb.Reply) -> pb.Reply | None:
+        """The caller's copy of reply, with the agent's state after this call (worker thread).
+
+        reply itself gets the seq but never the state: it is what the result
+        store keeps and what other holders of the call's placeholder fetch.
+        None when the state cannot be pickled (checkpoints are then off).
+        """
         with self.lock:
             self.ckpt_seq += 1
             reply.seq = self.ckpt_seq
         try:
-            reply.state = _checkpoint.checkpoint_of(self.agent)
+            state = _checkpoint.checkpoint_of(self.agent)
         except Exception as exc:  # noqa: BLE001 - an unpicklable attribute
             self.checkpoint = False
             log.warning("agent %s (%s): state cannot be pickled (%s: %s); checkpoints off for it, so "
                         "failover will restart it from its constructor", self.agent_id, self.cls_name,
                         type(exc).__name__, exc)
+            return None
+        owned = pb.Reply()
+        owned.CopyFrom(reply)
+        owned.state = state
+        return owned
 
 
 def construct(cls: type, agent_id: str, args: tuple, kwargs: dict, state: bytes = b"") -> Any:

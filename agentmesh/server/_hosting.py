@@ -60,7 +60,7 @@ class Hosting:
 
     def __init__(self, *, server_id: str, runtime: Runtime, capacity: int, classes: HostedClasses,
                  max_message_size: int, max_pending_calls: int, max_results: int, result_ttl: float,
-                 max_workers: int) -> None:
+                 max_result_bytes: int, max_workers: int) -> None:
         self.server_id = server_id
         self.epoch = time.time_ns()
         self.runtime = runtime
@@ -69,13 +69,14 @@ class Hosting:
         self.max_message_size = max_message_size
         self.max_pending_calls = max_pending_calls
         self.agents: dict[str, AgentHost] = {}
-        self.results = ResultStore(max_results, result_ttl)
+        self.results = ResultStore(max_results, result_ttl, max_result_bytes)
         self.inflight = 0
         self.draining = False
         self.listener: Listener | None = None
         self.executor = Workers(max_workers, "agentmesh-agent")
         self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
-        self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply]] = collections.deque()
+        #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
+        self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
         self._done_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -116,8 +117,8 @@ class Hosting:
         name = request.cls.name
         try:
             cls = self.classes.resolve(request.cls)
-        except ClassNotSent as exc:
-            raise Refusal(pb.CLASS_NOT_SENT, str(exc)) from None
+        except ClassNotSent as exc:   # calls sent behind it get the same answer, so the client replays them
+            raise self._refuse(agent_id, pb.CLASS_NOT_SENT, f"class {name}: {exc}") from None
         except LookupError as exc:
             raise self._refuse(agent_id, pb.CLASS_NOT_FOUND, str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a class that cannot be loaded here
@@ -153,6 +154,7 @@ class Hosting:
             host.constructed.exception()   # type: ignore[union-attr]  # retrieved: the pump reads it too
             raise refusal from None
         host.constructed.set_result(None)  # type: ignore[union-attr]
+        self._failed.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
         if self.listener is not None:
             self.listener.agent_added(host.agent_id, host.name, host.cls_name)
         log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
@@ -198,10 +200,16 @@ class Hosting:
                                       epoch=self.epoch, existed=existed)
 
     def delete(self, agent_id: str) -> bool:
-        deleted = self.agents.pop(agent_id, None) is not None
-        if deleted and self.listener is not None:
+        """Drop an agent and the results of its calls (those still running are not kept either)."""
+        host = self.agents.pop(agent_id, None)
+        if host is None:
+            return False
+        host.deleted = True
+        dropped = self.results.drop_agent(agent_id)
+        log.debug("deleted agent %s and %d stored result(s) of it", agent_id, dropped)
+        if self.listener is not None:
             self.listener.agent_removed(agent_id)
-        return deleted
+        return True
 
     async def state_of(self, host: AgentHost) -> bytes:
         """The agent's checkpoint, taken on a worker thread."""
@@ -322,9 +330,8 @@ class Hosting:
                     return
                 work = host.ready.popleft()
             reply = host.execute(work, self.max_message_size)
-            if host.checkpoint:
-                host.attach_checkpoint(reply)
-            self._done_queue.append((host, work, reply))
+            owned = host.checkpointed(reply) if host.checkpoint else None
+            self._done_queue.append((host, work, reply, owned))
             if not self._done_scheduled:
                 self._done_scheduled = True
                 self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
@@ -335,12 +342,12 @@ class Hosting:
         queue = self._done_queue
         results = self.results
         while queue:
-            host, work, reply = queue.popleft()
+            host, work, reply, owned = queue.popleft()
             host.queued -= 1
             host.seq += 1
             self.inflight -= 1
-            results.finish(reply)
+            results.finish(reply, host.agent_id, keep=not host.deleted)
             for outbox in work.sessions:
-                outbox.send(reply)
+                outbox.send(owned if owned is not None else reply)
         if self.listener is not None:
             self.listener.load_changed()

@@ -1,50 +1,116 @@
-"""The server's store of finished calls' replies, for replays and for other holders of a placeholder."""
+"""The server's store of finished calls' replies, for replays and for other holders of a placeholder.
+
+Stored replies never carry a checkpoint (that goes to the caller's session
+only), and the store is bounded in count, age and bytes, oldest out first.
+"""
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
+from typing import NamedTuple
 
+from .._frames import ITEM_OVERHEAD
 from ..v1 import agent_server_pb2 as pb
+
+log = logging.getLogger("agentmesh.server")
+
+#: why a result is no longer here: the end of the EXPIRED refusal's message
+GONE_AGE = "it was kept its full time"
+GONE_COUNT = "the store was full (oldest results go first)"
+GONE_BYTES = "the store was over its byte budget (oldest results go first)"
+GONE_DELETED = "its agent was deleted"
+
+
+class _Entry(NamedTuple):
+    reply: pb.Reply
+    stored_at: float
+    agent_id: str
+    cost: int
+
+
+def reply_bytes(reply: pb.Reply) -> int:
+    """What a stored reply costs: its byte fields and a little for the rest."""
+    return len(reply.payload) + len(reply.traceback) + len(reply.error_message) + ITEM_OVERHEAD
 
 
 class ResultStore:
-    """Replies of finished calls, bounded in count and age, and waiters for running ones."""
+    """Replies of finished calls, bounded in count, age and bytes, and waiters for running ones."""
 
-    def __init__(self, max_results: int, ttl: float) -> None:
+    def __init__(self, max_results: int, ttl: float, max_bytes: int) -> None:
         self.max_results = max_results
-        self.max_gone = max(100_000, 10 * max_results)   # ids remembered as expired, so fetches fail fast
+        self.max_bytes = max_bytes
+        self.max_gone = max(100_000, 10 * max_results)   # ids remembered as gone, so fetches fail fast
         self.ttl = ttl
-        self._done: collections.OrderedDict[str, tuple[pb.Reply, float]] = collections.OrderedDict()
-        self._gone: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.bytes = 0
+        self._done: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
+        self._by_agent: dict[str, set[str]] = {}
+        self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()   # call id -> why
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.running: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._done)
 
     def get(self, call_id: str) -> pb.Reply | None:
         entry = self._done.get(call_id)
         if entry is None:
             return None
-        if time.monotonic() - entry[1] > self.ttl:
-            self._expire(call_id)
+        if time.monotonic() - entry.stored_at > self.ttl:
+            self._expire(call_id, GONE_AGE)
             return None
-        return entry[0]
+        return entry.reply
 
-    def finish(self, reply: pb.Reply) -> None:
-        """Keep reply and wake whoever waits for it (I/O loop)."""
+    def why_gone(self, call_id: str) -> str:
+        """Why call_id's result is not here ("" when it was never seen)."""
+        return self._gone.get(call_id, "")
+
+    def finish(self, reply: pb.Reply, agent_id: str, keep: bool = True) -> None:
+        """Wake whoever waits for reply (which carries no checkpoint) and keep it unless told not to (I/O loop)."""
         call_id = reply.call_id
         self.running.discard(call_id)
-        done = self._done
-        done[call_id] = (reply, time.monotonic())
-        if len(done) > self.max_results:
-            self._expire(next(iter(done)))
         waiters = self._waiters.pop(call_id, None)
         for fut in waiters or ():
             if not fut.done():
                 fut.set_result(reply)
+        if not keep:
+            self._note_gone(call_id, GONE_DELETED)
+            return
+        self._expire(call_id, "")     # a call that ran again (its first result was gone) replaces it
+        self._gone.pop(call_id, None)
+        entry = _Entry(reply, time.monotonic(), agent_id, reply_bytes(reply))
+        self._done[call_id] = entry
+        self._by_agent.setdefault(agent_id, set()).add(call_id)
+        self.bytes += entry.cost
+        done = self._done
+        while len(done) > self.max_results:
+            self._expire(next(iter(done)), GONE_COUNT)
+        while self.bytes > self.max_bytes and done:
+            self._expire(next(iter(done)), GONE_BYTES)
 
-    def _expire(self, call_id: str) -> None:
-        self._done.pop(call_id, None)
-        self._gone[call_id] = None
+    def drop_agent(self, agent_id: str) -> int:
+        """Forget the results of a deleted agent; returns how many there were."""
+        call_ids = self._by_agent.pop(agent_id, set())
+        for call_id in call_ids:
+            self._expire(call_id, GONE_DELETED)
+        return len(call_ids)
+
+    def _expire(self, call_id: str, why: str) -> None:
+        """Drop call_id's result; remember why (unless why is "")."""
+        entry = self._done.pop(call_id, None)
+        if entry is not None:
+            self.bytes -= entry.cost
+            ids = self._by_agent.get(entry.agent_id)
+            if ids is not None:
+                ids.discard(call_id)
+                if not ids:
+                    del self._by_agent[entry.agent_id]
+        if why:
+            self._note_gone(call_id, why)
+
+    def _note_gone(self, call_id: str, why: str) -> None:
+        self._gone[call_id] = why
         if len(self._gone) > self.max_gone:
             self._gone.popitem(last=False)
 
@@ -53,10 +119,14 @@ class ResultStore:
         now = time.monotonic()
         done = self._done
         while done:
-            call_id, (_, t) = next(iter(done.items()))
-            if now - t <= self.ttl:
+            call_id, entry = next(iter(done.items()))
+            if now - entry.stored_at <= self.ttl:
                 break
-            self._expire(call_id)
+            self._expire(call_id, GONE_AGE)
+
+    def waits_for(self, call_id: str) -> bool:
+        """True when a wait for call_id would wait (its result is neither here nor known to be gone)."""
+        return self.get(call_id) is None and call_id not in self._gone
 
     async def wait(self, call_id: str, grace: float) -> pb.Reply | None:
         """The reply, waiting while the call runs or for up to grace s if not yet seen."""

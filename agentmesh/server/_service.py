@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import threading
@@ -16,7 +15,9 @@ from grpc_health.v1.health import aio as health_aio
 
 from .. import _frames, _protocol, _status
 from .._address import format_address
-from .._config import DEFAULT_MAX_MESSAGE_SIZE
+from .._config import (DEFAULT_MAX_CLASS_BYTES, DEFAULT_MAX_CLASSES, DEFAULT_MAX_FETCH_WAITERS,
+                       DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_RESULT_BYTES,
+                       DEFAULT_MAX_RESULTS, DEFAULT_RESULT_TTL, DEFAULT_SESSION_BACKLOG_BYTES)
 from .._runtime import Runtime
 from .._tls import ServerTLS
 from .._version import __version__
@@ -28,28 +29,9 @@ from ._auth import Credentials, Gate
 from ._classes import HostedClasses
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
+from ._outbox import Session as _Session, entry_cost
 
 log = logging.getLogger("agentmesh.server")
-
-
-def _reply_cost(reply: pb.Reply) -> int:
-    return len(reply.payload) + len(reply.state) + len(reply.traceback)
-
-
-class _Session:
-    """One client's session stream: replies to it are batched into frames."""
-
-    __slots__ = ("outbox", "wake", "closed")
-
-    def __init__(self) -> None:
-        self.outbox: collections.deque[pb.Reply] = collections.deque()
-        self.wake = asyncio.Event()
-        self.closed = False
-
-    def send(self, reply: pb.Reply) -> None:
-        if not self.closed:
-            self.outbox.append(reply)
-            self.wake.set()
 
 
 class AgentServer(pb_grpc.AgentServerServicer):
@@ -65,9 +47,14 @@ class AgentServer(pb_grpc.AgentServerServicer):
         custom_agent_classes: list[type] | None = None,
         token: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_pending_calls: int = 10_000,
-        result_ttl: float = 600.0,
-        max_results: int = 100_000,
+        max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS,
+        result_ttl: float = DEFAULT_RESULT_TTL,
+        max_results: int = DEFAULT_MAX_RESULTS,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+        session_backlog_bytes: int = DEFAULT_SESSION_BACKLOG_BYTES,
+        max_fetch_waiters: int = DEFAULT_MAX_FETCH_WAITERS,
+        max_classes: int = DEFAULT_MAX_CLASSES,
+        max_class_bytes: int = DEFAULT_MAX_CLASS_BYTES,
         max_workers: int = 512,
         server_id: str | None = None,
         allow_shipped_classes: bool = True,
@@ -87,10 +74,14 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.server_id = server_id or uuid.uuid4().hex[:12]
         self.namespace = namespace
         self.credentials = Credentials(self.server_id, namespace, token)
-        self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity,
-                               classes=HostedClasses(list(custom_agent_classes or ()), allow_shipped_classes),
+        classes = HostedClasses(list(custom_agent_classes or ()), allow_shipped_classes, max_classes, max_class_bytes)
+        self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity, classes=classes,
                                max_message_size=max_message_size, max_pending_calls=max_pending_calls,
-                               max_results=max_results, result_ttl=result_ttl, max_workers=max_workers)
+                               max_results=max_results, result_ttl=result_ttl, max_result_bytes=max_result_bytes,
+                               max_workers=max_workers)
+        self.session_backlog_bytes = session_backlog_bytes
+        self.max_fetch_waiters = max_fetch_waiters
+        self.fetch_waiters = 0   # FetchResult calls waiting for a result now
         self.fence_after = fence_after
         self.tls = tls   # serve TLS (mutual when it has a client CA); None: plaintext
         if registry and token is None:
@@ -253,23 +244,40 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     async def FetchResult(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> pb.Reply:
         reply = await self.fetch_result(request.call_id, request.agent_id)
-        if reply.status == pb.EXPIRED:
-            await context.abort(grpc.StatusCode.NOT_FOUND, reply.error_message, _status.trailing(pb.EXPIRED))
+        if reply.status in (pb.EXPIRED, pb.OVERLOADED):
+            await context.abort(_status.TABLE[reply.status].code, reply.error_message, _status.trailing(reply.status))
         return reply
 
     async def fetch_result(self, call_id: str, agent_id: str = "") -> pb.Reply:
-        """The reply of call_id, waiting while it runs (also used in-process, without gRPC)."""
+        """The reply of call_id, waiting while it runs (also used in-process, without gRPC).
+
+        At most max_fetch_waiters wait at once: more are refused (OVERLOADED), not queued.
+        """
         results = self.hosting.results
-        reply = await results.wait(call_id, grace=30.0)
+        if not results.waits_for(call_id):
+            reply = results.get(call_id)
+        elif self.fetch_waiters >= self.max_fetch_waiters:
+            log.debug("server %s refused a fetch of %s: %d fetches wait", self.server_id, call_id, self.fetch_waiters)
+            return _status.refusal(call_id, pb.OVERLOADED, f"server {self.server_id} already has "
+                                                           f"{self.fetch_waiters} result fetches waiting, its limit "
+                                                           f"(max_fetch_waiters); fetch call {call_id} again later")
+        else:
+            self.fetch_waiters += 1
+            try:
+                reply = await results.wait(call_id, grace=30.0)
+            finally:
+                self.fetch_waiters -= 1
         if reply is None:
+            why = results.why_gone(call_id) or "it was never seen here"
             return _status.refusal(call_id, pb.EXPIRED, f"the result of call {call_id} is unknown or has expired on "
-                                                        f"server {self.server_id} (results are kept {results.ttl:g} s, "
-                                                        f"at most {results.max_results} of them)")
+                                                        f"server {self.server_id}: {why} (results are kept "
+                                                        f"{results.ttl:g} s, at most {results.max_results} of them "
+                                                        f"and {results.max_bytes} bytes)")
         return reply
 
     # -- the call path --------------------------------------------------------
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        session = _Session()
+        session = _Session(self.session_backlog_bytes)
         self._sessions.add(session)
         await context.write(pb.ServerFrame(hello=pb.Hello(
             server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size)))
@@ -286,7 +294,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     await wake.wait()
                 wake.clear()
                 while outbox:
-                    await context.write(pb.ServerFrame(replies=_frames.take_batch(outbox, _reply_cost, budget)))
+                    batch = _frames.take_batch(outbox, entry_cost, budget)
+                    await context.write(pb.ServerFrame(replies=[reply for reply, _ in batch]))
+                    session.written(sum(cost for _, cost in batch))
         finally:
             session.closed = True
             self._sessions.discard(session)
@@ -300,6 +310,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     hosting.dispatch(call, session)
                 if self.registration is not None:
                     self.registration.load_changed()
+                if not session.room.is_set():
+                    log.debug("session backlog %d bytes over %d: not reading its calls until it drains",
+                              session.backlog, session.budget)
+                    await session.room.wait()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server

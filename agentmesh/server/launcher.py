@@ -16,7 +16,8 @@ from ._service import AgentServer
 
 log = logging.getLogger("agentmesh.server")
 
-_SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_workers",
+_SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_result_bytes",
+                   "session_backlog_bytes", "max_fetch_waiters", "max_classes", "max_class_bytes", "max_workers",
                    "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
                    "advertise_host", "fence_after")
 
