@@ -60,7 +60,7 @@ class Runtime:
 
     @property
     def token(self) -> str:
-        """The token this process sends: the configured one, else one made up for its children."""
+        """The token child servers of this process hold: the configured one, else one made up for them."""
         return self.settings.token or self._generated_token
 
     def _dialing(self) -> Dialing:
