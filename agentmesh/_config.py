@@ -32,6 +32,7 @@ ENVIRONMENT = {
     "etcd_ca": "AGENTMESH_ETCD_CA",
     "etcd_cert": "AGENTMESH_ETCD_CERT",
     "etcd_key": "AGENTMESH_ETCD_KEY",
+    "insecure": "AGENTMESH_INSECURE",
 }
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
@@ -41,6 +42,16 @@ ENV_LOG_LEVEL = "AGENTMESH_LOG_LEVEL"
 def env(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """An AGENTMESH_* variable; empty counts as unset."""
     return (os.environ if environ is None else environ).get(name) or default
+
+
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """An AGENTMESH_* on/off variable: 1/true/yes is on, 0/false/no or unset is off, anything else a ValueError."""
+    value = (env(name, "", environ) or "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise ValueError(f"{name}={value!r} is neither on (1, true, yes) nor off (0, false, no)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,12 +72,15 @@ class Settings:
     etcd_ca: str | None = None       # etcd client TLS: CA, and client certificate and key for etcd mTLS
     etcd_cert: str | None = None
     etcd_key: str | None = None
+    #: dial agent servers at network (non-loopback) addresses in plaintext; off: refused, TLS is required
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Defaults, overridden by the AGENTMESH_* variables that are set."""
-        values = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
+        values: dict[str, Any] = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
         values["namespace"] = values["namespace"] or "default"
+        values["insecure"] = env_flag(ENVIRONMENT["insecure"], environ)
         return cls(**values)
 
     def replace(self, **options: Any) -> "Settings":
@@ -79,12 +93,16 @@ class Settings:
         return updated
 
     def check(self) -> None:
-        """ValueError for a certificate without its key (or the reverse) and for unreadable files."""
+        """ValueError for a certificate without its key (or the reverse), TLS without a CA, unreadable files."""
         _tls.require_pair(self.tls_cert, self.tls_key, "tls_cert and tls_key (AGENTMESH_TLS_CERT and "
                                                        "AGENTMESH_TLS_KEY) for a client certificate")
         _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (--etcd-cert and --etcd-key, "
                                                          "AGENTMESH_ETCD_CERT and AGENTMESH_ETCD_KEY) for an "
                                                          "etcd client certificate")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError(f"agentmesh TLS: a client certificate (tls_cert={self.tls_cert}) needs tls_ca "
+                             f"(AGENTMESH_TLS_CA), the CA that agent servers' certificates must chain to: "
+                             f"agentmesh never trusts the system's public roots for agent servers")
         for path, what in ((self.tls_ca, "CA certificate"), (self.tls_cert, "certificate"),
                            (self.tls_key, "private key")):
             if path:

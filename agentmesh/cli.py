@@ -19,10 +19,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from . import _tls
 from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
                       Settings, env)
+from ._runtime import Runtime, set_default_runtime
 from ._version import __version__
 from .discovery import keys
 from .etcd import EtcdClient, EtcdError, redact_url
-from .server.launcher import check_exposure, serve_forever
+from .server.launcher import check_exposure, require_dial_ca, serve_forever
 from .testing import EtcdProcess, free_port
 
 log = logging.getLogger("agentmesh")
@@ -58,23 +59,28 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """This command's settings: the environment's, with the --etcd-ca/--etcd-cert/--etcd-key flags."""
+def _settings(args: argparse.Namespace, **options: object) -> Settings:
+    """This command's settings: the environment's, with the --etcd-ca/--etcd-cert/--etcd-key flags and options."""
     try:
-        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key)
+        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
+                                           **options)
     except ValueError as exc:
         raise SystemExit(f"agentmesh: {exc}") from None
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     token = args.token or env(ENVIRONMENT["token"])
-    _settings(args)
     try:
         tls = _tls.ServerTLS.from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
         check_exposure(args.host, token, tls is not None, args.insecure,
                        tls_client_auth=tls is not None and tls.mutual)
+        if tls is not None:
+            require_dial_ca(tls.cert, args.tls_ca or tls.client_ca)
     except ValueError as exc:
         raise SystemExit(f"agentmesh server: {exc}") from None
+    # AGENTMESH_TLS_CERT/_KEY are this command's server certificate (--tls-cert), which serve_forever also
+    # makes its client certificate; the runtime starts without them so the CA check sees the right pair.
+    set_default_runtime(Runtime(_settings(args, tls_cert=None, tls_key=None, tls_ca=args.tls_ca)))
     mode = "mutual TLS" if tls is not None and tls.mutual else "TLS" if tls is not None else "plaintext"
     classes = [_load_class(spec) for spec in args.agent_class]
     return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
@@ -82,8 +88,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                          max_message_size=args.max_message_size, registry=args.registry,
                          namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         tls_client_ca=args.tls_client_ca, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
-                         etcd_key=args.etcd_key,
+                         tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
+                         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
                          on_ready=lambda port, sid: log.warning(
                              "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
 
@@ -231,8 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-client-ca", default=env(ENV_TLS_CLIENT_CA),
                         metavar="PEM", help="require client certificates signed by this CA: mutual TLS "
                                             "(default: AGENTMESH_TLS_CLIENT_CA)")
+    server.add_argument("--tls-ca", default=env(ENVIRONMENT["tls_ca"]), metavar="PEM",
+                        help="CA that other servers' certificates chain to, for this server's own calls "
+                             "(placeholder fetches, proxies in its agents) (default: AGENTMESH_TLS_CA, "
+                             "else --tls-client-ca); needed with --tls-cert")
     server.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback address with neither token nor mutual TLS")
+                        help="allow a non-loopback --host without TLS, or without a token or mutual TLS "
+                             "(with a warning: anyone on the network could read the calls, or run code); "
+                             "this server's own calls may then use plaintext to network addresses too")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from agentmesh._tls import Pem, channel_credentials, require_pair
+from agentmesh._tls import Pem, etcd_credentials, require_pair
 from agentmesh.etcdv3 import etcd_pb2 as pb
 
 from ._auth import Auth
@@ -38,7 +38,7 @@ class EtcdClient:
             raise ValueError("timeout must be positive")
         require_pair(cert, key, "cert and key for a client certificate")
         self.tls = bool(tls or url_tls or ca_cert is not None or cert is not None)
-        credentials = channel_credentials(ca_cert, cert, key) if self.tls else None
+        credentials = etcd_credentials(ca_cert, cert, key) if self.tls else None
         self._endpoints = Endpoints(targets, float(timeout), credentials)
         self._auth = Auth(self._endpoints, user, password)
         self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
