@@ -38,8 +38,11 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     and ``tls_key`` (this process's certificate, for servers that require
     client certificates); ``etcd_ca``, ``etcd_cert``, ``etcd_key`` for the
     registry. They start from ``AGENTMESH_TLS_CA``/``_CERT``/``_KEY`` and
-    ``AGENTMESH_ETCD_CA``/``_CERT``/``_KEY``; a certificate without its key
-    or an unreadable file is a ValueError.
+    ``AGENTMESH_ETCD_CA``/``_CERT``/``_KEY``; a certificate without its key,
+    a certificate without ``tls_ca`` (the system's roots are never trusted)
+    or an unreadable file is a ValueError. ``insecure=True``
+    (``AGENTMESH_INSECURE=1``) allows plaintext to network addresses, which is
+    otherwise refused.
     """
     runtime = default_runtime()
     env = Settings.from_env()

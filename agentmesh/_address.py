@@ -18,6 +18,12 @@ def format_address(host: str, port: int | str | None) -> str:
     return f"{host}:{port}"
 
 
+def host_of(address: str) -> str:
+    """The host of a "host:port" address (an IPv6 host without its brackets)."""
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 or address.startswith("[") else address
+    return host.strip("[]")
+
+
 def is_loopback(host: str) -> bool:
     """True when host only listens on this machine."""
     if host in ("localhost", "ip6-localhost"):

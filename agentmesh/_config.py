@@ -53,6 +53,7 @@ ENVIRONMENT = {
     "etcd_key": "AGENTMESH_ETCD_KEY",
     "token_file": "AGENTMESH_TOKEN_FILE",
     "etcd_password_file": "AGENTMESH_ETCD_PASSWORD_FILE",
+    "insecure": "AGENTMESH_INSECURE",
 }
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
@@ -90,6 +91,14 @@ def read_secret(path: str, what: str = "token file") -> str:
         log.warning("agentmesh: %s %s is accessible to group or others (mode %03o); run chmod 600 %s",
                     what, path, mode & 0o777, path)
     return secret
+def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """An AGENTMESH_* on/off variable: 1/true/yes is on, 0/false/no or unset is off, anything else a ValueError."""
+    value = (env(name, "", environ) or "").strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("", "0", "false", "no"):
+        return False
+    raise ValueError(f"{name}={value!r} is neither on (1, true, yes) nor off (0, false, no)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +120,15 @@ class Settings:
     etcd_cert: str | None = None
     etcd_key: str | None = None
     etcd_password: str | None = dataclasses.field(default=None, repr=False)  # of the registry URL's user
+    #: dial agent servers at network (non-loopback) addresses in plaintext; off: refused, TLS is required
+    insecure: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Defaults, overridden by the AGENTMESH_* variables that are set (secret files read now)."""
-        values = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
+        values: dict[str, Any] = {field: env(name, environ=environ) for field, name in ENVIRONMENT.items()}
         values["namespace"] = values["namespace"] or "default"
+        values["insecure"] = env_flag(ENVIRONMENT["insecure"], environ)
         return cls(**_read_secret_files(values, from_env=True))
 
     def replace(self, **options: Any) -> "Settings":
@@ -133,7 +145,8 @@ class Settings:
         return updated
 
     def check(self) -> None:
-        """ValueError for a registry without a token, a certificate without its key (or the reverse), unreadable files."""
+        """ValueError for a registry without a token, a certificate without its key (or the reverse), TLS
+        without a CA, unreadable files."""
         if self.registry and not self.token:
             raise ValueError("agentmesh: a registry (registry=, AGENTMESH_REGISTRY) needs the namespace token "
                              "(token=, AGENTMESH_TOKEN_FILE or AGENTMESH_TOKEN): registry records are signed with "
@@ -143,6 +156,10 @@ class Settings:
         _tls.require_pair(self.etcd_cert, self.etcd_key, "etcd_cert and etcd_key (--etcd-cert and --etcd-key, "
                                                          "AGENTMESH_ETCD_CERT and AGENTMESH_ETCD_KEY) for an "
                                                          "etcd client certificate")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError(f"agentmesh TLS: a client certificate (tls_cert={self.tls_cert}) needs tls_ca "
+                             f"(AGENTMESH_TLS_CA), the CA that agent servers' certificates must chain to: "
+                             f"agentmesh never trusts the system's public roots for agent servers")
         for path, what in ((self.tls_ca, "CA certificate"), (self.tls_cert, "certificate"),
                            (self.tls_key, "private key")):
             if path:

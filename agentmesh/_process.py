@@ -24,9 +24,10 @@ from ._config import ENVIRONMENT
 log = logging.getLogger("agentmesh.server")
 
 READY_PREFIX = "AGENTMESH_READY"
-#: variables a server process takes from its configuration instead (secrets and TLS files)
+#: variables a server process takes from its configuration instead (secrets, TLS files, insecure)
 _CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("token", "token_file", "tls_ca", "tls_cert", "tls_key",
-                                                            "etcd_ca", "etcd_cert", "etcd_key", "etcd_password_file"))
+                                                            "etcd_ca", "etcd_cert", "etcd_key", "etcd_password_file",
+                                                            "insecure"))
 ERROR_PREFIX = "AGENTMESH_ERROR"
 
 

@@ -67,29 +67,31 @@ class Runtime:
         s = self.settings
         return Dialing(token=s.token, max_message_size=s.max_message_size, connect_timeout=s.connect_timeout,
                        tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
-                       plaintext=self.children.is_plaintext, namespace=s.namespace, child_token=self.token,
-                       child_namespace=self.children.namespace_of)
+                       plaintext=self.children.is_plaintext, insecure=s.insecure, namespace=s.namespace,
+                       child_token=self.token, child_namespace=self.children.namespace_of)
 
     def _child_config(self) -> dict[str, Any]:
-        """How to start a child server: loopback, this runtime's token and, with a certificate, its TLS.
+        """How to start a child server: loopback, plaintext, this runtime's token; its own calls like ours.
 
-        Children serve TLS with this process's certificate (which must then name
-        127.0.0.1) and make their own calls like it; a process with only a CA
-        gets plaintext children.
+        A child serves no certificate (this process's may be a client-only one):
+        it lists its port in the pool's roster, so this process and its other
+        children dial it in plaintext, and dials everyone else as we do, with
+        our CA and our certificate as its client certificate.
         """
         s = self.settings.absolute()
         config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
                                   "namespace": s.namespace,
-                                  "max_message_size": s.max_message_size, "lifeline": True}
+                                  "max_message_size": s.max_message_size, "lifeline": True,
+                                  "roster": self.children.roster(), "tls_ca": s.tls_ca, "insecure": s.insecure}
         if s.tls_cert and s.tls_key:
-            config.update(tls_cert=s.tls_cert, tls_key=s.tls_key, tls_ca=s.tls_ca)
+            config.update(client_cert=s.tls_cert, client_key=s.tls_key)
         return config
 
     def process_options(self) -> dict[str, Any]:
         """What a server process started from here needs to make its own calls like this process."""
         s = self.settings.absolute()
-        return {"tls_ca": s.tls_ca, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert, "etcd_key": s.etcd_key,
-                "etcd_password": s.etcd_password}
+        return {"tls_ca": s.tls_ca, "insecure": s.insecure, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert,
+                "etcd_key": s.etcd_key, "etcd_password": s.etcd_password}
 
     # -- calls ---------------------------------------------------------------
     def next_call_id(self) -> str:

@@ -90,6 +90,19 @@ def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors
                agent_id=agent_id, method=method)
 
 
+def _tls_hint(detail: str) -> str:
+    """What a failed connection's detail most likely means for TLS, or ""."""
+    if "unsupported certificate purpose" in detail:
+        return (" (its certificate is not a server certificate: it lacks extendedKeyUsage serverAuth, e.g. "
+                "a client certificate; serve with a server certificate such as make-local-ca's server.crt)")
+    if "Hostname Verification" in detail:
+        return (" (its certificate does not name the address dialled: issue it for that host, e.g. "
+                "scripts/make-local-ca --host NAME)")
+    if "Socket closed" in detail or "handshake" in detail.lower():
+        return " (does one side use TLS and the other not? see tls_ca / tls_cert)"
+    return ""
+
+
 def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> errors.AgentMeshError:
     """The agentmesh error an RPC failure means: the server's status if it gave one, else the transport's."""
     code = exc.code()
@@ -109,9 +122,8 @@ def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> errors.Agen
             return cls(f"agent server {address} refused {what}: {detail}")
         return cls(f"agent server {address}: {detail}")
     if code in _TRANSPORT:
-        hint = (" (does one side use TLS and the other not? see tls_ca / tls_cert)"
-                if "Socket closed" in detail or "handshake" in detail.lower() else "")
-        return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}{hint}")
+        return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}"
+                                             f"{_tls_hint(detail)}")
     if code == S.RESOURCE_EXHAUSTED:     # gRPC's own message size limit
         return errors.MessageTooLargeError(f"agent server {address}: {detail}")
     return errors.AgentMeshError(f"agent server {address} ({what}): {code.name}: {detail}")

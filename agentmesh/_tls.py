@@ -75,10 +75,28 @@ def check_ca(path: str, what: str) -> None:
                          f"{exc.reason or exc}") from None
 
 
-def channel_credentials(ca: Pem | None = None, cert: Pem | None = None,
+def channel_credentials(ca: Pem | None, cert: Pem | None = None,
                         key: Pem | None = None) -> grpc.ChannelCredentials:
-    """Client credentials: verify the peer with ca (None: the system's roots), present cert/key if given."""
+    """Client credentials for agent servers: verify the peer with the pinned ca (required), present cert/key if given.
+
+    Without a CA gRPC would trust the system's public roots: any certificate a
+    public CA issued for the name would pass, so agentmesh refuses instead.
+    """
+    if not ca:
+        raise ValueError("agentmesh TLS: TLS to agent servers needs tls_ca (AGENTMESH_TLS_CA), the CA their "
+                         "certificates must chain to; agentmesh never trusts the system's public roots for them")
     require_pair(cert, key, "a client certificate and its key")
+    return _credentials(ca, cert, key)
+
+
+def etcd_credentials(ca: Pem | None = None, cert: Pem | None = None,
+                     key: Pem | None = None) -> grpc.ChannelCredentials:
+    """etcd client credentials: verify etcd with ca, else the system's roots (a managed etcd); cert/key if given."""
+    require_pair(cert, key, "a client certificate and its key")
+    return _credentials(ca, cert, key)
+
+
+def _credentials(ca: Pem | None, cert: Pem | None, key: Pem | None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         root_certificates=read_pem(ca, "CA certificate") if ca is not None else None,
         private_key=read_pem(key, "private key") if key is not None else None,

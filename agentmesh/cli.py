@@ -23,7 +23,7 @@ from ._runtime import Runtime, set_default_runtime
 from ._version import __version__
 from .discovery import keys
 from .etcd import EtcdClient, EtcdError, redact_url
-from .server.launcher import check_exposure, serve_forever
+from .server.launcher import check_exposure, require_dial_ca, serve_forever
 from .testing import start_dev_registry
 
 log = logging.getLogger("agentmesh")
@@ -59,16 +59,15 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
     return labels
 
 
-def _settings(args: argparse.Namespace, **secrets: str | None) -> Settings:
-    """This command's settings: the environment's, with the etcd flags (and ``secrets`` the command was given)."""
+def _settings(args: argparse.Namespace, **options: object) -> Settings:
+    """This command's settings: the environment's, with the etcd flags and the options the command gives."""
     if args.registry and redact_url(args.registry) != args.registry:
         log.warning("agentmesh: the --registry URL holds a password, which every local user can read in the "
                     "process list; put it in a 0600 file and give AGENTMESH_ETCD_PASSWORD_FILE or "
                     "--etcd-password-file instead")
     try:
         return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                                           etcd_password_file=args.etcd_password_file,
-                                           **{key: value for key, value in secrets.items() if value})
+                                           etcd_password_file=args.etcd_password_file, **options)
     except ValueError as exc:
         raise SystemExit(f"agentmesh: {exc}") from None
 
@@ -80,13 +79,18 @@ def cmd_server(args: argparse.Namespace) -> int:
                     "AGENTMESH_TOKEN_FILE instead")
     if args.token and args.token_file:
         raise SystemExit("agentmesh server: both --token and --token-file were given; give one")
-    settings = _settings(args, token=args.token, token_file=args.token_file)
+    secrets = {name: value for name, value in (("token", args.token), ("token_file", args.token_file)) if value}
+    # AGENTMESH_TLS_CERT/_KEY are this command's server certificate (--tls-cert), which serve_forever also
+    # makes its client certificate; the runtime starts without them so the CA check sees the right pair.
+    settings = _settings(args, tls_cert=None, tls_key=None, tls_ca=args.tls_ca, **secrets)
     set_default_runtime(Runtime(settings))   # the server's runtime: secret files are not read a second time
     token = settings.token
     try:
         tls = _tls.ServerTLS.from_options(args.tls_cert, args.tls_key, args.tls_client_ca)
         check_exposure(args.host, token, tls is not None, args.insecure,
                        tls_client_auth=tls is not None and tls.mutual)
+        if tls is not None:
+            require_dial_ca(tls.cert, args.tls_ca or tls.client_ca)
     except ValueError as exc:
         raise SystemExit(f"agentmesh server: {exc}") from None
     mode = "mutual TLS" if tls is not None and tls.mutual else "TLS" if tls is not None else "plaintext"
@@ -96,8 +100,9 @@ def cmd_server(args: argparse.Namespace) -> int:
                          max_message_size=args.max_message_size, registry=args.registry,
                          namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         tls_client_ca=args.tls_client_ca, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
-                         etcd_key=args.etcd_key, etcd_password=settings.etcd_password,
+                         tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
+                         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
+                         etcd_password=settings.etcd_password,
                          on_ready=lambda port, sid: log.warning(
                              "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
 
@@ -264,8 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--tls-client-ca", default=env(ENV_TLS_CLIENT_CA),
                         metavar="PEM", help="require client certificates signed by this CA: mutual TLS "
                                             "(default: AGENTMESH_TLS_CLIENT_CA)")
+    server.add_argument("--tls-ca", default=env(ENVIRONMENT["tls_ca"]), metavar="PEM",
+                        help="CA that other servers' certificates chain to, for this server's own calls "
+                             "(placeholder fetches, proxies in its agents) (default: AGENTMESH_TLS_CA, "
+                             "else --tls-client-ca); needed with --tls-cert")
     server.add_argument("--insecure", action="store_true",
-                        help="allow a non-loopback address with neither token nor mutual TLS")
+                        help="allow a non-loopback --host without TLS, or without a token or mutual TLS "
+                             "(with a warning: anyone on the network could read the calls, or run code); "
+                             "this server's own calls may then use plaintext to network addresses too")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)

@@ -157,7 +157,8 @@ class ServerProc:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", host.ns, PYTHON, "-m", "agentmesh.cli", "--log-level", "INFO",
              "server", "--host", host.ns_ip, "--port", "0", "--registry", etcd_url,
-             "--namespace", namespace, "--capacity", "8", "--token", TOKEN, "--ttl", "2"],
+             "--namespace", namespace, "--capacity", "8", "--token", TOKEN, "--ttl", "2",
+             "--insecure"],   # plaintext on a network address: these hosts exist only inside this machine
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []

@@ -65,10 +65,15 @@ def etcd_on_veths(hosts):
 
 @pytest.fixture
 def configured(etcd_on_veths, namespace):
-    """This process placing through that etcd with the shared token, in a runtime of its own."""
+    """This process placing through that etcd with the shared token, in a runtime of its own.
+
+    The servers listen in plaintext on the namespaces' addresses (--insecure), so this process dials
+    them with insecure=True: without it, plaintext to a non-loopback address is refused.
+    """
     from agentmesh.testing import fresh_runtime
 
-    with fresh_runtime(registry=etcd_on_veths.url, namespace=namespace, token=TOKEN) as runtime:
+    with fresh_runtime(registry=etcd_on_veths.url, namespace=namespace, token=TOKEN,
+                       insecure=True) as runtime:
         yield etcd_on_veths, runtime
 
 

@@ -2,6 +2,7 @@
 
 Certificates come from scripts/make-local-ca (openssl). Every test that
 changes TLS settings does so in a runtime of its own (tls_settings).
+Who may serve, the pinned CA and plaintext on the network: test_tls_identity.py.
 """
 from __future__ import annotations
 
@@ -11,11 +12,9 @@ import re
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import agentmesh
 from agentmesh import Msg, RpcAgentServerLauncher
@@ -23,70 +22,13 @@ from agentmesh._config import Settings
 from agentmesh._tls import ServerTLS
 from agentmesh.errors import ServerUnavailableError
 from agentmesh.server.launcher import check_exposure
-from agentmesh.testing import fresh_runtime
 from conftest import MESH_TOKEN, PYTHON, ROOT, wait_until
 from sample_agents import Echo
+from tls_helpers import (  # noqa: F401 - certs, other_certs and tls_settings are fixtures
+    TOKEN, certs, health, other_certs, read, tls_server, tls_settings,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
-
-TOKEN = "tls-test-token"
-
-
-def make_ca(folder: Path) -> dict[str, str]:
-    out = subprocess.run([os.path.join(ROOT, "scripts", "make-local-ca"), str(folder)],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "--tls-client-ca" in out.stdout and "AGENTMESH_TLS_CA" in out.stdout
-    names = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key")
-    return {name: str(folder / name) for name in names}
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> dict[str, str]:
-    return make_ca(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def other_certs(tmp_path_factory) -> dict[str, str]:
-    """A second, unrelated CA: its certificates must not be accepted."""
-    return make_ca(tmp_path_factory.mktemp("other-pki"))
-
-
-@pytest.fixture
-def tls_settings(servers):
-    """tls_settings(tls_ca=..., ...) sets the settings of a runtime of the test's own (the default meanwhile).
-
-    Depends on ``servers`` so it is torn down first: the runtime closes (its
-    sessions, agents and child servers) before the servers drain.
-    ``tls_settings.runtime`` is that runtime.
-    """
-    with fresh_runtime() as runtime:
-        def configure(**values: str | None) -> None:
-            runtime.configure(**values)
-
-        configure.runtime = runtime
-        yield configure
-
-
-def tls_server(servers, certs, mutual: bool = False, **kwargs) -> RpcAgentServerLauncher:
-    return servers(capacity=16, tls_cert=certs["server.crt"], tls_key=certs["server.key"],
-                   tls_client_ca=certs["ca.crt"] if mutual else None, **kwargs)
-
-
-def health(port: int, credentials: grpc.ChannelCredentials | None) -> str:
-    address = f"127.0.0.1:{port}"
-    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
-    with channel:
-        try:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        except grpc.RpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -120,8 +62,9 @@ def test_in_process_tls_server(tls_settings, certs):
 
 
 def test_plaintext_client_to_tls_server_fails_clearly(servers, tls_settings, certs):
-    tls_settings(tls_ca=None, tls_cert=None, tls_key=None)
-    secure = tls_server(servers, certs)
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
+    secure = tls_server(servers, certs)            # its own calls verify peers with the CA
+    tls_settings(tls_ca=None)
     start = time.monotonic()
     with pytest.raises(ServerUnavailableError) as info:
         Echo("E").to_dist(host="127.0.0.1", port=secure.port)
@@ -137,8 +80,9 @@ def test_plaintext_client_to_tls_server_fails_clearly(servers, tls_settings, cer
 
 
 def test_a_certificate_from_another_ca_is_refused(servers, tls_settings, certs, other_certs):
-    tls_settings(tls_ca=other_certs["ca.crt"], tls_cert=None, tls_key=None)
+    tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
     secure = tls_server(servers, certs)
+    tls_settings(tls_ca=other_certs["ca.crt"])
     with pytest.raises(ServerUnavailableError):
         Echo("E").to_dist(host="127.0.0.1", port=secure.port)
 
@@ -179,38 +123,48 @@ def test_mutual_tls_with_a_token(servers, tls_settings, certs):
         Echo("E").to_dist(host="127.0.0.1", port=secure2.port)
 
 
-def test_child_servers_use_the_process_certificate(tls_settings, certs, servers):
-    """A process with a certificate talks TLS to everyone, its own child servers included."""
+def test_child_servers_of_a_process_with_a_client_certificate(tls_settings, certs, servers):
+    """Children listen in plaintext on loopback (a client certificate cannot serve), reach each other in
+    plaintext through the roster, and reach TLS servers with the process's CA and client certificate."""
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"])
+    children = tls_settings.runtime.children
     a, b = Echo("A").to_dist(), Echo("B").to_dist()
+    assert children.is_plaintext(a.server) and not children.is_plaintext("127.0.0.1:1")
     assert b.reply(a.reply(Msg("u", "c"))).content == {"count": 1, "got": {"count": 1, "got": "c"}}
-    address = a.server
-    assert health(int(address.rsplit(":", 1)[1]), None) == "UNAVAILABLE"     # they speak TLS only
+    assert health(int(a.server.rsplit(":", 1)[1]), None) == "SERVING"      # plaintext, on loopback
+    remote = tls_server(servers, certs, mutual=True)
+    r = Echo("R").to_dist(host="127.0.0.1", port=remote.port)
+    # A placeholder from the mTLS server, fetched by a child with the process's client certificate.
+    assert a.reply(r.reply(Msg("u", "m"))).content == {"count": 2, "got": {"count": 1, "got": "m"}}
 
 
 def test_a_process_with_only_a_ca_has_plaintext_children(tls_settings, certs, servers):
-    """Children of a process without a certificate listen in plaintext (loopback, token);
-    channels to them skip TLS (the child pool's is_plaintext)."""
+    """Children of a process without a certificate listen in plaintext too, and dial TLS servers with its CA."""
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
     children = tls_settings.runtime.children
     a, b = Echo("A").to_dist(), Echo("B").to_dist()
     assert children.is_plaintext(a.server) and not children.is_plaintext("127.0.0.1:1")
     assert b.reply(a.reply(Msg("u", "p"))).content == {"count": 1, "got": {"count": 1, "got": "p"}}
     secure = tls_server(servers, certs)               # remote servers still get TLS
-    assert Echo("R").to_dist(host="127.0.0.1", port=secure.port).ping("r") == "r"
+    r = Echo("R").to_dist(host="127.0.0.1", port=secure.port)
+    assert r.ping("r") == "r"
+    assert a.reply(r.reply(Msg("u", "t"))).content == {"count": 2, "got": {"count": 1, "got": "t"}}
 
 
 # -- exposure ---------------------------------------------------------------------------------
 def test_exposure_rules():
     check_exposure("127.0.0.1", None, False, False)                          # loopback: fine
-    check_exposure("0.0.0.0", TOKEN, False, False)                            # token
+    check_exposure("::1", TOKEN, False, False)
     check_exposure("0.0.0.0", None, True, False, tls_client_auth=True)      # mutual TLS
     check_exposure("0.0.0.0", TOKEN, True, False)                             # TLS + token
-    with pytest.raises(ValueError, match="without a token or mutual TLS"):
+    with pytest.raises(ValueError, match="on 0.0.0.0 without TLS: the token and every call"):
+        check_exposure("0.0.0.0", TOKEN, False, False)                        # a token alone: plaintext
+    with pytest.raises(ValueError, match="without a token or mutual TLS, and without TLS"):
         check_exposure("0.0.0.0", None, False, False)
     with pytest.raises(ValueError, match="TLS but neither a token nor a client CA"):
         check_exposure("0.0.0.0", None, True, False)
     check_exposure("0.0.0.0", None, True, True)                               # --insecure: a warning
+    check_exposure("10.1.2.3", TOKEN, False, True)
 
 
 def test_wildcard_address_with_mutual_tls_and_no_token_starts(servers, tls_settings, certs):
@@ -246,6 +200,8 @@ def test_bad_tls_files_are_refused_clearly(tmp_path, certs, other_certs, tls_set
         agentmesh.init(tls_cert=certs["client.crt"], tls_key=None)
     with pytest.raises(ValueError, match="cannot read"):
         agentmesh.init(tls_ca=str(tmp_path / "missing-ca.crt"))
+    with pytest.raises(ValueError, match=r"needs tls_ca \(AGENTMESH_TLS_CA\)"):    # a certificate, no CA
+        agentmesh.init(tls_ca=None, tls_cert=certs["client.crt"], tls_key=certs["client.key"])
     settings = tls_settings.runtime.settings
     assert settings.tls_ca is None or os.path.exists(settings.tls_ca)
 
@@ -259,6 +215,13 @@ def test_settings_from_environment(monkeypatch, certs):
     from_env = Settings.from_env()
     for env, field in names.items():
         assert getattr(from_env, field) == f"/pki/{env.lower()}.pem"
+    assert from_env.insecure is False
+    for value, insecure in (("1", True), ("true", True), ("YES", True), ("0", False), ("no", False)):
+        monkeypatch.setenv("AGENTMESH_INSECURE", value)
+        assert Settings.from_env().insecure is insecure
+    monkeypatch.setenv("AGENTMESH_INSECURE", "maybe")
+    with pytest.raises(ValueError, match="AGENTMESH_INSECURE='maybe' is neither on"):
+        Settings.from_env()
     settings = Settings(etcd_ca=certs["ca.crt"], etcd_cert=certs["client.crt"], etcd_key=certs["client.key"])
     assert settings.etcd_options() == {"ca_cert": certs["ca.crt"], "cert": certs["client.crt"],
                                        "key": certs["client.key"]}
@@ -289,9 +252,14 @@ def test_cli_server_with_mutual_tls(procs, tls_settings, certs):
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"], token=None)
     assert Echo("E").to_dist(host="127.0.0.1", port=port).ping("cli") == "cli"
 
-    # From the environment: AGENTMESH_TLS_CERT/KEY make `agentmesh server` speak TLS.
-    _, env_port, env_mode = _cli_server(procs, "--port", "0", env={
-        "AGENTMESH_TLS_CERT": certs["server.crt"], "AGENTMESH_TLS_KEY": certs["server.key"]})
+    # From the environment: AGENTMESH_TLS_CERT/KEY make `agentmesh server` speak TLS, AGENTMESH_TLS_CA is
+    # what its own calls verify peers with; without a CA it refuses to start.
+    tls_env = {"AGENTMESH_TLS_CERT": certs["server.crt"], "AGENTMESH_TLS_KEY": certs["server.key"]}
+    no_ca = procs([PYTHON, "-m", "agentmesh.cli", "server", "--port", "0"], stderr=subprocess.PIPE, text=True,
+                  env={**tls_env, "AGENTMESH_TLS_CA": ""})
+    _, err = no_ca.communicate(timeout=20)
+    assert no_ca.returncode != 0 and "tls_ca (--tls-ca, AGENTMESH_TLS_CA)" in err, err
+    _, env_port, env_mode = _cli_server(procs, "--port", "0", env={**tls_env, "AGENTMESH_TLS_CA": certs["ca.crt"]})
     assert env_mode == "TLS"
     assert Echo("E").to_dist(host="127.0.0.1", port=env_port).ping("env") == "env"
 

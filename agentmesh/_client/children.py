@@ -1,10 +1,25 @@
-"""Child mode: a few local server processes shared by every child-mode agent of a runtime."""
+"""Child mode: a few local server processes shared by every child-mode agent of a runtime.
+
+Child servers listen on loopback in plaintext, behind their parent's token:
+they need no server certificate, which a client process does not have. Each
+lists its port in a private folder of its parent's (the roster), so the
+parent and the other children know to dial it in plaintext, while every
+other address gets TLS when the process has it. The roster is written before
+the child reports ready, so it never lags behind a placement.
+"""
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import tempfile
 import threading
 from typing import Any, Callable
 
+from .._address import host_of, is_loopback
 from .._process import ServerProcess
+
+log = logging.getLogger("agentmesh")
 
 
 class ChildPool:
@@ -16,6 +31,24 @@ class ChildPool:
         self._lock = threading.Lock()
         self._children: list[ServerProcess] = []
         self._placed: dict[ServerProcess, int] = {}
+        self._roster: str | None = None
+        self._roster_lock = threading.Lock()   # roster() runs inside _start, which holds _lock
+        #: in a child server: the roster of its parent's children, its siblings (None elsewhere)
+        self.siblings: str | None = None
+
+    def roster(self) -> str:
+        """The private folder (0700) where this pool's children list their ports; made on first use."""
+        with self._roster_lock:
+            if self._roster is None:
+                self._roster = tempfile.mkdtemp(prefix="agentmesh-children-")
+                log.debug("child servers list their ports in %s", self._roster)
+            return self._roster
+
+    def join(self, roster: str, port: int) -> None:
+        """In a child server: list its own port in its parent's roster and dial its siblings in plaintext."""
+        self.siblings = roster
+        with open(os.path.join(roster, str(port)), "w"):
+            pass
 
     @property
     def processes(self) -> list[ServerProcess]:
@@ -35,6 +68,7 @@ class ChildPool:
             for dead in [c for c in self._children if not c.alive]:
                 self._children.remove(dead)
                 self._placed.pop(dead, None)
+                self._unlist(dead)
             wanted = self._size()
             if len(self._children) < wanted:   # first use, or replacing a dead child
                 self._start(wanted - len(self._children))
@@ -60,13 +94,29 @@ class ChildPool:
         return None
 
     def is_plaintext(self, address: str) -> bool:
-        """True for a child of this pool that listens without TLS (loopback, behind a token)."""
-        return any(child.address == address and not child.config.get("tls_cert") for child in self.processes)
+        """True for a child of this pool, or a sibling of this child server: loopback, plaintext, behind a token."""
+        if any(child.address == address for child in self.processes):
+            return True
+        if self.siblings is None or not is_loopback(host_of(address)):
+            return False
+        return os.path.exists(os.path.join(self.siblings, address.rsplit(":", 1)[-1]))
+
+    def _unlist(self, child: ServerProcess) -> None:
+        """Take a dead child's port off the roster, so nobody dials whatever listens there next in plaintext."""
+        if self._roster is not None and child.port:
+            try:
+                os.unlink(os.path.join(self._roster, str(child.port)))
+            except FileNotFoundError:
+                pass
 
     def stop(self) -> None:
-        """Stop every child now (their agents end with them)."""
+        """Stop every child now (their agents end with them) and remove the roster."""
         with self._lock:
             children, self._children = self._children, []
             self._placed.clear()
+        with self._roster_lock:
+            roster, self._roster = self._roster, None
         for child in children:
             child.stop(timeout=3.0, drain=False)
+        if roster is not None:
+            shutil.rmtree(roster, ignore_errors=True)

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .. import _frames, _protocol, _status, _tls, _trust, errors
+from .._address import host_of, is_loopback
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
@@ -39,13 +40,20 @@ class Dialing:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    #: addresses dialled in plaintext even so: this process's own plaintext child servers
+    #: addresses dialled in plaintext even so: this process's child servers and their siblings (loopback)
     plaintext: Callable[[str], bool] = lambda address: False
+    #: plaintext to network (non-loopback) addresses is allowed; otherwise it is refused
+    insecure: bool = False
     namespace: str = "default"
     #: the token this process gave its child servers (its own, or one made up for them)
     child_token: str | None = None
     #: the namespace a child server of this process serves, given its address (None: not a child)
     child_namespace: Callable[[str], "str | None"] = lambda address: None
+
+    @property
+    def tls(self) -> bool:
+        """True when this process speaks TLS to agent servers."""
+        return bool(self.tls_ca or self.tls_cert)
 
     def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes | None]:
         """The namespace to claim at address and the key its server must prove it holds (None: no token)."""
@@ -56,11 +64,17 @@ class Dialing:
         return namespace, _namespace_key(self.token, namespace) if self.token else None
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        """An aio channel to address with agentmesh's options, TLS when configured."""
+        """An aio channel to address with agentmesh's options: TLS when configured, plaintext only where allowed."""
         options = _protocol.channel_options(self.max_message_size)
-        if (self.tls_ca or self.tls_cert) and not self.plaintext(address):
+        if self.tls and not self.plaintext(address):
             credentials = _tls.channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
             return grpc.aio.secure_channel(address, credentials, options=options)
+        if not self.insecure and not is_loopback(host_of(address)):
+            raise ValueError(
+                f"agentmesh: refusing to dial agent server {address} in plaintext: it is not a loopback address, "
+                f"so the calls would cross the network unencrypted to a server nobody verified. Use TLS "
+                f"(tls_ca=, AGENTMESH_TLS_CA, with a TLS server there), or insecure=True "
+                f"(AGENTMESH_INSECURE=1) if you really mean it")
         return grpc.aio.insecure_channel(address, options=options)
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 import grpc
 
-from agentmesh._tls import Pem, channel_credentials, require_pair
+from agentmesh._tls import Pem, etcd_credentials, require_pair
 from agentmesh.etcdv3 import etcd_pb2 as pb
 
 from ._auth import Auth
@@ -42,7 +42,7 @@ class EtcdClient:
             raise ValueError(f"an etcd password but no user for {self._scheme}://{','.join(targets)}: name the "
                              f"user in the registry URL ({self._scheme}://USER@{targets[0]}) or drop the password "
                              f"(AGENTMESH_ETCD_PASSWORD_FILE)")
-        credentials = channel_credentials(ca_cert, cert, key) if self.tls else None
+        credentials = etcd_credentials(ca_cert, cert, key) if self.tls else None
         self._endpoints = Endpoints(targets, float(timeout), credentials)
         #: the registry URL for messages: never the password
         self.url = f"{self._scheme}://{user + (':***' if password else '') + '@' if user else ''}{','.join(targets)}"

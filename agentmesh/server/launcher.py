@@ -23,13 +23,15 @@ _SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_r
 
 
 def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_client_auth: bool = False) -> None:
-    """Refuse to expose a server that does not authenticate its callers to the network unless told to.
+    """Refuse to expose a server to the network without TLS, or without authenticating its callers, unless told to.
 
-    A token or mutual TLS (``tls`` with ``tls_client_auth``: callers need a
-    certificate from the client CA) authenticates callers. TLS alone encrypts
-    but lets anyone connect, so it still needs a token.
+    On a network (non-loopback) address the traffic needs TLS: in plaintext
+    the token and every pickle cross readable and alterable, and callers
+    cannot tell this server from an impostor. Callers must also be
+    authenticated: by a token, or by mutual TLS (``tls`` with
+    ``tls_client_auth``: callers need a certificate from the client CA).
     """
-    if is_loopback(host) or token or (tls and tls_client_auth):
+    if is_loopback(host) or (tls and (token or tls_client_auth)):
         return
     if not insecure:
         if tls:
@@ -38,22 +40,42 @@ def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_
                 f"client certificates encrypts the traffic, yet anyone who can reach the port could run code "
                 f"on this machine. Give token= (--token, AGENTMESH_TOKEN) or tls_client_ca= "
                 f"(--tls-client-ca) for mutual TLS, or insecure=True (--insecure) if you really mean it")
+        if not token:
+            raise ValueError(
+                f"refusing to listen on {host} without a token or mutual TLS, and without TLS: anyone who can "
+                f"reach it could run code on this machine. Give tls_cert= and tls_key= (--tls-cert, --tls-key) "
+                f"with tls_client_ca= (--tls-client-ca) or token= (--token, AGENTMESH_TOKEN), or "
+                f"insecure=True (--insecure) if you really mean it")
         raise ValueError(
-            f"refusing to listen on {host} without a token or mutual TLS: anyone who can reach it could run "
-            f"code on this machine. Give token= (--token, AGENTMESH_TOKEN) or tls_cert=, tls_key= and "
-            f"tls_client_ca= (--tls-cert, --tls-key, --tls-client-ca), or insecure=True (--insecure) if you "
-            f"really mean it")
-    log.warning("INSECURE: agent server listening on %s with neither token nor mutual TLS; anyone who "
-                "can reach it can run code on this machine", host)
+            f"refusing to listen on {host} without TLS: the token and every call would cross the network in "
+            f"plaintext, readable and alterable on the way, and callers could not verify this server. Give "
+            f"tls_cert= and tls_key= (--tls-cert, --tls-key), or insecure=True (--insecure) if you really mean it")
+    missing = " and without ".join(what for what, absent in (("TLS", not tls), ("a token or mutual TLS", not token))
+                           if absent)
+    log.warning("INSECURE: agent server listening on %s without %s; anyone who can reach it can %s", host,
+                missing, "run code on this machine" if not token else "read and alter its traffic")
 
 
-def _process_settings(current: Settings, tls: _tls.ServerTLS | None, token: str | None, registry: str | None,
-                      namespace: str, tls_ca: str | None, etcd_ca: str | None, etcd_cert: str | None,
+def require_dial_ca(cert: str, ca: str | None) -> None:
+    """A server process whose own calls present cert needs a CA to verify peers: ValueError naming the remedy."""
+    if not ca:
+        raise ValueError(
+            f"agentmesh server: its own calls (placeholder fetches, proxies inside its agents) present {cert} "
+            f"and must verify the servers they reach, which needs the CA their certificates chain to: give "
+            f"tls_ca (--tls-ca, AGENTMESH_TLS_CA) or a client CA (tls_client_ca, --tls-client-ca); agentmesh "
+            f"never trusts the system's public roots")
+
+
+def _process_settings(current: Settings, tls: _tls.ServerTLS | None, *, token: str | None, registry: str | None,
+                      namespace: str, tls_ca: str | None, client_cert: str | None, client_key: str | None,
+                      insecure: bool, etcd_ca: str | None, etcd_cert: str | None,
                       etcd_key: str | None, etcd_password: str | None = None) -> dict[str, Any]:
     """The settings of a server process's own calls (placeholder fetches, proxies in agents, etcd).
 
-    The server's certificate doubles as its client certificate; peers are
-    verified with tls_ca, else the configured CA, else the client CA.
+    Its client certificate is client_cert (a child server's: its parent's),
+    else the server's own certificate; peers are verified with tls_ca, else
+    the configured CA, else the client CA, and with a certificate but none of
+    those it does not start (ValueError).
     """
     options: dict[str, Any] = {name: value for name, value in (("token", token), ("etcd_ca", etcd_ca),
                                                                  ("etcd_cert", etcd_cert), ("etcd_key", etcd_key),
@@ -62,10 +84,15 @@ def _process_settings(current: Settings, tls: _tls.ServerTLS | None, token: str 
     options["namespace"] = namespace        # its own calls are made in its namespace
     if registry and not current.registry:   # its own proxies and fetches follow the registry too
         options["registry"] = registry
-    if tls is not None:
-        options.update(tls_cert=tls.cert, tls_key=tls.key, tls_ca=tls_ca or current.tls_ca or tls.client_ca)
-    elif tls_ca:
-        options["tls_ca"] = tls_ca
+    cert, key = (client_cert, client_key) if client_cert else (tls.cert, tls.key) if tls else (None, None)
+    ca = tls_ca or current.tls_ca or (tls.client_ca if tls else None)
+    if cert:
+        require_dial_ca(cert, ca)
+        options.update(tls_cert=cert, tls_key=key)
+    if ca:
+        options["tls_ca"] = ca
+    if insecure:
+        options["insecure"] = True
     return options
 
 
@@ -73,25 +100,34 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
                   token: str | None = None, on_ready: Callable[[int, str], None] | None = None,
                   lifeline: Callable[[Callable[[str], None]], None] | None = None,
                   grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
-                  tls_client_ca: str | None = None, tls_ca: str | None = None, etcd_ca: str | None = None,
-                  etcd_cert: str | None = None, etcd_key: str | None = None, etcd_password: str | None = None,
+                  tls_client_ca: str | None = None, tls_ca: str | None = None, client_cert: str | None = None,
+                  client_key: str | None = None, insecure: bool = False, roster: str | None = None,
+                  etcd_ca: str | None = None, etcd_cert: str | None = None, etcd_key: str | None = None,
+                  etcd_password: str | None = None,
                   **options: Any) -> int:
     """Serve until SIGTERM, SIGINT or the lifeline says stop; returns the exit code (0 after a drain).
 
     tls_cert/tls_key: serve TLS (and use them as this process's client
-    certificate); tls_client_ca: require client certificates from that CA;
-    tls_ca: the CA peers' certificates chain to, for this process's own calls;
-    etcd_password: the password of the registry URL's user.
+    certificate unless client_cert/client_key are given); tls_client_ca:
+    require client certificates from that CA; tls_ca: the CA peers'
+    certificates chain to, for this process's own calls; insecure: those
+    calls may use plaintext to network addresses; roster: a child server's
+    list of its parent's children, where it adds its port; etcd_password:
+    the password of the registry URL's user.
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
     runtime = default_runtime()   # this process is the server: its runtime serves it
-    runtime.configure(**_process_settings(runtime.settings, tls, token, options.get("registry"),
-                                          options.get("namespace", "default"), tls_ca, etcd_ca, etcd_cert, etcd_key,
-                                          etcd_password))
+    runtime.configure(**_process_settings(
+        runtime.settings, tls, token=token, registry=options.get("registry"),
+        namespace=options.get("namespace", "default"), tls_ca=tls_ca, client_cert=client_cert,
+        client_key=client_key, insecure=insecure, etcd_ca=etcd_ca, etcd_cert=etcd_cert, etcd_key=etcd_key,
+        etcd_password=etcd_password))
     server = AgentServer(runtime=runtime, host=host, port=port or 0, capacity=capacity,
                          custom_agent_classes=custom_agent_classes, token=token, tls=tls,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
     runtime.run(server.start())
+    if roster is not None:
+        runtime.children.join(roster, server.port)
 
     def stop(reason: str, grace: float = grace) -> None:
         log.info("agent server %s stopping: %s", server.server_id, reason)
@@ -121,9 +157,17 @@ class RpcAgentServerLauncher:
     certificate signed by that CA (mutual TLS). Pass ``tls_cert=""`` for a
     plaintext server in a process that has a certificate.
 
+    A TLS server's own calls present its certificate and verify peers with
+    this process's ``tls_ca``, else ``tls_client_ca``: with neither,
+    launching is a ValueError.
+
     ``token_file`` names a file holding the token (read once, here); give it
     or ``token``, not both. A server process gets the token over a pipe,
     never in its argv or environment.
+
+    A network (non-loopback) ``host`` needs TLS and authenticated callers (a
+    token or mutual TLS); ``insecure=True`` allows either to be missing, with a
+    warning, and lets the server's own calls use plaintext on the network.
     """
 
     def __init__(self, host: str = "localhost", port: int | None = None, capacity: int = DEFAULT_CAPACITY,
@@ -189,9 +233,11 @@ class RpcAgentServerLauncher:
             signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
 
     def _tls_options(self) -> dict[str, Any]:
-        """What a server process needs to serve TLS and to make its own calls like this process."""
+        """What a server process needs to serve TLS and to make its own calls like this process (checked here)."""
         options: dict[str, Any] = self._runtime.process_options()
+        options["insecure"] = options["insecure"] or self.insecure
         if self.tls is not None:
+            require_dial_ca(self.tls.cert, options["tls_ca"] or self.tls.client_ca)
             options.update(tls_cert=self.tls.cert, tls_key=self.tls.key, tls_client_ca=self.tls.client_ca)
         return options
 
