@@ -68,7 +68,7 @@ class Runtime:
         return Dialing(token=s.token, max_message_size=s.max_message_size, connect_timeout=s.connect_timeout,
                        tls_ca=s.tls_ca, tls_cert=s.tls_cert, tls_key=s.tls_key,
                        plaintext=self.children.is_plaintext, insecure=s.insecure, namespace=s.namespace,
-                       child_token=self.token, child_namespace=self.children.namespace_of)
+                       child_credentials=self.children.credentials_of)
 
     def _child_config(self) -> dict[str, Any]:
         """How to start a child server: loopback, plaintext, this runtime's token; its own calls like ours.
@@ -82,7 +82,8 @@ class Runtime:
         config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
                                   "namespace": s.namespace,
                                   "max_message_size": s.max_message_size, "lifeline": True,
-                                  "roster": self.children.roster(), "tls_ca": s.tls_ca, "insecure": s.insecure}
+                                  "roster": self.children.roster(), "tls_ca": s.tls_ca, "insecure": s.insecure,
+                                  "dial_token": s.token}
         if s.tls_cert and s.tls_key:
             config.update(client_cert=s.tls_cert, client_key=s.tls_key)
         return config

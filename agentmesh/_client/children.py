@@ -35,6 +35,8 @@ class ChildPool:
         self._roster_lock = threading.Lock()   # roster() runs inside _start, which holds _lock
         #: in a child server: the roster of its parent's children, its siblings (None elsewhere)
         self.siblings: str | None = None
+        #: in a child server: the namespace and token its siblings serve (they are its own)
+        self._sibling_credentials: tuple[str, str | None] = ("default", None)
 
     def roster(self) -> str:
         """The private folder (0700) where this pool's children list their ports; made on first use."""
@@ -44,9 +46,13 @@ class ChildPool:
                 log.debug("child servers list their ports in %s", self._roster)
             return self._roster
 
-    def join(self, roster: str, port: int) -> None:
-        """In a child server: list its own port in its parent's roster and dial its siblings in plaintext."""
+    def join(self, roster: str, port: int, namespace: str, token: str | None) -> None:
+        """In a child server: list its own port in its parent's roster and dial its siblings in plaintext.
+
+        Its siblings serve the namespace and token it serves, so those are what they must prove.
+        """
         self.siblings = roster
+        self._sibling_credentials = (namespace, token)
         with open(os.path.join(roster, str(port)), "w"):
             pass
 
@@ -86,20 +92,23 @@ class ChildPool:
             self._start(1)
             return self._children[-1]
 
-    def namespace_of(self, address: str) -> str | None:
-        """The namespace the child of this pool at address serves; None when no child listens there."""
+    def credentials_of(self, address: str) -> tuple[str, str | None] | None:
+        """(namespace, token) of the child of this pool, or sibling of this child server, at address; else None."""
         for child in self.processes:
             if child.address == address:
-                return str(child.config.get("namespace", "default"))
+                return str(child.config.get("namespace", "default")), child.config.get("token")
+        if self._is_sibling(address):
+            return self._sibling_credentials
         return None
 
-    def is_plaintext(self, address: str) -> bool:
-        """True for a child of this pool, or a sibling of this child server: loopback, plaintext, behind a token."""
-        if any(child.address == address for child in self.processes):
-            return True
+    def _is_sibling(self, address: str) -> bool:
         if self.siblings is None or not is_loopback(host_of(address)):
             return False
         return os.path.exists(os.path.join(self.siblings, address.rsplit(":", 1)[-1]))
+
+    def is_plaintext(self, address: str) -> bool:
+        """True for a child of this pool, or a sibling of this child server: loopback, plaintext, behind a token."""
+        return any(child.address == address for child in self.processes) or self._is_sibling(address)
 
     def _unlist(self, child: ServerProcess) -> None:
         """Take a dead child's port off the roster, so nobody dials whatever listens there next in plaintext."""

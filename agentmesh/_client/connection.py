@@ -45,10 +45,8 @@ class Dialing:
     #: plaintext to network (non-loopback) addresses is allowed; otherwise it is refused
     insecure: bool = False
     namespace: str = "default"
-    #: the token this process gave its child servers (its own, or one made up for them)
-    child_token: str | None = None
-    #: the namespace a child server of this process serves, given its address (None: not a child)
-    child_namespace: Callable[[str], "str | None"] = lambda address: None
+    #: (namespace, token) of this process's child server (or, in a child, sibling) at an address; None: not one
+    child_credentials: Callable[[str], "tuple[str, str | None] | None"] = lambda address: None
 
     @property
     def tls(self) -> bool:
@@ -57,9 +55,10 @@ class Dialing:
 
     def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes | None]:
         """The namespace to claim at address and the key its server must prove it holds (None: no token)."""
-        child = self.child_namespace(address)
+        child = self.child_credentials(address)
         if child is not None:
-            return child, _namespace_key(self.child_token, child) if self.child_token else None
+            child_namespace, child_token = child
+            return child_namespace, _namespace_key(child_token, child_namespace) if child_token else None
         namespace = namespace or self.namespace
         return namespace, _namespace_key(self.token, namespace) if self.token else None
 
