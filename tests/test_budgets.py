@@ -293,3 +293,26 @@ def test_class_cache_bounds_in_process():
     for ref in refs[:2]:
         by_bytes.resolve(ref)
     assert len(by_bytes) == 1 and by_bytes.shipped_bytes == len(refs[1].blob)
+
+
+def test_a_replayed_call_brings_the_state_it_left_when_it_was_the_last(server, raw):
+    """A session dropped before its reply arrived: the replay on a new session carries a fresh checkpoint."""
+    _, stub = raw(server.port)
+    agent_id = create(stub, Heavy, "h", 1024, checkpoint=True)
+    first_session = raw.session(server.port, metadata(None))
+    first_session.hello()
+    first, second = call(agent_id, "noop", args_payload(1)), call(agent_id, "noop", args_payload(2))
+    first_session.send(first)
+    assert first_session.reply(first.call_id).seq == 1
+    first_session.send(second)
+    original = first_session.reply(second.call_id)
+    assert original.seq == 2 and original.state
+
+    again = raw.session(server.port, metadata(None))       # the caller lost its session and replays both
+    again.hello()
+    again.send(first)
+    again.send(second)
+    stale, latest = again.reply(first.call_id), again.reply(second.call_id)
+    assert stale.seq == 1 and stale.state == b""           # a later call completed: no state older than it
+    assert latest.seq == 2 and latest.state == original.state and _wire.loads(latest.payload) == 2
+    assert stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight == 0   # nothing re-ran

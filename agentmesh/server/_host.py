@@ -17,14 +17,17 @@ log = logging.getLogger("agentmesh.server")
 class Work:
     """An accepted call: its arguments, the placeholders among them, and the sessions to answer."""
 
-    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions")
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay")
 
-    def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any) -> None:
+    def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any,
+                 replay: pb.Reply | None = None) -> None:
         self.call = call
         self.args = args
         self.kwargs = kwargs
         self.placeholders = placeholders
         self.sessions = [session] if session is not None else []
+        #: set for a replayed call that already finished: its stored reply, to send with a fresh checkpoint
+        self.replay = replay
 
 
 class AgentHost:
@@ -83,6 +86,24 @@ class AgentHost:
             return _status.refusal(call_id, pb.TOO_LARGE, f"the result of {call.method}() is {len(payload)} bytes, "
                                                            f"over the limit of {max_message_size} bytes")
         return pb.Reply(call_id=call_id, status=pb.OK, payload=payload)
+
+    def replayed(self, reply: pb.Reply) -> pb.Reply | None:
+        """A stored reply sent again, with the agent's state if no call has completed since (worker thread).
+
+        The store keeps no state; a caller replaying after a dropped session
+        would otherwise hold an older checkpoint than the calls it was told of.
+        """
+        with self.lock:
+            if self.ckpt_seq != reply.seq or not self.checkpoint:
+                return None   # later calls completed: their replies carry newer state
+        try:
+            state = _checkpoint.checkpoint_of(self.agent)
+        except Exception:  # noqa: BLE001 - checkpointed() reports it on the next call
+            return None
+        owned = pb.Reply()
+        owned.CopyFrom(reply)
+        owned.state = state
+        return owned
 
     def checkpointed(self, reply: pb.Reply) -> pb.Reply | None:
         """The caller's copy of reply, with the agent's state after this call (worker thread).

@@ -230,7 +230,7 @@ class Hosting:
             return
         done = self.results.get(call.call_id)
         if done is not None:                       # a replay of a finished call: answer from its result
-            self._answer(outbox, done)
+            self._answer_replay(call, done, outbox)
             return
         call_id = call.call_id
         if call.epoch and call.epoch != self.epoch:
@@ -247,7 +247,7 @@ class Hosting:
                                                      f"{self.server_id} (deleted, or never created here)"))
             return
         if call_id in self.results.running:   # a replay of a running call: wait for the same result
-            asyncio.ensure_future(self._answer_later(call_id, outbox))
+            asyncio.ensure_future(self._answer_later(call, outbox))
             return
         if host.queued >= self.max_pending_calls:
             self._answer(outbox, _status.refusal(call_id, pb.OVERLOADED, f"agent {call.agent_id} has {host.queued} "
@@ -281,10 +281,25 @@ class Hosting:
         else:
             self._ready(host, work)
 
-    async def _answer_later(self, call_id: str, outbox: Outbox | None) -> None:
-        reply = await self.results.wait(call_id, grace=0)
+    async def _answer_later(self, call: pb.Call, outbox: Outbox | None) -> None:
+        reply = await self.results.wait(call.call_id, grace=0)
         if reply is not None:
+            self._answer_replay(call, reply, outbox)
+
+    def _answer_replay(self, call: pb.Call, reply: pb.Reply, outbox: Outbox | None) -> None:
+        """Send a finished call's stored reply again; with checkpoints on, through the agent's mailbox,
+        so it leaves with the state it left the agent in (I/O loop)."""
+        host = self.agents.get(call.agent_id)
+        if outbox is None or host is None or not host.checkpoint or not reply.seq:
             self._answer(outbox, reply)
+            return
+        work = Work(call, (), {}, [], outbox, replay=reply)
+        if host.waiting or host.agent is None:
+            host.waiting.append(work)
+            if host.pump is None:
+                host.pump = asyncio.ensure_future(self._pump(host))
+        else:
+            self._ready(host, work)
 
     async def _pump(self, host: AgentHost) -> None:
         """Resolve the placeholders of waiting calls without holding a thread, in order."""
@@ -307,6 +322,9 @@ class Hosting:
 
     def _abandon(self, host: AgentHost, work: Work, status: int, message: str) -> None:
         """Answer an accepted call with an error without running it (I/O loop)."""
+        if work.replay is not None:
+            self._answer(work.sessions[0], work.replay)
+            return
         host.queued -= 1
         self.inflight -= 1
         self.results.running.discard(work.call.call_id)
@@ -329,8 +347,11 @@ class Hosting:
                     host.active -= 1
                     return
                 work = host.ready.popleft()
-            reply = host.execute(work, self.max_message_size)
-            owned = host.checkpointed(reply) if host.checkpoint else None
+            if work.replay is not None:
+                reply, owned = work.replay, host.replayed(work.replay)
+            else:
+                reply = host.execute(work, self.max_message_size)
+                owned = host.checkpointed(reply) if host.checkpoint else None
             self._done_queue.append((host, work, reply, owned))
             if not self._done_scheduled:
                 self._done_scheduled = True
@@ -343,6 +364,10 @@ class Hosting:
         results = self.results
         while queue:
             host, work, reply, owned = queue.popleft()
+            if work.replay is not None:     # sent again, not run again: nothing to count or store
+                for outbox in work.sessions:
+                    outbox.send(owned if owned is not None else reply)
+                continue
             host.queued -= 1
             host.seq += 1
             self.inflight -= 1
