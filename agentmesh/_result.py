@@ -1,12 +1,23 @@
 """Placeholders: the AsyncResult an asynchronous call returns at once."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Protocol
 
 from . import _codec
 from ._client.pool import ResultRef
 from ._client.slot import CallSlot, decode_reply, raised
 from ._runtime import Runtime, default_runtime
+
+
+class Retrying(Protocol):
+    """A retry strategy (agentmesh.rpc.retry_strategy): calls func again while it fails."""
+
+    def retry(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """func's value, once a try succeeds."""
+
+
+#: (seconds one wait for a result may last or None, the retry strategy or None)
+WaitPolicy = tuple["float | None", "Retrying | None"]
 
 
 class AsyncResult:
@@ -17,24 +28,39 @@ class AsyncResult:
     straight from the server that produces it.
     """
 
-    __slots__ = ("_slot", "_ref", "_resolved", "_runtime")
+    __slots__ = ("_slot", "_ref", "_resolved", "_runtime", "_policy")
 
     def __init__(self, slot: CallSlot | None = None, ref: ResultRef | None = None,
-                 runtime: Runtime | None = None) -> None:
+                 runtime: Runtime | None = None, policy: WaitPolicy | None = None) -> None:
         object.__setattr__(self, "_slot", slot)
         object.__setattr__(self, "_ref", ref)   # (server_id, address, agent_id, call_id)
         object.__setattr__(self, "_resolved", None)
         object.__setattr__(self, "_runtime", runtime)   # fetches a remote value; None: the default one
+        object.__setattr__(self, "_policy", policy)     # the proxy's max_timeout_seconds and retry_strategy
 
     # -- resolving --------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
-        """The value (waiting for it); raises AgentCallError if the call failed."""
+        """The value (waiting for it); raises AgentCallError if the call failed.
+
+        Without timeout, the proxy's ``max_timeout_seconds`` bounds each wait and
+        its ``retry_strategy`` decides how often to wait again (TimeoutError when
+        it gives up); a proxy with neither waits as long as the call runs.
+        """
+        policy = self._policy
+        if timeout is None and policy is not None:
+            wait_for, retry = policy
+            if retry is not None:
+                return retry.retry(self._result_within, wait_for, expect_exception_type=TimeoutError)
+            timeout = wait_for
+        return self._result_within(timeout)
+
+    def _result_within(self, timeout: float | None) -> Any:
         value = self._raw_value(timeout)
         error = raised(value)
         if error is not None:
             raise error
         if isinstance(value, AsyncResult):  # the agent returned another placeholder
-            return value.result(timeout)
+            return value._result_within(timeout)
         return value
 
     def done(self) -> bool:

@@ -35,6 +35,10 @@ class Echo(AgentBase):
         time.sleep(seconds)
         return value
 
+    def sync_slow(self, seconds: float, value=None):
+        time.sleep(seconds)
+        return value
+
     def boom(self, message: str = "bad thing"):
         raise ValueError(message)
 

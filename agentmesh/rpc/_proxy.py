@@ -15,6 +15,7 @@ from .._runtime import Runtime, default_runtime
 from ..v1 import agent_server_pb2 as pb
 from ._failover import Binding
 from ._methods import method_table
+from .retry_strategy import RetryBase, retry_strategy_of
 
 
 class _RemoteMethod:
@@ -43,11 +44,14 @@ class RpcObject:
     for their value. A proxy pickles to a proxy of the same agent.
     """
 
-    def __init__(self, binding: Binding, methods: dict[str, bool], timeout: float | None = None) -> None:
+    def __init__(self, binding: Binding, methods: dict[str, bool], timeout: float | None = None,
+                 retry: RetryBase | None = None) -> None:
         self.agent_id = binding.agent_id
         self._binding = binding
         self._methods = methods
-        self._timeout = timeout
+        self._timeout = timeout   # max_timeout_seconds: how long one wait for a result may last
+        self._retry = retry       # retry_strategy: how often to wait again
+        self._policy = (timeout, retry) if timeout is not None or retry is not None else None
 
     @property
     def server(self) -> str:
@@ -91,24 +95,26 @@ class RpcObject:
         slot = CallSlot(pb.Call(call_id=binding.runtime.next_call_id(), agent_id=self.agent_id, method=method,
                                 payload=payload, epoch=binding.epoch), binding)
         binding.send(slot, conn)
-        result = AsyncResult(slot)
+        result = AsyncResult(slot, policy=self._policy)
         if is_async:
             return result
-        return result.result(self._timeout)
+        return result.result()
 
     def __reduce__(self):
         b = self._binding
-        return (_rebuild_proxy, (b.cls_name, self.agent_id, b.address, b.server_id, b.epoch, self._methods, b.name))
+        return (_rebuild_proxy, (b.cls_name, self.agent_id, b.address, b.server_id, b.epoch, self._methods, b.name,
+                                 self._timeout, self._retry))
 
     def __repr__(self) -> str:
         return f"<RpcObject {self._binding.cls_name} {self._binding.name or self.agent_id} on {self.server}>"
 
 
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
-                   methods: dict[str, bool], name: str) -> RpcObject:
+                   methods: dict[str, bool], name: str, timeout: float | None = None,
+                   retry: RetryBase | None = None) -> RpcObject:
     binding = Binding(default_runtime(), agent_id=agent_id, cls_name=cls_name, address=address,
                       server_id=server_id, epoch=epoch, name=name)
-    return RpcObject(binding, methods)
+    return RpcObject(binding, methods, timeout, retry)
 
 
 def _name_from(args: tuple, kwargs: dict) -> str:
@@ -121,20 +127,24 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
                  port: int | str | None = None, runtime: Runtime | None = None, **options: Any) -> RpcObject:
     """Return the proxy of a new object of cls on an agent server, at once.
 
-    host/port: that server. Otherwise the registry's choice (options such as
+    host/port: that server. Otherwise (no port, as in AgentScope's DistConf()) the registry's choice (options such as
     ``labels`` constrain it), else a child server of this process. The
     creation travels ahead of the first calls on the same session, so this
     does not wait for the constructor; if it fails, the first use raises
     AgentCreationError.
     """
     runtime = runtime or default_runtime()
+    timeout = options.get("max_timeout_seconds")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise ValueError(f"max_timeout_seconds must be a positive number of seconds, not {timeout!r}")
+    retry = retry_strategy_of(options.get("retry_strategy"))
     agent_id = options.pop("agent_id", None) or uuid.uuid4().hex
     try:
         init_blob = _codec.dumps((args, kwargs))
     except Exception as exc:  # noqa: BLE001
         raise errors.AgentCreationError(
             f"constructor arguments of {cls.__name__} cannot be pickled: {type(exc).__name__}: {exc}") from exc
-    if host is not None:
+    if host is not None and port not in (None, "", -1, "-1"):
         conn, relocatable = runtime.pool.connect(format_address(host, port)), False
     else:
         conn, relocatable = choose(runtime, cls, options), True
@@ -144,4 +154,4 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     binding.bind(conn)
     runtime.owned[agent_id] = conn.address
     binding.start_creation(conn)
-    return RpcObject(binding, method_table(cls), options.get("max_timeout_seconds"))
+    return RpcObject(binding, method_table(cls), timeout, retry)

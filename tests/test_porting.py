@@ -1,0 +1,103 @@
+"""AgentScope 0.1.6 names that port by renaming: exceptions, retry strategies, DistConf, waiting for results."""
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+
+import agentmesh
+from agentmesh.rpc import AsyncResult, DistConf, RetryBase, RetryExponential, RetryFixedTimes
+from agentmesh.rpc import retry_strategy, rpc_config
+from sample_agents import Echo
+
+
+def test_the_exception_module_has_agentscopes_names():
+    from agentmesh.exception import (AgentCallError, AgentCreationError, AgentServerError,
+                                     AgentServerNotAliveError, AgentServerUnsupportedMethodError)
+
+    assert AgentCallError is agentmesh.errors.AgentCallError
+    assert AgentCreationError is agentmesh.errors.AgentCreationError
+    for error in (AgentCallError, AgentCreationError, AgentServerNotAliveError, AgentServerUnsupportedMethodError):
+        assert issubclass(error, AgentServerError)
+    assert AgentServerNotAliveError is agentmesh.errors.ServerUnavailableError
+
+
+class Flaky:
+    """Fails the first n calls, then answers."""
+
+    def __init__(self, failures: int, error: type[Exception] = TimeoutError) -> None:
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def __call__(self, value):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error(f"failure {self.calls}")
+        return value
+
+
+def test_retry_strategies_retry_then_give_up_with_timeout_error():
+    fixed = RetryFixedTimes(max_retries=3, delay=0.01)
+    assert fixed.retry(Flaky(3), "ok") == "ok"
+    flaky = Flaky(10)
+    with pytest.raises(TimeoutError):
+        fixed(flaky, "never")
+    assert flaky.calls == 4                                  # the first try and 3 retries
+    unexpected = Flaky(1, KeyError)
+    with pytest.raises(KeyError):                            # not the expected kind: raised at once
+        fixed.retry(unexpected, 1, expect_exception_type=TimeoutError)
+    assert unexpected.calls == 1
+
+    backoff = RetryExponential(max_retries=4, base_delay=0.01, max_delay=0.03)
+    for attempt, pause in ((1, 0.01), (2, 0.02), (3, 0.03), (9, 0.03)):   # doubling, capped by max_delay
+        assert 0.5 * pause <= backoff.delay_before(attempt) <= 1.5 * pause
+    assert backoff.retry(Flaky(4), 7) == 7
+
+
+def test_retry_strategies_from_their_dict_form():
+    spec = {"type": "exponential", "max_retries": 2, "base_delay": 1, "max_delay": 4}
+    strategy = RetryBase.load_dict(spec)
+    assert isinstance(strategy, RetryExponential) and strategy.max_delay == 4
+    assert spec["type"] == "exponential"                     # the caller's dict is left as it was
+    assert isinstance(RetryBase.load_dict({"type": "fixed", "max_retries": 1, "delay": 0}), RetryFixedTimes)
+    with pytest.raises(NotImplementedError, match="unknown retry strategy type 'linear'"):
+        RetryBase.load_dict({"type": "linear"})
+    with pytest.raises(ValueError, match="max_retries"):
+        RetryFixedTimes(max_retries=-1)
+    assert retry_strategy.retry_strategy_of(None) is None
+
+
+def test_dist_conf_is_a_dict_with_agentscopes_arguments():
+    conf = DistConf(host="127.0.0.1", port=12345, max_timeout_seconds=7)
+    assert isinstance(conf, dict) and rpc_config.DistConf is DistConf
+    assert conf == {"host": "127.0.0.1", "port": 12345, "max_pool_size": 8192, "max_expire_time": 7200,
+                    "max_timeout_seconds": 7, "local_mode": True}
+    assert pickle.loads(pickle.dumps(conf)) == conf
+
+
+def test_dist_conf_without_a_port_places_the_agent_and_max_timeout_bounds_a_sync_call(runtime):
+    agent = Echo("d", to_dist=DistConf(max_timeout_seconds=0.5))   # no port: a child server, as AgentScope
+    assert agent.ping(3) == 3
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        agent.sync_slow(3)                     # a sync method that runs longer than one wait may last
+    assert time.monotonic() - started < 2.5
+
+
+def test_the_retry_strategy_decides_how_often_to_wait_again(runtime):
+    patient = Echo("p").to_dist(max_timeout_seconds=0.2, retry_strategy={"type": "fixed", "max_retries": 20,
+                                                                          "delay": 0.01})
+    assert patient.slow(1.0, "late").result() == "late"           # 5+ waits of 0.2 s, then the value
+    impatient = Echo("i").to_dist(max_timeout_seconds=0.2, retry_strategy=RetryFixedTimes(max_retries=1,
+                                                                                          delay=0.01))
+    pending = impatient.slow(2.0, "too late")
+    assert isinstance(pending, AsyncResult)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        pending.result()                                          # 2 waits of 0.2 s, then it gives up
+    assert time.monotonic() - started < 1.5
+    assert pending.result(timeout=5) == "too late"                 # an explicit timeout overrides the policy
+    copy = pickle.loads(pickle.dumps(impatient))                   # a copied proxy keeps the policy
+    assert copy._timeout == 0.2 and repr(copy._retry) == repr(impatient._retry)
+    unbounded = Echo("u").to_dist()
+    assert unbounded.slow(0.3, "waited").result() == "waited"     # no options: wait as long as the call runs
