@@ -42,3 +42,21 @@ def advertised_host(host: str) -> str:
         except OSError:
             return socket.gethostname()
     return host
+
+
+#: port values that mean "pick a free port" (AgentScope treats an unusable port so)
+AUTO_PORTS = (None, "", 0, -1, "0", "-1")
+
+
+def check_port(port: object, what: str = "port") -> int | None:
+    """A port to listen on as an int, or None for "pick a free one" (None, 0 or -1); ValueError otherwise."""
+    if port in AUTO_PORTS:
+        return None
+    try:
+        number = int(port)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} {port!r} is not a port number: give 1-65535, or None/0/-1 for a free "
+                         f"port") from None
+    if isinstance(port, bool) or str(number) != str(port).strip() or not 0 < number <= 65535:
+        raise ValueError(f"{what} {port!r} is outside 1-65535: give 1-65535, or None/0/-1 for a free port")
+    return number

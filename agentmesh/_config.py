@@ -16,8 +16,9 @@ log = logging.getLogger("agentmesh")
 
 #: the largest message (arguments, result, checkpoint) a call may carry by default
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-#: agents a launched server accepts when no capacity is given
-DEFAULT_CAPACITY = 32
+#: agents a launched server accepts when no capacity is given: no cap a porting user would meet
+#: (AgentScope's capacity sizes a thread pool; ours refuses creations beyond it)
+DEFAULT_CAPACITY = 1_000_000
 #: agents a child server accepts
 DEFAULT_CHILD_CAPACITY = 10_000
 
@@ -58,6 +59,14 @@ ENVIRONMENT = {
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
 ENV_LOG_LEVEL = "AGENTMESH_LOG_LEVEL"
+
+
+def check_capacity(capacity: object, what: str = "capacity") -> int:
+    """The number of agents a server accepts, checked: a positive int, else a ValueError naming the value."""
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+        raise ValueError(f"{what} {capacity!r} is not a positive number of agents (leave it out for "
+                         f"{DEFAULT_CAPACITY:,})")
+    return capacity
 
 
 def env(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:

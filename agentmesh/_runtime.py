@@ -23,6 +23,7 @@ from ._client.pool import Pool
 from ._config import Settings
 from ._loop import IoLoop
 from .discovery._view import ServerView
+from .etcd import parse_registry_url
 
 log = logging.getLogger("agentmesh")
 
@@ -51,7 +52,10 @@ class Runtime:
     # -- settings ------------------------------------------------------------
     def configure(self, **options: Any) -> None:
         """Change settings (unknown options are ignored); sessions opened from now on use them."""
-        self.settings = self.settings.replace(**options)
+        settings = self.settings.replace(**options)
+        if settings.registry:
+            parse_registry_url(settings.registry)   # a clear ValueError now (nothing changed), not a hang later
+        self.settings = settings
         self._apply()
 
     def _apply(self) -> None:

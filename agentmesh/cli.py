@@ -17,12 +17,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from . import _tls, _trust
+from ._address import check_port
 from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
-                      Settings, env)
+                      Settings, check_capacity, env)
 from ._runtime import Runtime, set_default_runtime
 from ._version import __version__
 from .discovery import keys
-from .etcd import EtcdClient, EtcdError, redact_url
+from .etcd import EtcdClient, EtcdError, parse_registry_url, redact_url
 from .server.launcher import check_exposure, require_dial_ca, serve_forever
 from .testing import start_dev_registry
 
@@ -47,6 +48,28 @@ def _load_class(spec: str) -> type:
     if not isinstance(obj, type):
         raise SystemExit(f"--agent-class {spec} is not a class")
     return obj
+
+
+def _port_arg(value: str) -> int:
+    try:
+        return check_port(value, "--port") or 0
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _capacity_arg(value: str) -> int:
+    try:
+        return check_capacity(int(value) if value.strip().lstrip("-").isdigit() else value, "--capacity")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _registry_arg(value: str) -> str:
+    try:
+        parse_registry_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -93,7 +116,6 @@ def cmd_server(args: argparse.Namespace) -> int:
             require_dial_ca(tls.cert, args.tls_ca or tls.client_ca)
     except ValueError as exc:
         raise SystemExit(f"agentmesh server: {exc}") from None
-    mode = "mutual TLS" if tls is not None and tls.mutual else "TLS" if tls is not None else "plaintext"
     classes = [_load_class(spec) for spec in args.agent_class]
     return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
                          custom_agent_classes=classes, token=token, grace=args.grace,
@@ -102,9 +124,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
                          etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                         etcd_password=settings.etcd_password,
-                         on_ready=lambda port, sid: log.warning(
-                             "agentmesh server %s listening on %s:%d (%s)", sid, args.host, port, mode))
+                         etcd_password=settings.etcd_password)
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -226,7 +246,7 @@ def cmd_registry_up(args: argparse.Namespace) -> int:
 
 
 def _add_registry_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]),
+    parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]), type=_registry_arg,
                         help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
     parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"))
     parser.add_argument("--etcd-ca", default=env(ENVIRONMENT["etcd_ca"]), metavar="PEM",
@@ -243,13 +263,16 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmesh", description="Run agents across processes and machines.")
     parser.add_argument("--version", action="version", version=f"agentmesh {__version__}")
-    parser.add_argument("--log-level", default=env(ENV_LOG_LEVEL, "WARNING"))
+    parser.add_argument("--log-level", default=env(ENV_LOG_LEVEL),
+                        help="DEBUG, INFO, WARNING, ... (default: AGENTMESH_LOG_LEVEL, else INFO for "
+                             "`server`, whose start and stop are its output, and WARNING otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     server = sub.add_parser("server", help="run an agent server in the foreground")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    server.add_argument("--port", type=int, default=0, help="port (default: a free one)")
-    server.add_argument("--capacity", type=int, default=DEFAULT_CAPACITY, help="agents this server accepts")
+    server.add_argument("--port", type=_port_arg, default=0, help="port 1-65535 (default, 0 or -1: a free one)")
+    server.add_argument("--capacity", type=_capacity_arg, default=DEFAULT_CAPACITY,
+                        help=f"agents this server accepts (default {DEFAULT_CAPACITY:,}: no cap to speak of)")
     server.add_argument("--agent-class", action="append", default=[], metavar="MODULE:CLASS",
                         help="a class this server hosts (repeatable)")
     _add_registry_args(server)
@@ -305,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentmesh`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
+    level = args.log_level or ("INFO" if args.command == "server" else "WARNING")
+    logging.basicConfig(level=level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "label", None) is not None:
         args.labels = _labels(args.label)

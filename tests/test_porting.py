@@ -101,3 +101,58 @@ def test_the_retry_strategy_decides_how_often_to_wait_again(runtime):
     assert copy._timeout == 0.2 and repr(copy._retry) == repr(impatient._retry)
     unbounded = Echo("u").to_dist()
     assert unbounded.slow(0.3, "waited").result() == "waited"     # no options: wait as long as the call runs
+
+
+# -- identity, ports, capacity and bad arguments ------------------------------------------
+def test_to_dist_keeps_the_local_agents_id(runtime):
+    local = Echo("same")
+    remote = local.to_dist()
+    assert remote.agent_id == local.agent_id
+    assert remote.ping("x") == "x"
+
+
+def test_auto_ports_and_bad_ports(servers):
+    for auto in (None, -1, 0):
+        launcher = servers(port=auto, capacity=2)
+        assert 0 < launcher.port <= 65535
+    taken = launcher.port
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{taken}: the port is in use"):
+        agentmesh.RpcAgentServerLauncher(host="127.0.0.1", port=taken).launch(in_subprocess=False)
+    for bad in (99999, -5, 65536, "http"):
+        with pytest.raises(ValueError, match="port"):
+            agentmesh.RpcAgentServerLauncher(host="127.0.0.1", port=bad)
+    for bad in (0, -1, "8", 2.5):
+        with pytest.raises(ValueError, match="capacity"):
+            agentmesh.RpcAgentServerLauncher(host="127.0.0.1", capacity=bad)
+
+
+def test_a_launcher_with_default_arguments_takes_200_agents(servers):
+    launcher = servers()
+    agents = [Echo(f"a{i}").to_dist(host="127.0.0.1", port=launcher.port) for i in range(200)]
+    assert [a.ping(i) for i, a in enumerate(agents)][-1] == 199
+
+
+def test_a_registry_url_that_is_not_etcd_is_refused_at_once(runtime):
+    before = runtime.settings
+    for bad in ("http://nonsense", "nonsense", "etcd://", "etcd://host:99999"):
+        with pytest.raises(ValueError, match="registry URL"):
+            agentmesh.init(registry=bad, token="t")
+        with pytest.raises(ValueError, match="registry URL"):
+            agentmesh.RpcAgentServerLauncher(host="127.0.0.1", registry=bad, token="t")
+    assert runtime.settings == before
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--port", "99999"], "outside 1-65535"), (["--port", "-5"], "outside 1-65535"),
+    (["--capacity", "-1"], "not a positive number"), (["--capacity", "0"], "not a positive number"),
+    (["--registry", "http://nonsense"], "expected etcd://"),
+])
+def test_the_server_command_refuses_bad_arguments_before_it_listens(argv, words):
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+
+    done = subprocess.run([PYTHON, "-m", "agentmesh.cli", "server", *argv], capture_output=True, text=True,
+                          timeout=30, cwd=ROOT)
+    assert done.returncode == 2 and words in done.stderr and argv[1] in done.stderr, done.stderr
+    assert "listening" not in done.stderr

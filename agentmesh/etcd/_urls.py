@@ -11,14 +11,14 @@ def parse_registry_url(url: str) -> dict:
     """Split ``etcd[s]://[user:password@]h1:2379,h2:2379`` into client settings.
 
     Returns ``{"endpoints": ["h1:2379", ...], "tls": bool, "user": str|None,
-    "password": str|None}``. ``etcds://`` (or ``https://``) means TLS; a host
-    without a port gets 2379; user and password may be percent-encoded.
+    "password": str|None}``. ``etcds://`` means TLS; a host without a port
+    gets 2379; user and password may be percent-encoded.
     """
     text = url.strip()
     shown = redact_url(text)
     scheme, sep, rest = text.partition("://")
     scheme = scheme.lower()
-    if not sep or scheme not in ("etcd", "etcds", "http", "https"):
+    if not sep or scheme not in ("etcd", "etcds"):
         raise ValueError(f"registry URL {shown!r}: expected etcd://host:port[,host:port...] "
                          "or etcds://... for TLS")
     netloc, _, path = rest.partition("/")
@@ -33,7 +33,7 @@ def parse_registry_url(url: str) -> dict:
     endpoints = [with_port(h.strip(), shown) for h in netloc.split(",") if h.strip()]
     if not endpoints:
         raise ValueError(f"registry URL {shown!r} names no host")
-    return {"endpoints": endpoints, "tls": scheme in ("etcds", "https"),
+    return {"endpoints": endpoints, "tls": scheme == "etcds",
             "user": user, "password": password}
 
 

@@ -40,7 +40,11 @@ def _to_dist(self: Any, host: str | None = None, port: int | str | None = None, 
     """Clone this object onto an agent server and return its proxy (an RpcObject).
 
     With host and port: that server (independent mode). Without: the server
-    the registry picks, else a child server of this process.
+    the registry picks, else a child server of this process. The proxy keeps
+    the object's ``agent_id``, as in AgentScope.
     """
     args, kwargs = getattr(self, "_init_settings", ((), {}))
+    local_id = getattr(self, "agent_id", None)
+    if isinstance(local_id, str) and local_id:
+        options.setdefault("agent_id", local_id)
     return create_proxy(type(self), args, kwargs, host=host, port=port, **options)

@@ -161,7 +161,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self.hosting.listener = self.registration
             await self.registration.start(wait=2.0)
         threading.Thread(target=self._watch_for_pauses, name="agentmesh-pause-watch", daemon=True).start()
-        log.info("agent server %s listening on %s:%d (capacity %d)", self.server_id, self.host, port, self.capacity)
+        mode = "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS"
+        log.info("agent server %s listening on %s:%d (%s), capacity %d", self.server_id, self.host, port, mode,
+                 self.capacity)
         return port
 
     async def stop(self, grace: float = 5.0) -> None:

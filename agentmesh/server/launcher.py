@@ -8,10 +8,11 @@ import threading
 from typing import Any, Callable
 
 from .. import _tls
-from .._address import format_address, is_loopback
-from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, read_secret
+from .._address import check_port, format_address, is_loopback
+from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, check_capacity, read_secret
 from .._process import ServerProcess
 from .._runtime import default_runtime
+from ..etcd import parse_registry_url
 from ._service import AgentServer
 
 log = logging.getLogger("agentmesh.server")
@@ -180,12 +181,14 @@ class RpcAgentServerLauncher:
                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                  tls_client_ca: str | None = None, token_file: str | None = None, **options: Any) -> None:
         self.host = host
-        self.port = int(port) if port not in (None, "") else None
-        self.capacity = capacity
+        self.port = check_port(port)
+        self.capacity = check_capacity(capacity)
         self.custom_agent_classes = list(custom_agent_classes or [])
         self._runtime = default_runtime()
         settings = self._runtime.settings
         self.registry = registry if registry is not None else settings.registry
+        if self.registry:
+            parse_registry_url(self.registry)     # a ValueError naming the URL (redacted) before anything starts
         self.namespace = namespace or settings.namespace
         self.labels = dict(labels or {})
         if token is not None and token_file is not None:
