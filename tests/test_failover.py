@@ -97,7 +97,7 @@ def test_drain_during_calls_moves_agents_live(mesh, namespace, servers):
 
 
 def test_chaos_kills_and_joins_lose_no_call_and_no_turn(mesh, namespace, servers, caplog):
-    caplog.set_level("WARNING", logger="agentmesh.rpc")
+    caplog.set_level("INFO", logger="agentmesh.rpc")
     launchers = [servers(capacity=16, registry=mesh.url, namespace=namespace) for _ in range(3)]
     wait_until(lambda: len(etcd_get_prefix(mesh.url, keys.servers_prefix(namespace))) == 3)
     agents = [Echo(f"C{i}").to_dist() for i in range(8)]
@@ -136,6 +136,9 @@ def test_chaos_kills_and_joins_lose_no_call_and_no_turn(mesh, namespace, servers
     moves = [r.getMessage() for r in caplog.records if " moved from " in r.getMessage()]
     replayed = sum(int(m.split(" call(s) replayed")[0].rsplit(" ", 1)[-1]) for m in moves)
     assert moves, "no agent moved: the kills did not hit any agent"
+    summaries = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and " lost (" in r.getMessage()]
+    assert 1 <= len(summaries) <= 4, summaries          # one summary per lost server, not one line per agent
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and " moved from " in r.getMessage()]
     print(f"chaos: {total} calls, 0 failed, 2 servers killed, 1 joined, {len(moves)} moves, "
           f"{replayed} calls replayed", file=sys.stderr)
 

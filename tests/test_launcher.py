@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+import agentmesh
+
 from agentmesh import Msg, RpcAgentServerLauncher
 from conftest import PYTHON, pid_alive, server_info, wait_until
 from sample_agents import Echo
@@ -21,7 +23,10 @@ def test_in_process_launch_serves_and_shuts_down():
     finally:
         launcher.shutdown()
     launcher.wait_until_terminate()  # returns at once: the server has stopped
-    assert agent.get_count() == 1     # its agent moved on (to a child server) with its state
+    # A deliberate shutdown without a registry: the agent ended with its server, and says so.
+    with pytest.raises(agentmesh.errors.ServerUnavailableError,
+                       match=f"ended with agent server 127.0.0.1:{launcher.port}, which was shut down"):
+        agent.get_count()
 
 
 @pytest.mark.parametrize("in_subprocess", [False, True])

@@ -156,3 +156,35 @@ def test_the_server_command_refuses_bad_arguments_before_it_listens(argv, words)
                           timeout=30, cwd=ROOT)
     assert done.returncode == 2 and words in done.stderr and argv[1] in done.stderr, done.stderr
     assert "listening" not in done.stderr
+
+
+def test_a_deliberate_shutdown_without_registry_ends_its_agents_quietly(servers, caplog):
+    import logging
+
+    launcher = servers(capacity=100)
+    agents = [Echo(f"s{i}").to_dist(host="127.0.0.1", port=launcher.port) for i in range(50)]
+    assert [a.ping(i) for i, a in enumerate(agents)][-1] == 49
+    with caplog.at_level(logging.INFO, logger="agentmesh"):
+        launcher.shutdown()
+        for agent in agents:
+            with pytest.raises(agentmesh.errors.ServerUnavailableError, match=f"ended with agent server "
+                                                                              f"{launcher.address}"):
+                agent.ping(0)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text   # not 50 warnings
+    assert not [r for r in caplog.records if " moved from " in r.getMessage()]
+
+
+def test_shipping_a_class_by_value_is_not_logged_as_a_move(servers, caplog):
+    import logging
+
+    from agentmesh import AgentBase
+
+    class Local(AgentBase):       # defined here: the server cannot import it, so its class is shipped by value
+        def twice(self, x):
+            return 2 * x
+
+    launcher = servers(capacity=10)
+    with caplog.at_level(logging.INFO, logger="agentmesh"):
+        agents = [Local(f"l{i}").to_dist(host="127.0.0.1", port=launcher.port) for i in range(3)]
+        assert [a.twice(i) for i, a in enumerate(agents)] == [0, 2, 4]
+    assert not [r.getMessage() for r in caplog.records if "moved" in r.getMessage() or r.levelno >= logging.WARNING]

@@ -47,6 +47,7 @@ class Binding:
         self.creation: CallSlot | None = None   # the __create__ call while the agent is being built
         self.ckpt: tuple[int, bytes] = (0, b"")  # (calls completed, state) after the last reply
         self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
+        self.ended = ""                          # why the agent is gone for good (its server shut down)
         self._move_lock = threading.Lock()
 
     # -- the session ---------------------------------------------------------
@@ -60,6 +61,8 @@ class Binding:
 
     def session(self) -> Any:
         """The session to send on, connecting on first use (a dead server leads to a move)."""
+        if self.ended:
+            raise errors.ServerUnavailableError(self.ended)
         conn = self.conn
         if conn is None:
             try:
@@ -131,12 +134,32 @@ class Binding:
         if not self.can_move():
             self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
             return
+        if getattr(conn, "draining", False) and not refused and not self._registry():
+            self._end(conn)       # a deliberate shutdown: nowhere the registry offers, so the agent ends
+            return
+        if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):   # shipping the class is not a move
+            self.runtime.moves.begin(conn, conn.address, reason)
         threading.Thread(target=self._move, args=(conn, reason, refused), name="agentmesh-failover",
                          daemon=True).start()
 
     # -- moving --------------------------------------------------------------
     def can_move(self) -> bool:
         return self.spec is not None or bool(self.runtime.settings.registry)
+
+    def _registry(self) -> str | None:
+        options = self.spec.options if self.spec is not None else {}
+        return options.get("registry") or self.runtime.settings.registry
+
+    def _end(self, conn: Any) -> None:
+        """The agent's server shut down on purpose and no registry offers another: it ends with it."""
+        self.ended = (f"agent {self.name or self.agent_id} ({self.cls_name}) ended with agent server "
+                      f"{conn.address}, which was shut down; without a registry there was no server to move "
+                      f"it to")
+        log.info("%s", self.ended)
+        self.runtime.owned.pop(self.agent_id, None)
+        self._fail_held(self.ended)
+        conn.owners.discard(self)        # so the draining session closes once nobody needs it
+        conn.close_if_unused()
 
     def _hold(self, slot: CallSlot) -> bool:
         with self._move_lock:
@@ -167,10 +190,12 @@ class Binding:
             if target is None:
                 target, how = self._relocate(lost)
         except Exception as exc:  # noqa: BLE001 - every held call must learn why
-            log.error("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
-                      self.cls_name, lost.address, exc)
+            log.info("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
+                     self.cls_name, lost.address, exc)
             self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
                             f"not be moved: {exc}")
+            if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
+                self.runtime.moves.finish(lost, None)
             return
         with self._move_lock:
             held, self.held = self.held or [], None
@@ -183,9 +208,13 @@ class Binding:
         for slot in held:
             slot.call.epoch = self.epoch
             target.submit(slot)
-        log.warning("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
-                    self.name or self.agent_id, self.cls_name, lost.address, target.address, reason, how,
-                    len(held), time.monotonic() - start)
+        if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
+            log.debug("agent %s (%s): %s on %s", self.name or self.agent_id, self.cls_name, how, target.address)
+            return
+        log.info("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
+                 self.name or self.agent_id, self.cls_name, lost.address, target.address, reason, how,
+                 len(held), time.monotonic() - start)
+        self.runtime.moves.finish(lost, target.address, len(held))
 
     def _spec_now(self) -> AgentSpec:
         """The creation spec with the last checkpoint in it."""
