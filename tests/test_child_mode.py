@@ -229,3 +229,26 @@ def test_child_mode_agent_output_is_shown_and_never_blocks(procs):
     finally:
         if child_pid and pid_alive(child_pid) and is_agent_server(child_pid):
             kill_pid(child_pid)
+
+
+def test_a_roster_left_by_a_killed_process_is_removed_by_the_next():
+    import tempfile
+
+    from agentmesh.testing import fresh_runtime
+
+    dead = subprocess.Popen([PYTHON, "-c", "pass"])
+    dead.wait()                                    # a pid that no longer runs
+    stale = os.path.join(tempfile.gettempdir(), f"agentmesh-children-{dead.pid}-left")
+    live = os.path.join(tempfile.gettempdir(), f"agentmesh-children-{os.getpid()}-mine")
+    os.makedirs(stale, exist_ok=True)
+    os.makedirs(live, exist_ok=True)
+    try:
+        with fresh_runtime() as runtime:
+            roster = runtime.children.roster()
+            assert os.path.isdir(roster) and str(os.getpid()) in os.path.basename(roster)
+        assert not os.path.exists(stale)           # its owner is dead
+        assert os.path.exists(live)                # this process lives: left alone
+    finally:
+        for path in (stale, live):
+            if os.path.isdir(path):
+                os.rmdir(path)

@@ -22,6 +22,23 @@ from .._process import ServerProcess
 log = logging.getLogger("agentmesh")
 
 
+_ROSTER_PREFIX = "agentmesh-children-"
+
+
+def _remove_stale_rosters() -> None:
+    """Remove the rosters of processes that died without cleaning up (SIGKILL): their pid is in the name."""
+    folder = tempfile.gettempdir()
+    for name in os.listdir(folder):
+        if not name.startswith(_ROSTER_PREFIX):
+            continue
+        pid = name[len(_ROSTER_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(folder, name)
+        if os.stat(path).st_uid == os.getuid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class ChildPool:
     """Child servers, started on first use; config() says how to start one (token, limits, TLS)."""
 
@@ -42,7 +59,8 @@ class ChildPool:
         """The private folder (0700) where this pool's children list their ports; made on first use."""
         with self._roster_lock:
             if self._roster is None:
-                self._roster = tempfile.mkdtemp(prefix="agentmesh-children-")
+                _remove_stale_rosters()
+                self._roster = tempfile.mkdtemp(prefix=f"{_ROSTER_PREFIX}{os.getpid()}-")
                 log.debug("child servers list their ports in %s", self._roster)
             return self._roster
 
