@@ -10,7 +10,7 @@ import collections
 import logging
 import time
 import traceback
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 
