@@ -47,3 +47,12 @@ class ClassCache:
         """The server lost the class (restarted): ship it again next time."""
         with self._lock:
             self._shipped.discard((server_key, digest))
+
+
+#: set on a method marked ``interleave=True``: it runs as soon as it arrives, beside the agent's other calls
+INTERLEAVE = "_agentmesh_interleave"
+
+
+def interleaves(cls: type, name: str) -> bool:
+    """True when method name of cls was marked ``@sync_func(interleave=True)`` (or ``async_func``)."""
+    return bool(getattr(getattr(cls, name, None), INTERLEAVE, False))

@@ -198,3 +198,24 @@ class Heavy(AgentBase):
     def nap(self, seconds: float, value=None):
         time.sleep(seconds)
         return value
+
+
+class Worker(AgentBase):
+    """A long call, a status query that may interleave with it, and one that may not."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.done = 0
+
+    @async_func
+    def work(self, seconds: float) -> int:
+        time.sleep(seconds)
+        self.done += 1
+        return self.done
+
+    @sync_func(interleave=True)
+    def status(self) -> int:
+        return self.done
+
+    def ordered_status(self) -> int:
+        return self.done

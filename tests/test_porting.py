@@ -188,3 +188,22 @@ def test_shipping_a_class_by_value_is_not_logged_as_a_move(servers, caplog):
         agents = [Local(f"l{i}").to_dist(host="127.0.0.1", port=launcher.port) for i in range(3)]
         assert [a.twice(i) for i, a in enumerate(agents)] == [0, 2, 4]
     assert not [r.getMessage() for r in caplog.records if "moved" in r.getMessage() or r.levelno >= logging.WARNING]
+
+
+def test_an_interleaving_method_runs_while_a_long_call_runs(servers):
+    from sample_agents import Worker
+
+    launcher = servers(capacity=4)
+    worker = Worker("w").to_dist(host="127.0.0.1", port=launcher.port)
+    assert worker.status() == 0
+    from conftest import server_info, wait_until
+
+    long_call = worker.work(1.5)
+    wait_until(lambda: server_info(launcher).inflight >= 1)   # work() is running
+    started = time.monotonic()
+    assert worker.status() == 0                      # answered at once, while work() runs
+    assert time.monotonic() - started < 1.0
+    assert not long_call.done()
+    assert worker.ordered_status() == 1              # an ordinary call waits its turn, after work()
+    assert long_call.result() == 1
+    assert worker.status() == 1

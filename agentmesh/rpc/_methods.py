@@ -5,22 +5,42 @@ import functools
 import inspect
 from typing import Any, Callable, TypeVar
 
+from .._classes import INTERLEAVE
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MODE = "_agentmesh_call_mode"
 _ASYNC_BY_DEFAULT = frozenset({"reply", "__call__"})
 
 
-def async_func(func: F) -> F:
-    """Mark a method asynchronous on a proxy: it returns an AsyncResult at once."""
-    setattr(func, _MODE, "async")
-    return func
+def _marker(mode: str, func: Any, interleave: bool) -> Any:
+    def mark(f: F) -> F:
+        setattr(f, _MODE, mode)
+        if interleave:
+            setattr(f, INTERLEAVE, True)
+        return f
+
+    return mark(func) if func is not None else mark
 
 
-def sync_func(func: F) -> F:
-    """Mark a method synchronous on a proxy: the caller waits for its value."""
-    setattr(func, _MODE, "sync")
-    return func
+def async_func(func: F | None = None, *, interleave: bool = False) -> Any:
+    """Mark a method asynchronous on a proxy: it returns an AsyncResult at once.
+
+    ``@async_func(interleave=True)``: see :func:`sync_func`.
+    """
+    return _marker("async", func, interleave)
+
+
+def sync_func(func: F | None = None, *, interleave: bool = False) -> Any:
+    """Mark a method synchronous on a proxy: the caller waits for its value.
+
+    ``@sync_func(interleave=True)`` lets the method run while the agent's other
+    calls run (like Orleans' ``[AlwaysInterleave]``), for status queries during
+    a long call. Calls of one agent otherwise run one at a time, in order. An
+    interleaving method must not change the agent's state: it is not counted
+    in checkpoints, and a failover may run it again.
+    """
+    return _marker("sync", func, interleave)
 
 
 @functools.lru_cache(maxsize=None)

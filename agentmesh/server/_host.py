@@ -17,7 +17,7 @@ log = logging.getLogger("agentmesh.server")
 class Work:
     """An accepted call: its arguments, the placeholders among them, and the sessions to answer."""
 
-    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay")
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay", "interleaved")
 
     def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any,
                  replay: pb.Reply | None = None) -> None:
@@ -28,6 +28,8 @@ class Work:
         self.sessions = [session] if session is not None else []
         #: set for a replayed call that already finished: its stored reply, to send with a fresh checkpoint
         self.replay = replay
+        #: a call of a method marked interleave=True: it ran beside the others and changed no state
+        self.interleaved = False
 
 
 class AgentHost:

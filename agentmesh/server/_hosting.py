@@ -15,6 +15,7 @@ from typing import Protocol
 import grpc
 
 from .. import _checkpoint, _codec, _status
+from .._classes import interleaves
 from .._result import loads_collecting
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
@@ -274,6 +275,10 @@ class Hosting:
         host.queued += 1
         self.inflight += 1
         self.results.running.add(call_id)
+        if not placeholders and host.agent is not None and interleaves(type(host.agent), call.method):
+            work.interleaved = True            # runs now, beside the agent's other calls
+            self.executor.run(self._run_one, (host, work))
+            return
         if placeholders or host.waiting or host.agent is None:
             host.waiting.append(work)
             if host.pump is None:
@@ -357,6 +362,14 @@ class Hosting:
                 self._done_scheduled = True
                 self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
 
+    def _run_one(self, job: tuple[AgentHost, Work]) -> None:
+        """Run one interleaving call (worker thread): no checkpoint, it does not count as a state change."""
+        host, work = job
+        self._done_queue.append((host, work, host.execute(work, self.max_message_size), None))
+        if not self._done_scheduled:
+            self._done_scheduled = True
+            self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
+
     def _drain_done(self) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
         self._done_scheduled = False
@@ -369,7 +382,8 @@ class Hosting:
                     outbox.send(owned if owned is not None else reply)
                 continue
             host.queued -= 1
-            host.seq += 1
+            if not work.interleaved:
+                host.seq += 1
             self.inflight -= 1
             results.finish(reply, host.agent_id, keep=not host.deleted)
             for outbox in work.sessions:
