@@ -25,6 +25,16 @@ log = logging.getLogger("agentmesh")
 _ROSTER_PREFIX = "agentmesh-children-"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # another user's process: alive
+        return True
+    return True
+
+
 def _remove_stale_rosters() -> None:
     """Remove the rosters of processes that died without cleaning up (SIGKILL): their pid is in the name."""
     folder = tempfile.gettempdir()
@@ -32,7 +42,7 @@ def _remove_stale_rosters() -> None:
         if not name.startswith(_ROSTER_PREFIX):
             continue
         pid = name[len(_ROSTER_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+        if not pid.isdigit() or _alive(int(pid)):
             continue
         path = os.path.join(folder, name)
         if os.stat(path).st_uid == os.getuid():

@@ -108,7 +108,7 @@ async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes | No
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             raise UnprovenServerError(f"the server at {address} is not an agentmesh server of this protocol "
-                                             f"version (it has no Handshake); nothing was sent to it") from None
+                                      f"version (it has no Handshake); nothing was sent to it") from None
         raise _status.rpc_error(exc, address, "the handshake") from None
     if expect and answer.server_id != expect:
         raise ServerMismatchError(f"the agent server at {address} is {answer.server_id or 'anonymous'}, not "
@@ -117,11 +117,11 @@ async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes | No
         return answer, _protocol.call_metadata()
     if not answer.proof:
         raise UnprovenServerError(f"agent server {address} has no token, so it cannot prove it is one of "
-                                         f"ours; nothing was sent to it")
+                                  f"ours; nothing was sent to it")
     expected = _trust.server_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
     if not hmac.compare_digest(answer.proof, expected):
         raise UnprovenServerError(f"agent server {address} did not prove it holds the token of namespace "
-                                         f"{namespace!r} (an impostor, or another token); nothing was sent to it")
+                                  f"{namespace!r} (an impostor, or another token); nothing was sent to it")
     proof = _trust.client_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
     return answer, _protocol.call_metadata(_trust.ticket(client_nonce, answer.server_nonce, proof))
 

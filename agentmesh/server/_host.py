@@ -32,6 +32,14 @@ class Work:
         self.interleaved = False
 
 
+def _with_state(reply: pb.Reply, state: bytes) -> pb.Reply:
+    """The caller's copy of a reply, carrying the agent's checkpoint (the stored reply never does)."""
+    owned = pb.Reply()
+    owned.CopyFrom(reply)
+    owned.state = state
+    return owned
+
+
 class AgentHost:
     """One hosted agent: its mailbox and the runner that works through it in order."""
 
@@ -99,13 +107,9 @@ class AgentHost:
             if self.ckpt_seq != reply.seq or not self.checkpoint:
                 return None   # later calls completed: their replies carry newer state
         try:
-            state = _checkpoint.checkpoint_of(self.agent)
+            return _with_state(reply, _checkpoint.checkpoint_of(self.agent))
         except Exception:  # noqa: BLE001 - checkpointed() reports it on the next call
             return None
-        owned = pb.Reply()
-        owned.CopyFrom(reply)
-        owned.state = state
-        return owned
 
     def checkpointed(self, reply: pb.Reply) -> pb.Reply | None:
         """The caller's copy of reply, with the agent's state after this call (worker thread).
@@ -125,10 +129,7 @@ class AgentHost:
                         "failover will restart it from its constructor", self.agent_id, self.cls_name,
                         type(exc).__name__, exc)
             return None
-        owned = pb.Reply()
-        owned.CopyFrom(reply)
-        owned.state = state
-        return owned
+        return _with_state(reply, state)
 
 
 def construct(cls: type, agent_id: str, args: tuple, kwargs: dict, state: bytes = b"") -> Any:

@@ -279,12 +279,7 @@ class Hosting:
             work.interleaved = True            # runs now, beside the agent's other calls
             self.executor.run(self._run_one, (host, work))
             return
-        if placeholders or host.waiting or host.agent is None:
-            host.waiting.append(work)
-            if host.pump is None:
-                host.pump = asyncio.ensure_future(self._pump(host))
-        else:
-            self._ready(host, work)
+        self._enqueue(host, work)
 
     async def _answer_later(self, call: pb.Call, outbox: Outbox | None) -> None:
         reply = await self.results.wait(call.call_id, grace=0)
@@ -298,8 +293,11 @@ class Hosting:
         if outbox is None or host is None or not host.checkpoint or not reply.seq:
             self._answer(outbox, reply)
             return
-        work = Work(call, (), {}, [], outbox, replay=reply)
-        if host.waiting or host.agent is None:
+        self._enqueue(host, Work(call, (), {}, [], outbox, replay=reply))
+
+    def _enqueue(self, host: AgentHost, work: Work) -> None:
+        """Into the agent's mailbox, in order: held back while placeholders resolve or the agent is built."""
+        if work.placeholders or host.waiting or host.agent is None:
             host.waiting.append(work)
             if host.pump is None:
                 host.pump = asyncio.ensure_future(self._pump(host))
@@ -357,15 +355,16 @@ class Hosting:
             else:
                 reply = host.execute(work, self.max_message_size)
                 owned = host.checkpointed(reply) if host.checkpoint else None
-            self._done_queue.append((host, work, reply, owned))
-            if not self._done_scheduled:
-                self._done_scheduled = True
-                self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
+            self._finished(host, work, reply, owned)
 
     def _run_one(self, job: tuple[AgentHost, Work]) -> None:
         """Run one interleaving call (worker thread): no checkpoint, it does not count as a state change."""
         host, work = job
-        self._done_queue.append((host, work, host.execute(work, self.max_message_size), None))
+        self._finished(host, work, host.execute(work, self.max_message_size), None)
+
+    def _finished(self, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
+        """Hand a finished call to the I/O loop, which answers and counts it in batches (worker thread)."""
+        self._done_queue.append((host, work, reply, owned))
         if not self._done_scheduled:
             self._done_scheduled = True
             self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
