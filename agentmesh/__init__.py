@@ -6,6 +6,7 @@ from ._grpc_tuning import tune_grpc as _tune_grpc
 
 _tune_grpc()   # before anything imports grpc: it reads its configuration once, on import
 
+import os  # noqa: E402
 from typing import Any  # noqa: E402
 
 from . import errors  # noqa: E402
@@ -43,7 +44,16 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     or an unreadable file is a ValueError. ``insecure=True``
     (``AGENTMESH_INSECURE=1``) allows plaintext to network addresses, which is
     otherwise refused.
+
+    Files: ``download_dir`` (``AGENTMESH_DOWNLOAD_DIR``) is where files named
+    by replies (``Msg.url`` under a server's ``file_dir``) are copied; default
+    ``save_dir``/files when AgentScope's ``save_dir`` is given (the folder is
+    made), else a temporary folder per process.
     """
+    save_dir = options.get("save_dir")
+    if save_dir:   # AgentScope's run folder: made now; files that replies name are copied under it
+        os.makedirs(save_dir, exist_ok=True)
+        options.setdefault("download_dir", os.path.join(save_dir, "files"))
     runtime = default_runtime()
     env = Settings.from_env()
     if token is None and token_file is None:

@@ -55,6 +55,7 @@ ENVIRONMENT = {
     "token_file": "AGENTMESH_TOKEN_FILE",
     "etcd_password_file": "AGENTMESH_ETCD_PASSWORD_FILE",
     "insecure": "AGENTMESH_INSECURE",
+    "download_dir": "AGENTMESH_DOWNLOAD_DIR",
 }
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
@@ -131,6 +132,8 @@ class Settings:
     etcd_password: str | None = dataclasses.field(default=None, repr=False)  # of the registry URL's user
     #: dial agent servers at network (non-loopback) addresses in plaintext; off: refused, TLS is required
     insecure: bool = False
+    #: where files a reply's Msg.url names on its server are copied; None: a new temporary folder per process
+    download_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

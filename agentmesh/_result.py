@@ -1,12 +1,17 @@
 """Placeholders: the AsyncResult an asynchronous call returns at once."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Protocol
 
-from . import _codec
+from . import _codec, errors
+from ._client import files
+from ._client.connection import Connection
 from ._client.pool import ResultRef
 from ._client.slot import CallSlot, decode_reply, raised
 from ._runtime import Runtime, default_runtime
+
+log = logging.getLogger("agentmesh")
 
 
 class Retrying(Protocol):
@@ -72,12 +77,24 @@ class AsyncResult:
         slot = self._slot
         if slot is not None:
             slot.wait(timeout)
-            return slot.value()
+            return self._with_files(slot.value(), slot.conn)
         if self._resolved is None:    # a remote placeholder fetches its value
             runtime = self._runtime or default_runtime()
             reply = runtime.run(runtime.pool.fetch(self._ref), timeout)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
-        return self._resolved[0]
+        return self._with_files(self._resolved[0], (self._runtime or default_runtime()).pool.session_of(self._ref[1]))
+
+    def _with_files(self, value: Any, conn: Any) -> Any:
+        """value, its urls under the server's file root swapped for local copies (once; a failure is a warning)."""
+        if not isinstance(conn, Connection) or not files.names_files(value, conn.file_dir):
+            return value
+        runtime = self._runtime or default_runtime()
+        try:
+            return runtime.run(files.localize(value, conn, runtime.downloads.folder(runtime.settings.download_dir)))
+        except (OSError, errors.AgentMeshError) as exc:
+            log.warning("agentmesh: the reply of call %s names a file on %s that could not be copied here, so its "
+                        "url stays the server's: %s", self.call_id, conn.address, exc)
+            return value
 
     async def _resolve_async(self) -> None:
         """Fetch a remote value on the I/O loop, so no thread waits for it."""
@@ -87,6 +104,21 @@ class AsyncResult:
         if self._resolved is None:
             reply = await (self._runtime or default_runtime()).pool.fetch(self._ref)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
+
+    # -- AgentScope's names ----------------------------------------------------
+    @property
+    def _ready(self) -> bool:
+        """AgentScope's flag: True once the value is here."""
+        return self.done()
+
+    def _fetch_result(self) -> None:
+        """AgentScope's explicit fetch: wait for the value; raise if the call failed."""
+        self.result()
+
+    def update_value(self) -> "AsyncResult":
+        """Wait for the value (AgentScope's older name for it); raises if the call failed."""
+        self.result()
+        return self
 
     @property
     def call_id(self) -> str:

@@ -19,6 +19,7 @@ from . import _trust
 from ._classes import ClassCache
 from ._client.children import ChildPool
 from ._client.connection import Dialing
+from ._client.files import Downloads
 from ._client.moves import MoveLog
 from ._client.pool import Pool
 from ._config import Settings
@@ -42,6 +43,8 @@ class Runtime:
         self.pool = Pool(self.loop, self._dialing())
         #: what failover did: one summary per lost server
         self.moves = MoveLog()
+        #: where files named by replies are copied
+        self.downloads = Downloads()
         #: agents this process created: agent_id -> address; deleted when it closes
         self.owned: dict[str, str] = {}
         #: why the last placement went to child mode (logged once per reason)

@@ -64,6 +64,12 @@ def _capacity_arg(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _folder_arg(value: str) -> str:
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a folder")
+    return os.path.realpath(value)
+
+
 def _registry_arg(value: str) -> str:
     try:
         parse_registry_url(value)
@@ -124,7 +130,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
                          etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                         etcd_password=settings.etcd_password)
+                         etcd_password=settings.etcd_password, file_dir=args.file_dir, agent_dir=args.agent_dir)
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -300,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a non-loopback --host without TLS, or without a token or mutual TLS "
                              "(with a warning: anyone on the network could read the calls, or run code); "
                              "this server's own calls may then use plaintext to network addresses too")
+    server.add_argument("--agent-dir", type=_folder_arg, default=None, metavar="DIR",
+                        help="also host the agent classes defined in DIR's .py files (as AgentScope's --agent-dir)")
+    server.add_argument("--file-dir", type=_folder_arg, default=None, metavar="DIR",
+                        help="serve the files under DIR to authenticated callers (a reply's Msg.url there "
+                             "arrives as a local copy); default: no files")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)

@@ -141,6 +141,7 @@ class Connection:
         self.server_id = ""
         self.epoch = 0
         self.max_message_size = dialing.max_message_size
+        self.file_dir = ""   # the server's file root (Hello), whose files a reply's Msg.url may name
         self.namespace, self._key = dialing.credentials(address, namespace)
         self.expect = expect
         self.metadata = _protocol.call_metadata()
@@ -190,6 +191,7 @@ class Connection:
             await self._channel.close()
             raise errors.ServerUnavailableError(f"agent server {self.address} closed the session at once")
         self.epoch = first.hello.epoch
+        self.file_dir = first.hello.file_dir
         if first.hello.max_message_size:
             self.max_message_size = min(self.max_message_size, first.hello.max_message_size)
         self._tasks = [asyncio.ensure_future(self._reader()), asyncio.ensure_future(self._writer()),

@@ -76,6 +76,11 @@ class Pool:
         finally:
             self._connecting.pop(address, None)
 
+    def session_of(self, address: str) -> Connection | None:
+        """The open session to address, if there is one (no dialing)."""
+        conn = self._open.get(address)
+        return conn if conn is not None and not conn.closed else None
+
     def connect(self, address: str, timeout: float | None = None, expect: str = "") -> Connection:
         """get() from a user thread."""
         conn = self._open.get(address)

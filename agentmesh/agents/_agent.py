@@ -24,6 +24,15 @@ class AgentBase(metaclass=RpcMeta):
         # a server building this agent for a proxy puts the proxy's id in first
         self.agent_id = self.__dict__.get("agent_id") or uuid.uuid4().hex
 
+    @property
+    def _oid(self) -> str:
+        """AgentScope's name for agent_id."""
+        return self.agent_id
+
+    @_oid.setter
+    def _oid(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+
     def reply(self, x: Any = None) -> Any:
         """Answer x; subclasses define it."""
         raise NotImplementedError(f"{type(self).__name__} does not define reply()")

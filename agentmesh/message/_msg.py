@@ -25,6 +25,16 @@ class Msg:
         """The message as a plain dict (for logs and JSON)."""
         return {k: getattr(self, k) for k in self.__slots__}
 
+    def formatted_str(self, colored: bool = False) -> str:
+        """"name: content", as AgentScope prints a message (colored is accepted for its signature)."""
+        return f"{self.name}: {self.content}"
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-style access to a field (``msg["content"]``), as AgentScope's dict-based messages allowed."""
+        if key not in self.__slots__:
+            raise KeyError(key)
+        return getattr(self, key)
+
     def __getstate__(self) -> dict[str, Any]:
         return self.to_dict()
 

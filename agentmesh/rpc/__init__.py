@@ -4,7 +4,8 @@ from ._meta import RpcMeta
 from ._methods import async_func, sync_func
 from ._proxy import RpcObject
 from .retry_strategy import RetryBase, RetryExponential, RetryFixedTimes
+from .rpc_client import RpcClient
 from .rpc_config import DistConf
 
-__all__ = ["RpcObject", "AsyncResult", "async_func", "sync_func", "RpcMeta", "DistConf", "RetryBase",
+__all__ = ["RpcObject", "RpcClient", "AsyncResult", "async_func", "sync_func", "RpcMeta", "DistConf", "RetryBase",
            "RetryFixedTimes", "RetryExponential"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from .. import _codec, errors
-from .._address import format_address
+from .. import _codec, _status, errors
+from .._address import format_address, host_of
 from .._classes import class_name
 from .._client.slot import CallSlot
 from .._creation import AgentSpec
@@ -16,6 +16,7 @@ from ..v1 import agent_server_pb2 as pb
 from ._failover import Binding
 from ._methods import method_table
 from .retry_strategy import RetryBase, retry_strategy_of
+from .rpc_client import RpcClient
 
 
 class _RemoteMethod:
@@ -44,8 +45,43 @@ class RpcObject:
     for their value. A proxy pickles to a proxy of the same agent.
     """
 
-    def __init__(self, binding: Binding, methods: dict[str, bool], timeout: float | None = None,
-                 retry: RetryBase | None = None) -> None:
+    def __init__(self, cls: type, oid: str | None = None, host: str | None = None, port: int | None = None,
+                 connect_existing: bool = False, max_timeout_seconds: float | None = None,
+                 retry_strategy: RetryBase | dict | None = None, configs: dict | None = None,
+                 **options: Any) -> None:
+        """AgentScope's constructor: a proxy of agent oid of class cls on host:port.
+
+        connect_existing=True: the agent is already there (made by someone
+        else, e.g. RpcClient.create_agent), so this proxy only calls it.
+        Otherwise the agent is created from configs (``args``, ``kwargs``) —
+        on host:port, or where placement puts it when no port is given.
+        AgentScope-only options (``max_pool_size``, ``local_mode`` …) are accepted and unused.
+        """
+        retry = retry_strategy_of(retry_strategy)
+        if connect_existing:
+            if not oid or host is None or port in (None, ""):
+                raise ValueError("RpcObject(connect_existing=True) needs the agent's oid, host and port")
+            runtime = default_runtime()
+            address = format_address(host, port)
+            binding = Binding(runtime, agent_id=oid, cls_name=class_name(cls), address=address)
+            self._setup(binding, method_table(cls), max_timeout_seconds, retry)
+            return
+        configs = configs or {}
+        made = create_proxy(cls, tuple(configs.get("args", ())), dict(configs.get("kwargs", {})), host=host,
+                            port=port, agent_id=oid, max_timeout_seconds=max_timeout_seconds,
+                            retry_strategy=retry, **options)
+        self._setup(made._binding, made._methods, made._timeout, made._retry)
+
+    @classmethod
+    def _bound(cls, binding: Binding, methods: dict[str, bool], timeout: float | None = None,
+               retry: RetryBase | None = None) -> "RpcObject":
+        """The proxy of binding's agent (how agentmesh itself makes proxies)."""
+        proxy = cls.__new__(cls)
+        proxy._setup(binding, methods, timeout, retry)
+        return proxy
+
+    def _setup(self, binding: Binding, methods: dict[str, bool], timeout: float | None,
+               retry: RetryBase | None) -> None:
         self.agent_id = binding.agent_id
         self._binding = binding
         self._methods = methods
@@ -57,6 +93,44 @@ class RpcObject:
     def server(self) -> str:
         """Where the agent lives now, as "host:port"."""
         return self._binding.address
+
+    @property
+    def host(self) -> str:
+        """The host of the agent's server now (AgentScope's ``host``)."""
+        return host_of(self._binding.address)
+
+    @property
+    def port(self) -> int:
+        """The port of the agent's server now (AgentScope's ``port``)."""
+        return int(self._binding.address.rsplit(":", 1)[1])
+
+    @property
+    def client(self) -> "RpcClient":
+        """An RpcClient of the agent's server now (AgentScope's ``client``)."""
+        return RpcClient(self.host, self.port, self._binding.runtime)
+
+    @property
+    def _oid(self) -> str:
+        """AgentScope's name for agent_id; setting it re-points this proxy at another agent of the same server."""
+        return self.agent_id
+
+    @_oid.setter
+    def _oid(self, agent_id: str) -> None:
+        if agent_id == self.agent_id:
+            return
+        b = self._binding
+        self._setup(Binding(b.runtime, agent_id=agent_id, cls_name=b.cls_name, address=b.address,
+                            server_id=b.server_id, epoch=b.epoch, name=b.name), self._methods, self._timeout,
+                    self._retry)
+
+    def _check_created(self) -> None:
+        """Wait until the agent is built; AgentCreationError (or CapacityError) saying why it was not."""
+        slot = self._binding.creation
+        if slot is None:
+            return
+        reply = slot.wait(self._timeout)
+        if reply.status != pb.OK:
+            raise _status.reply_error(reply, self.agent_id, "__create__")
 
     @property
     def name(self) -> str:
@@ -114,7 +188,7 @@ def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, e
                    retry: RetryBase | None = None) -> RpcObject:
     binding = Binding(default_runtime(), agent_id=agent_id, cls_name=cls_name, address=address,
                       server_id=server_id, epoch=epoch, name=name)
-    return RpcObject(binding, methods, timeout, retry)
+    return RpcObject._bound(binding, methods, timeout, retry)
 
 
 def _name_from(args: tuple, kwargs: dict) -> str:
@@ -154,4 +228,4 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     binding.bind(conn)
     runtime.owned[agent_id] = conn.address
     binding.start_creation(conn)
-    return RpcObject(binding, method_table(cls), timeout, retry)
+    return RpcObject._bound(binding, method_table(cls), timeout, retry)

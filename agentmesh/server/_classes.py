@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import importlib.util
 import logging
+import os
+import sys
 
 from .. import _codec
 from .._config import DEFAULT_MAX_CLASS_BYTES, DEFAULT_MAX_CLASSES
@@ -33,16 +36,26 @@ class HostedClasses:
         self._shipped: collections.OrderedDict[str, tuple[type, int]] = collections.OrderedDict()
         self.shipped_bytes = 0   # sum of the shipped classes' pickles
         self.names: list[str] = []
+        self._by_name: dict[str, list[type]] = collections.defaultdict(list)   # "module:Qual", "Qual" -> classes
         for cls in classes:
             self._given[hashlib.sha256(_codec.dumps(cls)).hexdigest()] = cls
-            self.names.append(f"{cls.__module__}:{cls.__qualname__}")
+            full = f"{cls.__module__}:{cls.__qualname__}"
+            self.names.append(full)
+            for key in {full, cls.__qualname__, cls.__name__}:
+                self._by_name[key].append(cls)
 
     def __len__(self) -> int:
         """How many shipped classes are cached."""
         return len(self._shipped)
 
     def resolve(self, ref: pb.ClassRef) -> type:
-        """The class ref names; ClassNotSent, LookupError or another error when it cannot be had here."""
+        """The class ref names; ClassNotSent, LookupError or another error when it cannot be had here.
+
+        A ref with neither digest nor blob names a hosted class by name ("module:Qual" or the class name
+        alone), as AgentScope's RpcClient.create_agent does.
+        """
+        if not ref.digest and not ref.blob:
+            return self.by_name(ref.name)
         cls = self._given.get(ref.digest)
         if cls is not None:
             return cls
@@ -62,6 +75,16 @@ class HostedClasses:
         self._keep(ref.digest, cls, len(ref.blob))
         return cls
 
+    def by_name(self, name: str) -> type:
+        """The hosted class called name; LookupError when none or several are."""
+        found = self._by_name.get(name, [])
+        if len(found) == 1:
+            return found[0]
+        hosted = ", ".join(self.names) or "none"
+        if not found:
+            raise LookupError(f"class {name} is not hosted here (hosted: {hosted})")
+        raise LookupError(f"class name {name} is ambiguous here: give it as module:QualName (hosted: {hosted})")
+
     def _keep(self, digest: str, cls: type, size: int) -> None:
         """Cache a shipped class, evicting the least recently used beyond the count or byte budget."""
         shipped = self._shipped
@@ -72,3 +95,27 @@ class HostedClasses:
             self.shipped_bytes -= old_size
             log.debug("class cache full (%d classes, %d bytes): evicted %s:%s (%s)", len(shipped),
                       self.shipped_bytes, old.__module__, old.__qualname__, old_digest[:12])
+
+
+def classes_in_folder(folder: str) -> list[type]:
+    """The classes defined in the .py files of folder (AgentScope's agent_dir), each file imported once by path."""
+    path = os.path.realpath(folder)
+    if not os.path.isdir(path):
+        raise ValueError(f"agent_dir {folder!r} is not a folder")
+    found: list[type] = []
+    for entry in sorted(os.listdir(path)):
+        if not entry.endswith(".py") or entry.startswith("_"):
+            continue
+        name = entry[:-3]
+        module = sys.modules.get(name)
+        if module is None or os.path.realpath(getattr(module, "__file__", "") or "") != os.path.join(path, entry):
+            spec = importlib.util.spec_from_file_location(name, os.path.join(path, entry))
+            if spec is None or spec.loader is None:
+                continue
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module   # its classes pickle by reference, like any importable class
+            spec.loader.exec_module(module)
+        found.extend(obj for obj in vars(module).values()   # distributable classes (RpcMeta gives them to_dist)
+                     if isinstance(obj, type) and obj.__module__ == name and callable(getattr(obj, "to_dist", None)))
+    log.debug("agent_dir %s: %d class(es): %s", path, len(found), ", ".join(c.__qualname__ for c in found))
+    return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from ..etcd import redact_url
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
 from ._auth import Credentials, Gate
-from ._classes import HostedClasses
+from ._classes import HostedClasses, classes_in_folder
+from ._files import FileRoot
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
 from ._outbox import Session as _Session, entry_cost
@@ -65,8 +67,13 @@ class AgentServer(pb_grpc.AgentServerServicer):
         advertise_host: str | None = None,
         fence_after: float = 1.5,
         tls: ServerTLS | None = None,
+        file_dir: str | None = None,
+        agent_dir: str | None = None,
+        grace: float = 5.0,
     ) -> None:
         self.runtime = runtime
+        self.files = FileRoot(file_dir) if file_dir else None   # what DownloadFile may serve
+        self.stop_grace = grace   # how long running calls may take when a caller stops the server
         self.host = host
         self.port = port
         self.token = token
@@ -74,7 +81,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.server_id = server_id or uuid.uuid4().hex[:12]
         self.namespace = namespace
         self.credentials = Credentials(self.server_id, namespace, token)
-        classes = HostedClasses(list(custom_agent_classes or ()), allow_shipped_classes, max_classes, max_class_bytes)
+        given = list(custom_agent_classes or ()) + (classes_in_folder(agent_dir) if agent_dir else [])
+        classes = HostedClasses(given, allow_shipped_classes, max_classes, max_class_bytes)
         self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity, classes=classes,
                                max_message_size=max_message_size, max_pending_calls=max_pending_calls,
                                max_results=max_results, result_ttl=result_ttl, max_result_bytes=max_result_bytes,
@@ -94,6 +102,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             if registry else None)
         self.registration: Registration | None = None
         self.started_at = time.time()
+        self._cpu_mark = (time.monotonic(), time.process_time())   # for GetInfo's cpu_percent
         self._sessions: set[_Session] = set()
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
@@ -234,7 +243,54 @@ class AgentServer(pb_grpc.AgentServerServicer):
             server_id=self.server_id, host=self.host, port=self.port, capacity=self.capacity,
             agents=len(self.agents), inflight=self.inflight, classes=self.class_names,
             python=_protocol.PYTHON_VERSION, version=__version__, epoch=self.epoch, pid=os.getpid(),
-            status="DRAINING" if self.draining else "SERVING")
+            status="DRAINING" if self.draining else "SERVING", cpu_percent=self._cpu_percent(),
+            memory_mib=_resident_mib(), uptime=time.time() - self.started_at,
+            file_dir=self.files.path if self.files else "")
+
+    def _cpu_percent(self) -> float:
+        """CPU time this process used since the previous call (or the start), in % of one core's wall time."""
+        (wall0, cpu0), now = self._cpu_mark, (time.monotonic(), time.process_time())
+        self._cpu_mark = now
+        return 100.0 * (now[1] - cpu0) / max(now[0] - wall0, 1e-6)
+
+    async def ListAgents(self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext) -> pb.AgentList:
+        return pb.AgentList(agents=[
+            pb.AgentSummary(agent_id=host.agent_id, name=host.name, type=host.cls_name.rpartition(":")[2],
+                            cls=host.cls_name, seq=host.seq, queued=host.queued, checkpoint=host.checkpoint)
+            for host in list(self.agents.values())])
+
+    async def DeleteAllAgents(self, request: pb.DeleteAllAgentsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.DeleteAllAgentsResponse:
+        deleted = sum(self.hosting.delete(agent_id) for agent_id in list(self.agents))
+        log.info("agent server %s: deleted all %d agent(s) at a caller's request", self.server_id, deleted)
+        return pb.DeleteAllAgentsResponse(deleted=deleted)
+
+    async def StopServer(self, request: pb.StopRequest, context: grpc.aio.ServicerContext) -> pb.StopResponse:
+        grace = request.grace if request.grace > 0 else self.stop_grace
+        log.info("agent server %s stopping: asked by %s", self.server_id, context.peer())
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(grace)))
+        return pb.StopResponse(server_id=self.server_id)
+
+    async def DownloadFile(self, request: pb.FileRequest, context: grpc.aio.ServicerContext) -> Any:
+        if self.files is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id} serves no files "
+                                                           f"(it was started without file_dir / --file-dir)")
+        try:
+            path = self.files.resolve(request.path)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id}: {exc}")
+        loop = asyncio.get_running_loop()
+        size = os.path.getsize(path)
+        chunks = FileRoot.chunks(path)
+        first = True
+        while True:
+            data = await loop.run_in_executor(self.hosting.executor, next, chunks, None)
+            if data is None:
+                if first:   # an empty file still answers one (empty) chunk with its size
+                    yield pb.FileChunk(data=b"", size=0)
+                return
+            yield pb.FileChunk(data=data, size=size if first else 0)
+            first = False
 
     async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
         host = self.agents.get(request.agent_id)
@@ -282,7 +338,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         session = _Session(self.session_backlog_bytes)
         self._sessions.add(session)
         await context.write(pb.ServerFrame(hello=pb.Hello(
-            server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size)))
+            server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size,
+            file_dir=self.files.path if self.files else "")))
         reader = asyncio.ensure_future(self._read_session(request_iterator, session))
         reader.add_done_callback(lambda _: session.wake.set())
         wake = session.wake
@@ -320,3 +377,12 @@ class AgentServer(pb_grpc.AgentServerServicer):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
             log.warning("session ended by an error", exc_info=True)
+
+
+def _resident_mib() -> float:
+    """This process's resident set size in MiB (Linux /proc; elsewhere the peak, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -13,6 +13,7 @@ from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, chec
 from .._process import ServerProcess
 from .._runtime import default_runtime
 from ..etcd import parse_registry_url
+from ._files import FileRoot
 from ._service import AgentServer
 
 log = logging.getLogger("agentmesh.server")
@@ -20,7 +21,7 @@ log = logging.getLogger("agentmesh.server")
 _SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_result_bytes",
                    "session_backlog_bytes", "max_fetch_waiters", "max_classes", "max_class_bytes", "max_workers",
                    "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
-                   "advertise_host", "fence_after")
+                   "advertise_host", "fence_after", "file_dir", "agent_dir")
 
 
 def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_client_auth: bool = False) -> None:
@@ -127,7 +128,7 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
         client_key=client_key, insecure=insecure, etcd_ca=etcd_ca, etcd_cert=etcd_cert, etcd_key=etcd_key,
         etcd_password=etcd_password))
     server = AgentServer(runtime=runtime, host=host, port=port or 0, capacity=capacity,
-                         custom_agent_classes=custom_agent_classes, token=token, tls=tls,
+                         custom_agent_classes=custom_agent_classes, token=token, tls=tls, grace=grace,
                          **{k: v for k, v in options.items() if k in _SERVER_OPTIONS})
     runtime.run(server.start())
     if roster is not None:
@@ -202,6 +203,8 @@ class RpcAgentServerLauncher:
         self.max_message_size = max_message_size
         self.grace = grace
         self.options = {k: v for k, v in options.items() if k in _SERVER_OPTIONS}
+        if self.options.get("file_dir"):
+            self.options["file_dir"] = FileRoot(self.options["file_dir"]).path   # a ValueError now, not in the child
         ignored = sorted(set(options) - set(self.options))
         if ignored:
             log.debug("RpcAgentServerLauncher: options %s are not used by agentmesh", ignored)
@@ -230,7 +233,7 @@ class RpcAgentServerLauncher:
             return
         self._server = AgentServer(runtime=self._runtime, host=self.host, port=self.port or 0, capacity=self.capacity,
                                    custom_agent_classes=self.custom_agent_classes, token=self.token,
-                                   tls=self.tls, max_message_size=self.max_message_size,
+                                   tls=self.tls, max_message_size=self.max_message_size, grace=self.grace,
                                    **self._registry_options(),
                                    **self.options)
         self.port = self._runtime.run(self._server.start())

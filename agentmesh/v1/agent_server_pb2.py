@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/v1/agent_server.proto\x12\x0c\x61gentmesh.v1\"6\n\x08\x43lassRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\"\x94\x01\n\x12\x43reateAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x03\x63ls\x18\x02 \x01(\x0b\x32\x16.agentmesh.v1.ClassRef\x12\x11\n\tinit_args\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\x12\x11\n\tstate_seq\x18\x05 \x01(\x04\x12\x12\n\ncheckpoint\x18\x06 \x01(\x08\"h\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tserver_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x05 \x01(\x08\"&\n\x12\x44\x65leteAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteAgentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"Y\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\"\xae\x01\n\x05Reply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.agentmesh.v1.ReplyStatus\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\x0c\";\n\x10HandshakeRequest\x12\x14\n\x0c\x63lient_nonce\x18\x01 \x01(\x0c\x12\x11\n\tnamespace\x18\x02 \x01(\t\"^\n\x11HandshakeResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0cserver_nonce\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\"C\n\x05Hello\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x18\n\x10max_message_size\x18\x03 \x01(\x04\"0\n\x0b\x43lientFrame\x12!\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Call\"W\n\x0bServerFrame\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x13.agentmesh.v1.Hello\x12$\n\x07replies\x18\x02 \x03(\x0b\x32\x13.agentmesh.v1.Reply\"1\n\x0c\x46\x65tchRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\xcd\x01\n\nServerInfo\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06\x61gents\x18\x05 \x01(\r\x12\x10\n\x08inflight\x18\x06 \x01(\r\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x0e\n\x06python\x18\x08 \x01(\t\x12\x0f\n\x07version\x18\t \x01(\t\x12\r\n\x05\x65poch\x18\n \x01(\x04\x12\x0b\n\x03pid\x18\x0b \x01(\r\x12\x0e\n\x06status\x18\x0c \x01(\t\" \n\x0cStateRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"r\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x03\x63ls\x18\x02 \x01(\x0b\x32\x16.agentmesh.v1.ClassRef\x12\x11\n\tinit_args\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04*\x9d\x02\n\x0bReplyStatus\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x11\n\rUNKNOWN_AGENT\x10\x02\x12\x12\n\x0eUNKNOWN_METHOD\x10\x03\x12\x0f\n\x0b\x42\x41\x44_PAYLOAD\x10\x04\x12\r\n\tTOO_LARGE\x10\x05\x12\x0f\n\x0bSTALE_EPOCH\x10\x06\x12\x0e\n\nOVERLOADED\x10\x07\x12\x0b\n\x07\x45XPIRED\x10\x08\x12\x0f\n\x0bUNAVAILABLE\x10\t\x12\x0c\n\x08\x43\x41PACITY\x10\n\x12\x13\n\x0f\x43LASS_NOT_FOUND\x10\x0b\x12\x13\n\x0f\x43REATION_FAILED\x10\x0c\x12\x12\n\x0e\x43LASS_NOT_SENT\x10\r\x12\x13\n\x0fUNAUTHENTICATED\x10\x0e\x12\x14\n\x10VERSION_MISMATCH\x10\x0f\x32\x8a\x04\n\x0b\x41gentServer\x12L\n\tHandshake\x12\x1e.agentmesh.v1.HandshakeRequest\x1a\x1f.agentmesh.v1.HandshakeResponse\x12\x43\n\x07Session\x12\x19.agentmesh.v1.ClientFrame\x1a\x19.agentmesh.v1.ServerFrame(\x01\x30\x01\x12R\n\x0b\x43reateAgent\x12 .agentmesh.v1.CreateAgentRequest\x1a!.agentmesh.v1.CreateAgentResponse\x12R\n\x0b\x44\x65leteAgent\x12 .agentmesh.v1.DeleteAgentRequest\x1a!.agentmesh.v1.DeleteAgentResponse\x12>\n\x0b\x46\x65tchResult\x12\x1a.agentmesh.v1.FetchRequest\x1a\x13.agentmesh.v1.Reply\x12>\n\x07GetInfo\x12\x19.agentmesh.v1.InfoRequest\x1a\x18.agentmesh.v1.ServerInfo\x12@\n\x08GetState\x12\x1a.agentmesh.v1.StateRequest\x1a\x18.agentmesh.v1.AgentStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/v1/agent_server.proto\x12\x0c\x61gentmesh.v1\"6\n\x08\x43lassRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x62lob\x18\x03 \x01(\x0c\"\x94\x01\n\x12\x43reateAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x03\x63ls\x18\x02 \x01(\x0b\x32\x16.agentmesh.v1.ClassRef\x12\x11\n\tinit_args\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\x12\x11\n\tstate_seq\x18\x05 \x01(\x04\x12\x12\n\ncheckpoint\x18\x06 \x01(\x08\"h\n\x13\x43reateAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tserver_id\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x04\x12\x0f\n\x07\x65xisted\x18\x05 \x01(\x08\"&\n\x12\x44\x65leteAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteAgentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"Y\n\x04\x43\x61ll\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\r\n\x05\x65poch\x18\x05 \x01(\x04\"\xae\x01\n\x05Reply\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12)\n\x06status\x18\x02 \x01(\x0e\x32\x19.agentmesh.v1.ReplyStatus\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\nerror_type\x18\x04 \x01(\t\x12\x15\n\rerror_message\x18\x05 \x01(\t\x12\x11\n\ttraceback\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\x0c\";\n\x10HandshakeRequest\x12\x14\n\x0c\x63lient_nonce\x18\x01 \x01(\x0c\x12\x11\n\tnamespace\x18\x02 \x01(\t\"^\n\x11HandshakeResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x14\n\x0cserver_nonce\x18\x03 \x01(\x0c\x12\r\n\x05proof\x18\x04 \x01(\x0c\"U\n\x05Hello\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x18\n\x10max_message_size\x18\x03 \x01(\x04\x12\x10\n\x08\x66ile_dir\x18\x04 \x01(\t\"0\n\x0b\x43lientFrame\x12!\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x12.agentmesh.v1.Call\"W\n\x0bServerFrame\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x13.agentmesh.v1.Hello\x12$\n\x07replies\x18\x02 \x03(\x0b\x32\x13.agentmesh.v1.Reply\"1\n\x0c\x46\x65tchRequest\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\"\r\n\x0bInfoRequest\"\x98\x02\n\nServerInfo\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06\x61gents\x18\x05 \x01(\r\x12\x10\n\x08inflight\x18\x06 \x01(\r\x12\x0f\n\x07\x63lasses\x18\x07 \x03(\t\x12\x0e\n\x06python\x18\x08 \x01(\t\x12\x0f\n\x07version\x18\t \x01(\t\x12\r\n\x05\x65poch\x18\n \x01(\x04\x12\x0b\n\x03pid\x18\x0b \x01(\r\x12\x0e\n\x06status\x18\x0c \x01(\t\x12\x13\n\x0b\x63pu_percent\x18\r \x01(\x01\x12\x12\n\nmemory_mib\x18\x0e \x01(\x01\x12\x0e\n\x06uptime\x18\x0f \x01(\x01\x12\x10\n\x08\x66ile_dir\x18\x10 \x01(\t\" \n\x0cStateRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"r\n\nAgentState\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12#\n\x03\x63ls\x18\x02 \x01(\x0b\x32\x16.agentmesh.v1.ClassRef\x12\x11\n\tinit_args\x18\x03 \x01(\x0c\x12\r\n\x05state\x18\x04 \x01(\x0c\x12\x0b\n\x03seq\x18\x05 \x01(\x04\"\x13\n\x11ListAgentsRequest\"z\n\x0c\x41gentSummary\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0b\n\x03\x63ls\x18\x04 \x01(\t\x12\x0b\n\x03seq\x18\x05 \x01(\x04\x12\x0e\n\x06queued\x18\x06 \x01(\r\x12\x12\n\ncheckpoint\x18\x07 \x01(\x08\"7\n\tAgentList\x12*\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x1a.agentmesh.v1.AgentSummary\"\x18\n\x16\x44\x65leteAllAgentsRequest\"*\n\x17\x44\x65leteAllAgentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\x1c\n\x0bStopRequest\x12\r\n\x05grace\x18\x01 \x01(\x01\"!\n\x0cStopResponse\x12\x11\n\tserver_id\x18\x01 \x01(\t\"\x1b\n\x0b\x46ileRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\'\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0c\n\x04size\x18\x02 \x01(\x04*\x9d\x02\n\x0bReplyStatus\x12\x06\n\x02OK\x10\x00\x12\t\n\x05\x45RROR\x10\x01\x12\x11\n\rUNKNOWN_AGENT\x10\x02\x12\x12\n\x0eUNKNOWN_METHOD\x10\x03\x12\x0f\n\x0b\x42\x41\x44_PAYLOAD\x10\x04\x12\r\n\tTOO_LARGE\x10\x05\x12\x0f\n\x0bSTALE_EPOCH\x10\x06\x12\x0e\n\nOVERLOADED\x10\x07\x12\x0b\n\x07\x45XPIRED\x10\x08\x12\x0f\n\x0bUNAVAILABLE\x10\t\x12\x0c\n\x08\x43\x41PACITY\x10\n\x12\x13\n\x0f\x43LASS_NOT_FOUND\x10\x0b\x12\x13\n\x0f\x43REATION_FAILED\x10\x0c\x12\x12\n\x0e\x43LASS_NOT_SENT\x10\r\x12\x13\n\x0fUNAUTHENTICATED\x10\x0e\x12\x14\n\x10VERSION_MISMATCH\x10\x0f\x32\xbd\x06\n\x0b\x41gentServer\x12L\n\tHandshake\x12\x1e.agentmesh.v1.HandshakeRequest\x1a\x1f.agentmesh.v1.HandshakeResponse\x12\x43\n\x07Session\x12\x19.agentmesh.v1.ClientFrame\x1a\x19.agentmesh.v1.ServerFrame(\x01\x30\x01\x12R\n\x0b\x43reateAgent\x12 .agentmesh.v1.CreateAgentRequest\x1a!.agentmesh.v1.CreateAgentResponse\x12R\n\x0b\x44\x65leteAgent\x12 .agentmesh.v1.DeleteAgentRequest\x1a!.agentmesh.v1.DeleteAgentResponse\x12>\n\x0b\x46\x65tchResult\x12\x1a.agentmesh.v1.FetchRequest\x1a\x13.agentmesh.v1.Reply\x12>\n\x07GetInfo\x12\x19.agentmesh.v1.InfoRequest\x1a\x18.agentmesh.v1.ServerInfo\x12@\n\x08GetState\x12\x1a.agentmesh.v1.StateRequest\x1a\x18.agentmesh.v1.AgentState\x12\x46\n\nListAgents\x12\x1f.agentmesh.v1.ListAgentsRequest\x1a\x17.agentmesh.v1.AgentList\x12^\n\x0f\x44\x65leteAllAgents\x12$.agentmesh.v1.DeleteAllAgentsRequest\x1a%.agentmesh.v1.DeleteAllAgentsResponse\x12\x43\n\nStopServer\x12\x19.agentmesh.v1.StopRequest\x1a\x1a.agentmesh.v1.StopResponse\x12\x44\n\x0c\x44ownloadFile\x12\x19.agentmesh.v1.FileRequest\x1a\x17.agentmesh.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.v1.agent_server_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLYSTATUS']._serialized_start=1500
-  _globals['_REPLYSTATUS']._serialized_end=1785
+  _globals['_REPLYSTATUS']._serialized_start=2000
+  _globals['_REPLYSTATUS']._serialized_end=2285
   _globals['_CLASSREF']._serialized_start=49
   _globals['_CLASSREF']._serialized_end=103
   _globals['_CREATEAGENTREQUEST']._serialized_start=106
@@ -52,21 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDSHAKERESPONSE']._serialized_start=771
   _globals['_HANDSHAKERESPONSE']._serialized_end=865
   _globals['_HELLO']._serialized_start=867
-  _globals['_HELLO']._serialized_end=934
-  _globals['_CLIENTFRAME']._serialized_start=936
-  _globals['_CLIENTFRAME']._serialized_end=984
-  _globals['_SERVERFRAME']._serialized_start=986
-  _globals['_SERVERFRAME']._serialized_end=1073
-  _globals['_FETCHREQUEST']._serialized_start=1075
-  _globals['_FETCHREQUEST']._serialized_end=1124
-  _globals['_INFOREQUEST']._serialized_start=1126
-  _globals['_INFOREQUEST']._serialized_end=1139
-  _globals['_SERVERINFO']._serialized_start=1142
-  _globals['_SERVERINFO']._serialized_end=1347
-  _globals['_STATEREQUEST']._serialized_start=1349
-  _globals['_STATEREQUEST']._serialized_end=1381
-  _globals['_AGENTSTATE']._serialized_start=1383
-  _globals['_AGENTSTATE']._serialized_end=1497
-  _globals['_AGENTSERVER']._serialized_start=1788
-  _globals['_AGENTSERVER']._serialized_end=2310
+  _globals['_HELLO']._serialized_end=952
+  _globals['_CLIENTFRAME']._serialized_start=954
+  _globals['_CLIENTFRAME']._serialized_end=1002
+  _globals['_SERVERFRAME']._serialized_start=1004
+  _globals['_SERVERFRAME']._serialized_end=1091
+  _globals['_FETCHREQUEST']._serialized_start=1093
+  _globals['_FETCHREQUEST']._serialized_end=1142
+  _globals['_INFOREQUEST']._serialized_start=1144
+  _globals['_INFOREQUEST']._serialized_end=1157
+  _globals['_SERVERINFO']._serialized_start=1160
+  _globals['_SERVERINFO']._serialized_end=1440
+  _globals['_STATEREQUEST']._serialized_start=1442
+  _globals['_STATEREQUEST']._serialized_end=1474
+  _globals['_AGENTSTATE']._serialized_start=1476
+  _globals['_AGENTSTATE']._serialized_end=1590
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1592
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1611
+  _globals['_AGENTSUMMARY']._serialized_start=1613
+  _globals['_AGENTSUMMARY']._serialized_end=1735
+  _globals['_AGENTLIST']._serialized_start=1737
+  _globals['_AGENTLIST']._serialized_end=1792
+  _globals['_DELETEALLAGENTSREQUEST']._serialized_start=1794
+  _globals['_DELETEALLAGENTSREQUEST']._serialized_end=1818
+  _globals['_DELETEALLAGENTSRESPONSE']._serialized_start=1820
+  _globals['_DELETEALLAGENTSRESPONSE']._serialized_end=1862
+  _globals['_STOPREQUEST']._serialized_start=1864
+  _globals['_STOPREQUEST']._serialized_end=1892
+  _globals['_STOPRESPONSE']._serialized_start=1894
+  _globals['_STOPRESPONSE']._serialized_end=1927
+  _globals['_FILEREQUEST']._serialized_start=1929
+  _globals['_FILEREQUEST']._serialized_end=1956
+  _globals['_FILECHUNK']._serialized_start=1958
+  _globals['_FILECHUNK']._serialized_end=1997
+  _globals['_AGENTSERVER']._serialized_start=2288
+  _globals['_AGENTSERVER']._serialized_end=3117
 # @@protoc_insertion_point(module_scope)

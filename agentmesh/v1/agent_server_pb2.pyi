@@ -149,14 +149,16 @@ class HandshakeResponse(_message.Message):
     def __init__(self, server_id: _Optional[str] = ..., namespace: _Optional[str] = ..., server_nonce: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("server_id", "epoch", "max_message_size")
+    __slots__ = ("server_id", "epoch", "max_message_size", "file_dir")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FILE_DIR_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     epoch: int
     max_message_size: int
-    def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    file_dir: str
+    def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., max_message_size: _Optional[int] = ..., file_dir: _Optional[str] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("calls",)
@@ -185,7 +187,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ServerInfo(_message.Message):
-    __slots__ = ("server_id", "host", "port", "capacity", "agents", "inflight", "classes", "python", "version", "epoch", "pid", "status")
+    __slots__ = ("server_id", "host", "port", "capacity", "agents", "inflight", "classes", "python", "version", "epoch", "pid", "status", "cpu_percent", "memory_mib", "uptime", "file_dir")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +200,10 @@ class ServerInfo(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MIB_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    FILE_DIR_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     host: str
     port: int
@@ -210,7 +216,11 @@ class ServerInfo(_message.Message):
     epoch: int
     pid: int
     status: str
-    def __init__(self, server_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., capacity: _Optional[int] = ..., agents: _Optional[int] = ..., inflight: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., python: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    cpu_percent: float
+    memory_mib: float
+    uptime: float
+    file_dir: str
+    def __init__(self, server_id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., capacity: _Optional[int] = ..., agents: _Optional[int] = ..., inflight: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., python: _Optional[str] = ..., version: _Optional[str] = ..., epoch: _Optional[int] = ..., pid: _Optional[int] = ..., status: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_mib: _Optional[float] = ..., uptime: _Optional[float] = ..., file_dir: _Optional[str] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("agent_id",)
@@ -231,3 +241,67 @@ class AgentState(_message.Message):
     state: bytes
     seq: int
     def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class ListAgentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AgentSummary(_message.Message):
+    __slots__ = ("agent_id", "name", "type", "cls", "seq", "queued", "checkpoint")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CLS_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    name: str
+    type: str
+    cls: str
+    seq: int
+    queued: int
+    checkpoint: bool
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., cls: _Optional[str] = ..., seq: _Optional[int] = ..., queued: _Optional[int] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+
+class AgentList(_message.Message):
+    __slots__ = ("agents",)
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    agents: _containers.RepeatedCompositeFieldContainer[AgentSummary]
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentSummary, _Mapping]]] = ...) -> None: ...
+
+class DeleteAllAgentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DeleteAllAgentsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ("grace",)
+    GRACE_FIELD_NUMBER: _ClassVar[int]
+    grace: float
+    def __init__(self, grace: _Optional[float] = ...) -> None: ...
+
+class StopResponse(_message.Message):
+    __slots__ = ("server_id",)
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    def __init__(self, server_id: _Optional[str] = ...) -> None: ...
+
+class FileRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("data", "size")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    size: int
+    def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...

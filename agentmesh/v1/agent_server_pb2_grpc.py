@@ -69,6 +69,26 @@ class AgentServerStub:
                 request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.StateRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.AgentState.FromString,
                 _registered_method=True)
+        self.ListAgents = channel.unary_unary(
+                '/agentmesh.v1.AgentServer/ListAgents',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.ListAgentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.AgentList.FromString,
+                _registered_method=True)
+        self.DeleteAllAgents = channel.unary_unary(
+                '/agentmesh.v1.AgentServer/DeleteAllAgents',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsResponse.FromString,
+                _registered_method=True)
+        self.StopServer = channel.unary_unary(
+                '/agentmesh.v1.AgentServer/StopServer',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.StopRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.StopResponse.FromString,
+                _registered_method=True)
+        self.DownloadFile = channel.unary_stream(
+                '/agentmesh.v1.AgentServer/DownloadFile',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.FromString,
+                _registered_method=True)
 
 
 class AgentServerServicer:
@@ -127,6 +147,36 @@ class AgentServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAgents(self, request, context):
+        """The agents hosted here (for operators and RpcClient.get_agent_list).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAllAgents(self, request, context):
+        """Delete every agent hosted here; their state is dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopServer(self, request, context):
+        """Stop the server as a deliberate shutdown: it drains (callers with a
+        registry move their agents), then exits. Answers before it stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadFile(self, request, context):
+        """A file under the server's file root (--file-dir), in chunks. NOT_FOUND
+        outside the root, for a missing file or when the server has no root.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +214,26 @@ def add_AgentServerServicer_to_server(servicer, server):
                     servicer.GetState,
                     request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.StateRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.AgentState.SerializeToString,
+            ),
+            'ListAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAgents,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.ListAgentsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.AgentList.SerializeToString,
+            ),
+            'DeleteAllAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAllAgents,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsResponse.SerializeToString,
+            ),
+            'StopServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopServer,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.StopRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.StopResponse.SerializeToString,
+            ),
+            'DownloadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadFile,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +425,114 @@ class AgentServer:
             '/agentmesh.v1.AgentServer/GetState',
             agentmesh_dot_v1_dot_agent__server__pb2.StateRequest.SerializeToString,
             agentmesh_dot_v1_dot_agent__server__pb2.AgentState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/ListAgents',
+            agentmesh_dot_v1_dot_agent__server__pb2.ListAgentsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.AgentList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAllAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/DeleteAllAgents',
+            agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.DeleteAllAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/StopServer',
+            agentmesh_dot_v1_dot_agent__server__pb2.StopRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.StopResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/DownloadFile',
+            agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,1 @@
+"""Small helpers AgentScope code imports from ``agentscope.utils``."""
