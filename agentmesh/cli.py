@@ -130,7 +130,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
                          etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                         etcd_password=settings.etcd_password, file_dir=args.file_dir, agent_dir=args.agent_dir)
+                         etcd_password=settings.etcd_password, file_dir=args.file_dir, agent_dir=args.agent_dir,
+                         **({"server_id": args.server_id} if args.server_id else {}))
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow a non-loopback --host without TLS, or without a token or mutual TLS "
                              "(with a warning: anyone on the network could read the calls, or run code); "
                              "this server's own calls may then use plaintext to network addresses too")
+    server.add_argument("--server-id", default=None, help="this server's id (default: a random one)")
     server.add_argument("--agent-dir", type=_folder_arg, default=None, metavar="DIR",
                         help="also host the agent classes defined in DIR's .py files (as AgentScope's --agent-dir)")
     server.add_argument("--file-dir", type=_folder_arg, default=None, metavar="DIR",

@@ -239,3 +239,26 @@ def test_init_makes_agentscopes_save_dir_and_keeps_files_there(tmp_path):
         assert (tmp_path / "runs").is_dir()
         assert runtime.settings.download_dir == str(tmp_path / "runs" / "files")
     shutil.rmtree(tmp_path / "runs")
+
+
+def test_the_server_command_takes_agentscopes_start_options_and_stops_when_asked(procs, file_root, tmp_path):
+    from test_launcher import _start_cli
+
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "greeter.py").write_text(textwrap.dedent("""
+        from agentmesh.agents import AgentBase
+
+        class Greeter(AgentBase):
+            def reply(self, x=None):
+                return "hello " + x
+    """))
+    proc, port = _start_cli(procs, "--port", "-1", "--server-id", "as-server-1", "--agent-dir", str(agents),
+                            "--file-dir", str(file_root))
+    client = RpcClient("127.0.0.1", port)
+    info = client.get_server_info()
+    assert (info["id"], info["pid"], info["file_dir"]) == ("as-server-1", proc.pid, str(file_root))
+    assert client.create_agent({"class_name": "Greeter", "kwargs": {"name": "g"}}, agent_id="g1")
+    assert RpcObject(AgentBase, "g1", "127.0.0.1", port, connect_existing=True)("you").result() == "hello you"
+    assert client.stop()
+    assert proc.wait(15) == 0          # a deliberate stop exits cleanly
