@@ -16,6 +16,8 @@ from ._version import __version__  # noqa: E402
 from .agents import AgentBase  # noqa: E402
 from .errors import AgentCallError, AgentCreationError  # noqa: E402
 from .message import Msg  # noqa: E402
+from . import pipelines  # noqa: E402
+from .msghub import msghub  # noqa: E402 - agentmesh.msghub is the function, as agentscope.msghub is
 from .rpc import AsyncResult, RpcMeta, RpcObject, async_func, sync_func  # noqa: E402
 from .server import RpcAgentServerLauncher  # noqa: E402
 
@@ -77,6 +79,7 @@ __all__ = [
     "__version__",
     "init",
     "shutdown",
+    "msghub",
     "AgentBase",
     "Msg",
     "RpcObject",

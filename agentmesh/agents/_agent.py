@@ -1,11 +1,14 @@
 """AgentBase: the agent model every distributable agent builds on."""
 from __future__ import annotations
 
+import logging
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
-from ..rpc import RpcMeta, async_func
+from ..rpc import RpcMeta, RpcObject, async_func
 from ._memory import TemporaryMemory
+
+log = logging.getLogger("agentmesh")
 
 
 class AgentBase(metaclass=RpcMeta):
@@ -13,7 +16,14 @@ class AgentBase(metaclass=RpcMeta):
 
     ``reply`` and ``__call__`` are asynchronous on a proxy; other public
     methods are synchronous unless decorated with ``@async_func``.
+
+    ``__call__`` hands its reply to the agent's audience (set by a msghub, or
+    with ``reset_audience``): local agents ``observe`` it at once, proxies are
+    told without waiting (a failure is logged, not raised).
     """
+
+    #: who observes this agent's replies; None (and absent from the instance) outside a msghub
+    _audience: list | None = None
 
     def __init__(self, name: str, sys_prompt: str | None = None, model_config_name: str | None = None,
                  use_memory: bool = True, **kwargs: Any) -> None:
@@ -44,7 +54,47 @@ class AgentBase(metaclass=RpcMeta):
 
     @async_func
     def __call__(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
-        return self.reply(x, *args, **kwargs)
+        reply = self.reply(x, *args, **kwargs)
+        if self._audience is not None:
+            self._broadcast_to_audience(reply)
+        return reply
+
+    # -- the audience (AgentScope's names) -------------------------------------
+    def reset_audience(self, audience: Iterable[Any]) -> None:
+        """Make audience (less this agent) the ones that observe each reply of ``__call__``.
+
+        This agent is recognised by its ``agent_id``, so a proxy of it in the
+        list (as a server's copy of the agent receives it) is left out too.
+        """
+        self._audience = [agent for agent in audience if not self._is_me(agent)]
+
+    def clear_audience(self) -> None:
+        """Nobody observes this agent's replies any more."""
+        self.__dict__.pop("_audience", None)   # an agent without audience checkpoints as if it never had one
+
+    def rm_audience(self, audience: Any) -> None:
+        """Take one agent, or each of a list, out of the audience (a WARNING for one that is not in it)."""
+        for agent in audience if isinstance(audience, (list, tuple)) else [audience]:
+            if self._audience is not None and agent in self._audience:
+                self._audience.remove(agent)
+            else:
+                log.warning("agent %s: %s is not in its audience, not removed", self.name,
+                            getattr(agent, "name", agent))
+
+    def _broadcast_to_audience(self, x: Any) -> None:
+        """Each member of the audience observes x: a proxy is told without waiting, a local agent at once."""
+        for agent in self._audience or ():
+            if isinstance(agent, RpcObject):
+                agent._tell("observe", (x,), {})
+            else:
+                agent.observe(x)
+
+    def _is_me(self, agent: Any) -> bool:
+        if agent is self:
+            return True
+        other = agent.agent_id if isinstance(agent, (RpcObject, AgentBase)) else None
+        return other is not None and other == getattr(self, "agent_id", None)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={getattr(self, 'name', None)!r})"
+

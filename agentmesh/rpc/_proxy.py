@@ -1,13 +1,14 @@
 """RpcObject: the local stand-in of an object that lives on an agent server."""
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from .. import _codec, _status, errors
 from .._address import format_address, host_of
 from .._classes import class_name
-from .._client.slot import CallSlot
+from .._client.slot import CallSlot, raised
 from .._creation import AgentSpec
 from .._placement import choose
 from .._result import AsyncResult
@@ -17,6 +18,8 @@ from ._failover import Binding
 from ._methods import method_table
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
+
+log = logging.getLogger("agentmesh.rpc")
 
 
 class _RemoteMethod:
@@ -151,7 +154,10 @@ class RpcObject:
         return bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call("__call__", args, kwargs, self._methods.get("__call__", True))
+        result = self._call("__call__", args, kwargs, self._methods.get("__call__", True))
+        for agent in self._local_audience or ():   # a msghub's local participants see the pending reply
+            agent.observe(result)
+        return result
 
     def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool) -> Any:
         binding = self._binding
@@ -181,6 +187,39 @@ class RpcObject:
 
     def __repr__(self) -> str:
         return f"<RpcObject {self._binding.cls_name} {self._binding.name or self.agent_id} on {self.server}>"
+
+    # -- msghub: fire-and-forget calls, a local audience, identity by agent_id ---------------
+    #: local (in-process) agents that observe each reply of __call__; a msghub sets and clears it
+    _local_audience: list | None = None
+
+    def _tell(self, method: str, args: tuple = (), kwargs: dict | None = None) -> None:
+        """Send a call and do not wait for it (a msghub's broadcast): a failure is logged, never raised.
+
+        The call goes like an asynchronous one, in order with the agent's other
+        calls; a pending placeholder among the arguments is fetched by the
+        agent's server, not here.
+        """
+        try:
+            result = self._call(method, tuple(args), dict(kwargs or {}), True)
+        except Exception as exc:  # noqa: BLE001 - a broadcast must not break the reply that makes it
+            _told_badly(self, method, exc)
+            return
+        self._binding.runtime.loop.spawn(_report_failure(self, method, result._slot))
+
+    def __eq__(self, other: object) -> bool:
+        """The same agent: another proxy of it, or the agent itself (an object of a distributable class)."""
+        if isinstance(other, RpcObject):
+            return self.agent_id == other.agent_id
+        try:
+            other_id = vars(other).get("agent_id")   # vars: no attribute lookup that could block or call out
+        except TypeError:
+            return NotImplemented
+        if isinstance(other_id, str) and other_id and hasattr(type(other), "to_dist"):
+            return self.agent_id == other_id
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.agent_id)
 
 
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
@@ -229,3 +268,17 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     runtime.owned[agent_id] = conn.address
     binding.start_creation(conn)
     return RpcObject._bound(binding, method_table(cls), timeout, retry)
+
+
+async def _report_failure(proxy: RpcObject, method: str, slot: CallSlot) -> None:
+    """Log the failure of a call sent by _tell once its reply is there (I/O loop)."""
+    await slot.wait_async()
+    error = raised(slot.value())
+    if error is not None:
+        _told_badly(proxy, method, error)
+
+
+def _told_badly(proxy: RpcObject, method: str, error: BaseException) -> None:
+    first = str(error.args[0]) if error.args else type(error).__name__
+    log.warning("%s() on agent %s (%s, on %s), sent without waiting (a msghub broadcast), failed: %s: %s",
+                method, proxy._binding.name or "?", proxy.agent_id, proxy.server, type(error).__name__, first)
