@@ -236,3 +236,35 @@ def test_memory_holds_a_message_once_and_never_waits_to_add():
     memory.delete(0)
     memory.add(first)                                  # deleted, so it may come back
     assert memory.get_memory() == [second, first]
+
+
+class Counting(AgentBase):
+    """AgentScope's DemoRpcAgentWithMemory: answers with its memory's size after taking its input in."""
+
+    def __init__(self, name: str, seconds: float = 0.0) -> None:
+        super().__init__(name)
+        self.seconds = seconds
+
+    def reply(self, x=None):
+        self.memory.add(x)
+        msg = Msg(self.name, {"mem_size": self.memory.size()}, role="assistant")
+        self.memory.add(msg)
+        time.sleep(self.seconds)
+        return msg
+
+
+def test_a_broadcast_is_heard_before_a_call_that_waits_for_its_arguments(servers):
+    s1, s2 = servers(capacity=8), servers(capacity=8)
+    a, b, c = (Counting("a").to_dist(**at(s1)), Counting("b", seconds=0.5).to_dist(**at(s2)),
+               Counting("c").to_dist(**at(s1)))
+    participants = [a, b, c]
+    with msghub(participants, announcement=[Msg("System", "Announcement 1"), Msg("System", "Announcement 2")]):
+        x_a = a()
+        x_b = b(x_a)
+        x_c = c(x_b)    # waits on its server for x_b; a's broadcast, sent meanwhile, goes ahead of it
+        assert [x.content["mem_size"] for x in (x_a, x_b, x_c)] == [2, 3, 4]
+        x_a = a(x_c)
+        x_b = b(x_a)
+        x_c = c(x_b)
+        assert [x.content["mem_size"] for x in (x_a, x_b, x_c)] == [5, 6, 7]
+        assert sequential_pipeline(participants, x_c).content["mem_size"] == 10

@@ -159,7 +159,7 @@ class RpcObject:
             agent.observe(result)
         return result
 
-    def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool) -> Any:
+    def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool, notify: bool = False) -> Any:
         binding = self._binding
         conn = binding.session()
         try:
@@ -173,7 +173,7 @@ class RpcObject:
                 f"arguments of {method}() are {len(payload)} bytes, over the limit of "
                 f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         slot = CallSlot(pb.Call(call_id=binding.runtime.next_call_id(), agent_id=self.agent_id, method=method,
-                                payload=payload, epoch=binding.epoch), binding)
+                                payload=payload, epoch=binding.epoch, notify=notify), binding)
         binding.send(slot, conn)
         result = AsyncResult(slot, policy=self._policy)
         if is_async:
@@ -196,11 +196,13 @@ class RpcObject:
         """Send a call and do not wait for it (a msghub's broadcast): a failure is logged, never raised.
 
         The call goes like an asynchronous one, in order with the agent's other
-        calls; a pending placeholder among the arguments is fetched by the
+        calls, except that it may run ahead of calls still waiting on the
+        server for their arguments (it was sent before any of those could
+        start); a pending placeholder among the arguments is fetched by the
         agent's server, not here.
         """
         try:
-            result = self._call(method, tuple(args), dict(kwargs or {}), True)
+            result = self._call(method, tuple(args), dict(kwargs or {}), True, notify=True)
         except Exception as exc:  # noqa: BLE001 - a broadcast must not break the reply that makes it
             _told_badly(self, method, exc)
             return

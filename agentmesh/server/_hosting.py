@@ -296,8 +296,15 @@ class Hosting:
         self._enqueue(host, Work(call, (), {}, [], outbox, replay=reply))
 
     def _enqueue(self, host: AgentHost, work: Work) -> None:
-        """Into the agent's mailbox, in order: held back while placeholders resolve or the agent is built."""
-        if work.placeholders or host.waiting or host.agent is None:
+        """Into the agent's mailbox, in order: held back while placeholders resolve or the agent is built.
+
+        A notification without placeholders (a msghub broadcast) goes past calls
+        still waiting for their arguments: it was sent before any of them could
+        start, so it is heard before they run, as their senders saw it.
+        """
+        if work.call.notify and not work.placeholders and host.agent is not None:
+            self._ready(host, work)
+        elif work.placeholders or host.waiting or host.agent is None:
             host.waiting.append(work)
             if host.pump is None:
                 host.pump = asyncio.ensure_future(self._pump(host))

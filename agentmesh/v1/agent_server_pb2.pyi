@@ -95,18 +95,20 @@ class DeleteAgentResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "agent_id", "method", "payload", "epoch")
+    __slots__ = ("call_id", "agent_id", "method", "payload", "epoch", "notify")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     agent_id: str
     method: str
     payload: bytes
     epoch: int
-    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+    notify: bool
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state")
