@@ -19,7 +19,7 @@ TOKEN = "fuzz-s3cret-token"
 LIMIT = 256 * 1024                     # the fuzzed server's message size limit: "near the limit" stays cheap
 GRPC_LIMIT = LIMIT + 64 * 1024         # what gRPC itself accepts on that server
 SERVICE = "/agentmesh.v1.AgentServer/"
-UNARY_METHODS = ("CreateAgent", "DeleteAgent", "FetchResult", "GetInfo", "GetState", "Handshake")
+UNARY_METHODS = ("CreateAgent", "DeleteAgent", "FetchResult", "GetInfo", "GetState", "Handshake", "ListAgents")
 SAFE_METHODS = ("reply", "ping", "get_count", "pid", "boom", "observe", "__call__", "__getattr__")
 REPLY_TIMEOUT = 20.0
 

@@ -38,6 +38,8 @@ from raw_session import RawSession
 from sample_agents import Echo
 from wire_helpers import class_ref, file_writing_pickle
 
+INSIDE = b"inside the file root " * 30_000   # several chunks
+
 
 class Fuzzer:
     """Drives one server: each action sends some malformed requests and checks the answers."""
@@ -56,6 +58,8 @@ class Fuzzer:
                    ("grpc.max_receive_message_length", 4 * GRPC_LIMIT)]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
         self.raw = {name: self.channel.unary_unary(SERVICE + name) for name in UNARY_METHODS}
+        self.streams = {"DownloadFile": self.channel.unary_stream(SERVICE + "DownloadFile")}
+        self.file_root = ""   # the server's file root, set by the test
         authenticate_once(self.channel)
         self.session: RawSession | None = None
         self.echo_ref = class_ref(Echo)
@@ -252,15 +256,46 @@ class Fuzzer:
         self._unary("GetState", pb.StateRequest(agent_id=agent_id).SerializeToString(), good_metadata(),
                     "get state")
 
+    def download(self, data) -> None:
+        """A file path, often an escape attempt: only a file inside the root may come back, and whole."""
+        root = self.file_root
+        path = data.draw(st.one_of(
+            st.sampled_from(["inside.txt", f"{root}/inside.txt", "../outside.txt", f"{root}/../outside.txt",
+                             f"{root}/link", "link", "/etc/passwd", ".", "", f"{root}/", "sub/../inside.txt",
+                             "inside.txt\x00", f"{root}/missing"]),
+            st.lists(st.sampled_from(["..", ".", "sub", "inside.txt", "link", "", "x" * 300]), max_size=6)
+            .map("/".join), any_text), label="path")
+        try:
+            chunks = list(self.streams["DownloadFile"](pb.FileRequest(path=path).SerializeToString(),
+                                                       metadata=good_metadata(), timeout=REPLY_TIMEOUT))
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as exc:
+            chunks, code = [], exc.code()
+            check_code(code, exc.details() or "", "DownloadFile")
+        self.stats.rpc(code)
+        self.stats.actions["download served" if code == grpc.StatusCode.OK else "download refused"] += 1
+        if code == grpc.StatusCode.OK:
+            served = os.path.realpath(os.path.join(root, path))
+            assert served == os.path.join(root, "inside.txt"), f"{path!r} was served: it is {served}"
+            data_back = b"".join(pb.FileChunk.FromString(c).data for c in chunks)
+            assert data_back == INSIDE, f"{path!r}: the file came back altered"
+        else:
+            assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT), (path, code)
+
     ACTIONS = ("session_frames", "session_frames", "session_frames", "session_frames", "raw_unary",
                "raw_unary", "create_agent", "create_agent", "unauthenticated", "unauthenticated",
-               "raw_session", "delete_created", "fetch", "get_state")
+               "raw_session", "delete_created", "fetch", "get_state", "download")
 
 
 @pytest.mark.timeout(3600 if FULL else 120)
 def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
     runtime.configure(token=TOKEN)       # this process's proxies carry the server's token
-    server = servers(capacity=48, token=TOKEN, max_message_size=LIMIT)
+    root = tmp_path / "files"
+    (root / "sub").mkdir(parents=True)
+    (root / "inside.txt").write_bytes(INSIDE)
+    (tmp_path / "outside.txt").write_bytes(b"secret")
+    (root / "link").symlink_to(tmp_path / "outside.txt")
+    server = servers(capacity=48, token=TOKEN, max_message_size=LIMIT, file_dir=str(root))
     pid = server.pid
     sentinel = Echo("sentinel").to_dist(host="127.0.0.1", port=server.port)
     target = Echo("target").to_dist(host="127.0.0.1", port=server.port)
@@ -268,6 +303,7 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
         assert sentinel.reply(Msg("u", i)).content["count"] == i + 1
     marker = tmp_path / "unpickled-without-authentication"
     fuzzer = Fuzzer(server.port, pid, target.agent_id, sentinel.agent_id, str(marker))
+    fuzzer.file_root = os.path.realpath(root)
     started = time.monotonic()
 
     @hsettings(max_examples=150 if not FULL else 2000, deadline=None, database=None,

@@ -268,3 +268,20 @@ def test_a_broadcast_is_heard_before_a_call_that_waits_for_its_arguments(servers
         x_c = c(x_b)
         assert [x.content["mem_size"] for x in (x_a, x_b, x_c)] == [5, 6, 7]
         assert sequential_pipeline(participants, x_c).content["mem_size"] == 10
+
+
+def test_the_debate_example_runs_over_child_servers(procs):
+    import subprocess
+
+    from conftest import PYTHON
+
+    proc = procs([PYTHON, "examples/debate/debate.py", "--rounds", "3"], stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 9 and lines[0].startswith('round 1 Pro: (yes, point 1) answering Moderator: "Topic:')
+    assert lines[1].startswith("round 1 Con: (no, point 1) answering Pro:")
+    assert lines[2] == "round 1 Judge: so far Pro made 1 point(s), Con 1"
+    assert lines[3].startswith("round 2 Pro: (yes, point 2) answering Judge:")
+    assert lines[8] == "round 3 Judge: so far Pro made 3 point(s), Con 3"
