@@ -45,6 +45,9 @@ class Runtime:
         self.moves = MoveLog()
         #: where files named by replies are copied
         self.downloads = Downloads()
+        #: lost sessions whose agents are being moved together (id of the session -> its evacuation)
+        self.evacuations: dict[int, Any] = {}
+        self.evacuations_lock = threading.Lock()
         #: agents this process created: agent_id -> address; deleted when it closes
         self.owned: dict[str, str] = {}
         #: why the last placement went to child mode (logged once per reason)

@@ -20,11 +20,9 @@ from .._creation import AgentSpec, create_on
 from .._placement import place
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
+from ._evacuation import PROBE_TIMEOUT, Evacuation
 
 log = logging.getLogger("agentmesh.rpc")
-
-#: how long a lost server gets to answer again before its agents move
-PROBE_TIMEOUT = 0.5
 #: how long a draining server gets to finish our calls before the agent moves without them
 DRAIN_WAIT = 30.0
 
@@ -74,15 +72,16 @@ class Binding:
             self.bind(conn)
         return conn
 
-    def start_creation(self, conn: Any) -> None:
-        """Send the creation ahead of the first calls, on the same session (returns at once)."""
-        spec = self.spec
+    def start_creation(self, conn: Any, spec: AgentSpec | None = None) -> None:
+        """Send the creation (from spec's checkpoint, if any) ahead of the calls that follow on the same
+        session (returns at once)."""
+        spec = spec or self.spec
         assert spec is not None
         classes = self.runtime.classes
         ref = classes.ref(spec.cls, conn.server_id)
         classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
         request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=spec.init_blob,
-                                        checkpoint=spec.checkpoint)
+                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
         slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__",
                                 payload=request.SerializeToString()), self)
         self.creation = slot
@@ -139,8 +138,36 @@ class Binding:
             return
         if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):   # shipping the class is not a move
             self.runtime.moves.begin(conn, conn.address, reason)
-        threading.Thread(target=self._move, args=(conn, reason, refused), name="agentmesh-failover",
+        if not refused and conn.closed and not getattr(conn, "draining", False):
+            Evacuation.join(self.runtime, conn, reason, self)    # a crash: moved with the server's other agents
+            return
+        self.move_alone(conn, reason, refused)
+
+    def move_alone(self, lost: Any, reason: str, refused: int = 0) -> None:
+        """Move this agent on its own thread (a refusal, a drain, a fence, a copy of a proxy)."""
+        threading.Thread(target=self._move, args=(lost, reason, refused), name="agentmesh-failover",
                          daemon=True).start()
+
+    def land(self, conn: Any, recreate: bool) -> int:
+        """Bind to conn and replay the held calls there; with recreate, the agent's creation from its last
+        checkpoint goes first on the same session (nobody waits for it). Returns the calls replayed."""
+        spec = self._spec_now() if recreate else None
+        with self._move_lock:
+            held, self.held = self.held or [], None
+            self.address, self.server_id = conn.address, conn.server_id
+            self.bind(conn)
+            if spec is not None:
+                self.epoch, self.relocatable = 0, True    # the epoch comes with the creation's answer
+                self.start_creation(conn, spec)
+            held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
+            for slot in held:
+                slot.call.epoch = self.epoch
+                conn.submit(slot)
+        if self.agent_id in self.runtime.owned:
+            self.runtime.owned[self.agent_id] = conn.address
+        log.debug("agent %s (%s) moved to %s, %d call(s) replayed", self.name or self.agent_id, self.cls_name,
+                  conn.address, len(held))
+        return len(held)
 
     # -- moving --------------------------------------------------------------
     def can_move(self) -> bool:
