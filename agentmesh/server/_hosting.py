@@ -26,6 +26,11 @@ from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
 
+#: creations received together are built by one worker in chunks of this many
+CREATION_CHUNK = 256
+#: a chunk whose constructors have run this long (s) hands the rest of it to another worker
+SLOW_CONSTRUCTOR = 0.05
+
 
 class Outbox(Protocol):
     """Where replies to one client go (its session)."""
@@ -79,6 +84,9 @@ class Hosting:
         #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
         self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
         self._done_scheduled = False
+        #: creations sent on sessions, waiting to be handed to workers: (agent, checkpoint, call id, outbox)
+        self._creations: list[tuple[AgentHost, bytes, str, Outbox | None]] = []
+        self._creations_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -143,23 +151,32 @@ class Hosting:
         cls, args, kwargs = host.build  # type: ignore[misc]
         host.build = None
         try:
-            host.agent = await self._loop.run_in_executor(  # type: ignore[union-attr]
+            agent = await self._loop.run_in_executor(  # type: ignore[union-attr]
                 self.executor, construct, cls, host.agent_id, args, kwargs, request.state)
         except Exception as exc:  # noqa: BLE001 - the constructor raised
-            if self.agents.get(host.agent_id) is host:
-                del self.agents[host.agent_id]
-            refusal = self._refuse(host.agent_id, pb.CREATION_FAILED,
-                                   f"{host.cls_name}({host.agent_id}) raised in its constructor: "
-                                   f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-            host.constructed.set_exception(refusal)  # type: ignore[union-attr]
-            host.constructed.exception()   # type: ignore[union-attr]  # retrieved: the pump reads it too
-            raise refusal from None
+            raise self._not_built(host, exc, traceback.format_exc()) from None
+        return self._built(host, agent)
+
+    def _built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
+        """The constructor returned: the agent serves, and the calls waiting for it go on (I/O loop)."""
+        host.agent = agent
         host.constructed.set_result(None)  # type: ignore[union-attr]
         self._failed.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
         if self.listener is not None:
             self.listener.agent_added(host.agent_id, host.name, host.cls_name)
         log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
         return self.created(host, existed=False)
+
+    def _not_built(self, host: AgentHost, exc: BaseException, trace: str) -> Refusal:
+        """The constructor raised: the agent is dropped and the calls waiting for it get the error (I/O loop)."""
+        if self.agents.get(host.agent_id) is host:
+            del self.agents[host.agent_id]
+        refusal = self._refuse(host.agent_id, pb.CREATION_FAILED,
+                               f"{host.cls_name}({host.agent_id}) raised in its constructor: "
+                               f"{type(exc).__name__}: {exc}\n{trace}")
+        host.constructed.set_exception(refusal)  # type: ignore[union-attr]
+        host.constructed.exception()   # type: ignore[union-attr]  # retrieved: the pump reads it too
+        return refusal
 
     def _refuse(self, agent_id: str, status: int, message: str) -> Refusal:
         """Remember why agent_id was not created, so calls sent behind its creation get the same answer."""
@@ -184,17 +201,44 @@ class Hosting:
         if isinstance(begun, pb.CreateAgentResponse):
             self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
             return
+        self._creations.append((begun, request.state, call.call_id, outbox))
+        if not self._creations_scheduled:     # the creations of this frame (and what came with it) go together
+            self._creations_scheduled = True
+            self._loop.call_soon(self._build_creations)  # type: ignore[union-attr]
 
-        async def finish() -> None:
+    def _build_creations(self) -> None:
+        """Hand the creations received since the last time to worker threads, in chunks (I/O loop)."""
+        self._creations_scheduled = False
+        batch, self._creations = self._creations, []
+        for start in range(0, len(batch), CREATION_CHUNK):
+            self.executor.run(self._construct_chunk, batch[start:start + CREATION_CHUNK])
+
+    def _construct_chunk(self, chunk: list) -> None:
+        """Build a chunk of agents one after another (worker thread); a slow constructor passes the rest on,
+        so it holds up nobody else for long."""
+        built = []
+        began = time.monotonic()
+        for n, (host, state, call_id, outbox) in enumerate(chunk):
+            cls, args, kwargs = host.build
+            host.build = None
             try:
-                response = await self.finish_create(begun, request)
-            except Refusal as refusal:
-                self._answer(outbox, _status.refusal(call.call_id, refusal.status, refusal.message,
-                                                     "AgentCreationError"))
-                return
-            self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=response.SerializeToString()))
+                built.append((host, call_id, outbox, construct(cls, host.agent_id, args, kwargs, state), None))
+            except Exception as exc:  # noqa: BLE001 - the constructor raised
+                built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
+            if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):
+                self.executor.run(self._construct_chunk, chunk[n + 1:])
+                break
+        self._loop.call_soon_threadsafe(self._creations_built, built)  # type: ignore[union-attr]
 
-        asyncio.ensure_future(finish())
+    def _creations_built(self, built: list) -> None:
+        """Answer a chunk's creations and release the calls waiting for them (I/O loop)."""
+        for host, call_id, outbox, agent, failure in built:
+            if failure is None:
+                response = self._built(host, agent)
+                self._answer(outbox, pb.Reply(call_id=call_id, status=pb.OK, payload=response.SerializeToString()))
+            else:
+                refusal = self._not_built(host, *failure)
+                self._answer(outbox, _status.refusal(call_id, refusal.status, refusal.message, "AgentCreationError"))
 
     def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
         return pb.CreateAgentResponse(agent_id=host.agent_id, name=host.name, server_id=self.server_id,
