@@ -10,7 +10,7 @@ import collections
 import logging
 import time
 import traceback
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -20,16 +20,12 @@ from .._result import loads_collecting
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import ClassNotSent, HostedClasses
+from ._building import Builds
 from ._host import AgentHost, Work, construct
 from ._results import ResultStore
 from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
-
-#: creations received together are built by one worker in chunks of this many
-CREATION_CHUNK = 256
-#: a chunk whose constructors have run this long (s) hands the rest of it to another worker
-SLOW_CONSTRUCTOR = 0.05
 
 
 class Outbox(Protocol):
@@ -84,13 +80,12 @@ class Hosting:
         #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
         self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
         self._done_scheduled = False
-        #: creations sent on sessions, waiting to be handed to workers: (agent, checkpoint, call id, outbox)
-        self._creations: list[tuple[AgentHost, bytes, str, Outbox | None]] = []
-        self._creations_scheduled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: creations sent on sessions, built by workers in chunks
+        self.builds = Builds(self)
+        self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
 
     # -- fencing -------------------------------------------------------------
     def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
@@ -141,7 +136,7 @@ class Hosting:
         checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
         host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
                          checkpoint=checkpoint, seq=request.state_seq)
-        host.constructed = self._loop.create_future()  # type: ignore[union-attr]
+        host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
         return host
@@ -151,13 +146,13 @@ class Hosting:
         cls, args, kwargs = host.build  # type: ignore[misc]
         host.build = None
         try:
-            agent = await self._loop.run_in_executor(  # type: ignore[union-attr]
+            agent = await self.loop.run_in_executor(  # type: ignore[union-attr]
                 self.executor, construct, cls, host.agent_id, args, kwargs, request.state)
         except Exception as exc:  # noqa: BLE001 - the constructor raised
-            raise self._not_built(host, exc, traceback.format_exc()) from None
-        return self._built(host, agent)
+            raise self.not_built(host, exc, traceback.format_exc()) from None
+        return self.built(host, agent)
 
-    def _built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
+    def built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
         """The constructor returned: the agent serves, and the calls waiting for it go on (I/O loop)."""
         host.agent = agent
         host.constructed.set_result(None)  # type: ignore[union-attr]
@@ -167,7 +162,7 @@ class Hosting:
         log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
         return self.created(host, existed=False)
 
-    def _not_built(self, host: AgentHost, exc: BaseException, trace: str) -> Refusal:
+    def not_built(self, host: AgentHost, exc: BaseException, trace: str) -> Refusal:
         """The constructor raised: the agent is dropped and the calls waiting for it get the error (I/O loop)."""
         if self.agents.get(host.agent_id) is host:
             del self.agents[host.agent_id]
@@ -201,44 +196,7 @@ class Hosting:
         if isinstance(begun, pb.CreateAgentResponse):
             self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
             return
-        self._creations.append((begun, request.state, call.call_id, outbox))
-        if not self._creations_scheduled:     # the creations of this frame (and what came with it) go together
-            self._creations_scheduled = True
-            self._loop.call_soon(self._build_creations)  # type: ignore[union-attr]
-
-    def _build_creations(self) -> None:
-        """Hand the creations received since the last time to worker threads, in chunks (I/O loop)."""
-        self._creations_scheduled = False
-        batch, self._creations = self._creations, []
-        for start in range(0, len(batch), CREATION_CHUNK):
-            self.executor.run(self._construct_chunk, batch[start:start + CREATION_CHUNK])
-
-    def _construct_chunk(self, chunk: list) -> None:
-        """Build a chunk of agents one after another (worker thread); a slow constructor passes the rest on,
-        so it holds up nobody else for long."""
-        built = []
-        began = time.monotonic()
-        for n, (host, state, call_id, outbox) in enumerate(chunk):
-            cls, args, kwargs = host.build
-            host.build = None
-            try:
-                built.append((host, call_id, outbox, construct(cls, host.agent_id, args, kwargs, state), None))
-            except Exception as exc:  # noqa: BLE001 - the constructor raised
-                built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
-            if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):
-                self.executor.run(self._construct_chunk, chunk[n + 1:])
-                break
-        self._loop.call_soon_threadsafe(self._creations_built, built)  # type: ignore[union-attr]
-
-    def _creations_built(self, built: list) -> None:
-        """Answer a chunk's creations and release the calls waiting for them (I/O loop)."""
-        for host, call_id, outbox, agent, failure in built:
-            if failure is None:
-                response = self._built(host, agent)
-                self._answer(outbox, pb.Reply(call_id=call_id, status=pb.OK, payload=response.SerializeToString()))
-            else:
-                refusal = self._not_built(host, *failure)
-                self._answer(outbox, _status.refusal(call_id, refusal.status, refusal.message, "AgentCreationError"))
+        self.builds.add(begun, request.state, call.call_id, outbox)
 
     def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
         return pb.CreateAgentResponse(agent_id=host.agent_id, name=host.name, server_id=self.server_id,
@@ -258,7 +216,7 @@ class Hosting:
 
     async def state_of(self, host: AgentHost) -> bytes:
         """The agent's checkpoint, taken on a worker thread."""
-        loop = self._loop
+        loop = self.loop
         assert loop is not None
         return await loop.run_in_executor(self.executor, _checkpoint.checkpoint_of, host.agent)
 
@@ -418,7 +376,7 @@ class Hosting:
         self._done_queue.append((host, work, reply, owned))
         if not self._done_scheduled:
             self._done_scheduled = True
-            self._loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
+            self.loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
 
     def _drain_done(self) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
