@@ -137,13 +137,15 @@ class Runtime:
     def close(self) -> None:
         """Delete the agents this runtime created, close its sessions and views, stop its child servers.
 
-        The runtime stays usable: what is used afterwards starts again.
+        The runtime stays usable: what is used afterwards starts again. Every
+        step has its own bound (a server that does not answer is given up on),
+        so there is no overall timeout for a large number of agents to trip over.
         """
         if self.loop.started:
             owned, self.owned = self.owned, {}
             views, self._views = list(self._views.values()), {}
             try:
-                self.loop.run(self._close(owned, views), timeout=30.0)
+                self.loop.run(self._close(owned, views))
             except Exception:  # noqa: BLE001 - clean-up must go on
                 log.debug("closing the runtime did not finish", exc_info=True)
         self.children.stop()

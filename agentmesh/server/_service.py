@@ -236,7 +236,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
             await context.abort(refusal.code, refusal.message, _status.trailing(refusal.status))
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAgentResponse:
-        return pb.DeleteAgentResponse(deleted=self.hosting.delete(request.agent_id))
+        deleted = self.hosting.delete(request.agent_id) if request.agent_id else False
+        count = int(deleted) + sum(self.hosting.delete(agent_id) for agent_id in request.agent_ids)
+        return pb.DeleteAgentResponse(deleted=deleted, count=count)
 
     async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
         return pb.ServerInfo(

@@ -83,16 +83,20 @@ class CreateAgentResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., existed: _Optional[bool] = ...) -> None: ...
 
 class DeleteAgentRequest(_message.Message):
-    __slots__ = ("agent_id",)
+    __slots__ = ("agent_id", "agent_ids")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
-    def __init__(self, agent_id: _Optional[str] = ...) -> None: ...
+    agent_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteAgentResponse(_message.Message):
-    __slots__ = ("deleted",)
+    __slots__ = ("deleted", "count")
     DELETED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
-    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+    count: int
+    def __init__(self, deleted: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("call_id", "agent_id", "method", "payload", "epoch", "notify")

@@ -118,7 +118,7 @@ class AgentServerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAgent(self, request, context):
-        """Delete an agent; its state is dropped.
+        """Delete an agent (or many); their state is dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
