@@ -41,7 +41,14 @@ def _with_state(reply: pb.Reply, state: bytes) -> pb.Reply:
 
 
 class AgentHost:
-    """One hosted agent: its mailbox and the runner that works through it in order."""
+    """One hosted agent: its mailbox and the runner that works through it in order.
+
+    An idle agent costs little: its queues exist only while calls wait in them
+    (an empty deque alone is 760 bytes, more than the rest of an agent).
+    """
+
+    __slots__ = ("agent_id", "agent", "cls_name", "checkpoint", "max_concurrency", "lock", "ready", "active",
+                 "waiting", "constructed", "build", "pump", "queued", "seq", "ckpt_seq", "deleted")
 
     def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
                  checkpoint: bool = False, seq: int = 0) -> None:
@@ -51,9 +58,9 @@ class AgentHost:
         self.checkpoint = checkpoint   # send the agent's state back with every reply (failover)
         self.max_concurrency = max(1, int(max_concurrency))
         self.lock = threading.Lock()
-        self.ready: collections.deque[Work] = collections.deque()
+        self.ready: collections.deque[Work] | None = None     # calls to run, in order (made when one comes)
         self.active = 0
-        self.waiting: collections.deque[Work] = collections.deque()   # held back: placeholders, construction
+        self.waiting: collections.deque[Work] | None = None   # held back: placeholders, construction
         self.constructed: asyncio.Future | None = None   # set while the constructor runs
         self.build: tuple | None = None
         self.pump: asyncio.Task | None = None
@@ -61,6 +68,34 @@ class AgentHost:
         self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
         self.ckpt_seq = seq    # the same, counted by the worker threads for checkpoints
         self.deleted = False   # set by DeleteAgent: its results are not kept
+
+    # -- the mailbox (its queues exist while calls are in them) ---------------------
+    def hold(self, work: Work) -> None:
+        """Hold a call back until its placeholders resolve or the agent is built (I/O loop)."""
+        if self.waiting is None:
+            self.waiting = collections.deque()
+        self.waiting.append(work)
+
+    def push_ready(self, work: Work) -> bool:
+        """Queue a call to run; True when a runner should start for it (fewer than max_concurrency run)."""
+        with self.lock:
+            if self.ready is None:
+                self.ready = collections.deque()
+            self.ready.append(work)
+            if self.active >= self.max_concurrency:
+                return False
+            self.active += 1
+            return True
+
+    def next_ready(self) -> Work | None:
+        """The next call for a runner (worker thread); None when there is none and the runner stops."""
+        with self.lock:
+            if not self.ready:
+                self.active -= 1
+                if self.active == 0:
+                    self.ready = None     # idle: the queue goes until the next call
+                return None
+            return self.ready.popleft()
 
     @property
     def name(self) -> str:

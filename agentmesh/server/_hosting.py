@@ -156,6 +156,7 @@ class Hosting:
         """The constructor returned: the agent serves, and the calls waiting for it go on (I/O loop)."""
         host.agent = agent
         host.constructed.set_result(None)  # type: ignore[union-attr]
+        host.constructed = None   # a pump already waiting holds it; nobody else needs it
         self._failed.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
         if self.listener is not None:
             self.listener.agent_added(host.agent_id, host.name, host.cls_name)
@@ -307,7 +308,7 @@ class Hosting:
         if work.call.notify and not work.placeholders and host.agent is not None:
             self._ready(host, work)
         elif work.placeholders or host.waiting or host.agent is None:
-            host.waiting.append(work)
+            host.hold(work)
             if host.pump is None:
                 host.pump = asyncio.ensure_future(self._pump(host))
         else:
@@ -329,6 +330,7 @@ class Hosting:
                     await placeholder._resolve_async()
                 host.waiting.popleft()
                 self._ready(host, work)
+            host.waiting = None
         finally:
             host.pump = None
 
@@ -344,21 +346,15 @@ class Hosting:
             outbox.send(_status.refusal(work.call.call_id, status, message, "AgentCreationError"))
 
     def _ready(self, host: AgentHost, work: Work) -> None:
-        with host.lock:
-            host.ready.append(work)
-            if host.active >= host.max_concurrency:
-                return
-            host.active += 1
-        self.executor.run(self._run, host)
+        if host.push_ready(work):
+            self.executor.run(self._run, host)
 
     def _run(self, host: AgentHost) -> None:
         """Work through an agent's ready calls (worker thread)."""
         while True:
-            with host.lock:
-                if not host.ready:
-                    host.active -= 1
-                    return
-                work = host.ready.popleft()
+            work = host.next_ready()
+            if work is None:
+                return
             if work.replay is not None:
                 reply, owned = work.replay, host.replayed(work.replay)
             else:
