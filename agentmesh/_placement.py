@@ -30,11 +30,29 @@ def choose(runtime: Runtime, cls: type, options: dict[str, Any]) -> Connection:
     """The session to the server a new agent should go to (the creation itself is pipelined)."""
     url, namespace = _registry(runtime, options)
     if url:
+        conn = _at_once(runtime, url, namespace, cls, options)
+        if conn is not None:
+            return conn
         placed, reason = runtime.run(_by_registry(runtime, url, namespace, cls, options, set(), None))
         if placed is not None:
             return placed[0]
         _fallback(runtime, reason)
     return runtime.pool.connect(runtime.children.choose().wait_ready())
+
+
+def _at_once(runtime: Runtime, url: str, namespace: str, cls: type, options: dict[str, Any]) -> Connection | None:
+    """The best server's session, chosen on the caller's thread when the view is followed and that session
+    is open (the usual case after the first placement); None sends the placement through the I/O loop."""
+    view = runtime.started_view(url, namespace)
+    if view is None:
+        return None
+    for record in view.candidates(options.get("labels"), class_name(cls)):
+        conn = runtime.pool.session_of(record.get("address") or f"{record['host']}:{record['port']}")
+        if conn is None or conn.draining or conn.server_id != record["server_id"]:
+            return None
+        view.placed(record["server_id"])
+        return conn
+    return None
 
 
 def place(runtime: Runtime, spec: AgentSpec, exclude: tuple[str, ...] = ()) -> Placed:

@@ -39,7 +39,8 @@ class Runtime:
         self._generated_token = secrets.token_urlsafe(32)
         self.loop = IoLoop()
         self.classes = ClassCache()
-        self.children = ChildPool(self._child_config, lambda: self.settings.child_servers)
+        self.children = ChildPool(self._child_config, lambda: self.settings.child_servers,
+                                  lambda: (self.settings.namespace, self.token))
         self.pool = Pool(self.loop, self._dialing())
         #: what failover did: one summary per lost server
         self.moves = MoveLog()
@@ -126,6 +127,11 @@ class Runtime:
                 url, namespace, self.settings.registry_timeout, self.settings.etcd_options(),
                 on_server_gone=self.pool.server_gone, key=_trust.namespace_key(token, namespace) if token else None)
         return view
+
+    def started_view(self, url: str, namespace: str) -> ServerView | None:
+        """The view of that registry and namespace if this runtime already follows it (never starts one)."""
+        view = self._views.get((url, namespace))
+        return view if view is not None and view.ready else None
 
     async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> tuple[str, str] | None:
         """(server_id, address) of agent_id per its signed registry record, waiting up to timeout to leave avoid."""

@@ -110,15 +110,19 @@ def main() -> None:
             Noop("warm-up").to_dist().ping()
             rss0 = {s.pid: C.rss_kb(s.pid) for s in servers}
 
+            mine = C.rss_kb(os.getpid())
             t = time.perf_counter()
             agents = [Noop(f"a{i}").to_dist() for i in range(n)]
             took = time.perf_counter() - t
+            rows.append(("client RSS per proxy", f"{(C.rss_kb(os.getpid()) - mine) / n:.2f} KB"))
             rows.append((f"{n:,} to_dist() through the registry", f"{took:.2f} s ({n / took:,.0f}/s)"))
             if not args.no_calls:
                 t = time.perf_counter()
                 wrong = sum(a.ping(i) != i for i, a in enumerate(agents))
                 took = time.perf_counter() - t
                 rows.append((f"one sync call to each ({wrong} wrong)", f"{took:.2f} s ({n / took:,.0f}/s)"))
+                held = [len(a._binding.ckpt[1]) for a in agents]
+                rows.append(("client: checkpoint held per agent", f"{sum(held) / n:,.0f} bytes of state"))
             else:   # the creations are pipelined: wait for the last one before measuring memory
                 agents[-1].ping(0)
             grown = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers)

@@ -52,9 +52,12 @@ def _remove_stale_rosters() -> None:
 class ChildPool:
     """Child servers, started on first use; config() says how to start one (token, limits, TLS)."""
 
-    def __init__(self, config: Callable[[], dict[str, Any]], size: Callable[[], int]) -> None:
+    def __init__(self, config: Callable[[], dict[str, Any]], size: Callable[[], int],
+                 serves: Callable[[], tuple[str, str]] = lambda: ("default", "")) -> None:
         self._config = config
         self._size = size
+        #: the (namespace, token) placements need now: children started under other settings take no more agents
+        self._serves = serves
         self._lock = threading.Lock()
         self._children: list[ServerProcess] = []
         self._placed: dict[ServerProcess, int] = {}
@@ -103,10 +106,15 @@ class ChildPool:
                 self._children.remove(dead)
                 self._placed.pop(dead, None)
                 self._unlist(dead)
+            namespace, token = self._serves()
+            current = [c for c in self._children
+                       if c.config.get("namespace") == namespace and c.config.get("token") == token]
             wanted = self._size()
-            if len(self._children) < wanted:   # first use, or replacing a dead child
-                self._start(wanted - len(self._children))
-            candidates = [c for c in self._children if not c.address or c.address not in exclude]
+            if len(current) < wanted:   # first use, replacing a dead child, or the settings changed
+                self._start(wanted - len(current))
+                current = [c for c in self._children
+                           if c.config.get("namespace") == namespace and c.config.get("token") == token]
+            candidates = [c for c in current if not c.address or c.address not in exclude]
             if not candidates:
                 self._start(1)
                 candidates = self._children[-1:]

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any, Iterable
 
 from ..rpc import RpcMeta, RpcObject, async_func
 from ._memory import TemporaryMemory
+from .._ids import new_id
 
 log = logging.getLogger("agentmesh")
 
@@ -32,7 +32,7 @@ class AgentBase(metaclass=RpcMeta):
         self.model_config_name = model_config_name
         self.memory = TemporaryMemory() if use_memory else None
         # a server building this agent for a proxy puts the proxy's id in first
-        self.agent_id = self.__dict__.get("agent_id") or uuid.uuid4().hex
+        self.agent_id = self.__dict__.get("agent_id") or new_id()
 
     @property
     def _oid(self) -> str:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
+
+from .._ids import new_id
 
 
 class Msg:
@@ -13,7 +14,7 @@ class Msg:
 
     def __init__(self, name: str, content: Any, role: str = "assistant", metadata: Any = None,
                  url: str | list[str] | None = None, *, echo: bool = False, **kwargs: Any) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = new_id()
         self.name = name
         self.content = content
         self.role = role

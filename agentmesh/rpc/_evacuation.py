@@ -82,7 +82,12 @@ class Evacuation:
             for member in members:
                 runtime.moves.finish(lost, same.address, member.land(same, recreate=False))
             return
-        placed, alone = self._place(members)
+        try:
+            placed, alone = self._place(members)
+        except Exception as exc:  # noqa: BLE001 - then each agent tries on its own (and its calls learn why)
+            log.info("evacuation of %s: placing %d agent(s) together failed (%s: %s); each moves alone",
+                     lost.address, len(members), type(exc).__name__, exc)
+            placed, alone = {}, list(members)
         for member in alone:
             member.move_alone(lost, self.reason)
         landed = collections.Counter()
@@ -188,4 +193,4 @@ class Evacuation:
             child = runtime.children.choose(exclude)
             if child not in addresses:
                 addresses[child] = child.wait_ready()
-            placed[runtime.pool.connect(addresses[child])].append(member)
+            placed[runtime.pool.connect(addresses[child])].append(member)   # a failure: every member alone

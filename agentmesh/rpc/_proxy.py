@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from .. import _codec, _status, errors
@@ -18,6 +17,7 @@ from ._failover import Binding
 from ._methods import method_table
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
+from .._ids import new_id
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -253,7 +253,7 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"max_timeout_seconds must be a positive number of seconds, not {timeout!r}")
     retry = retry_strategy_of(options.get("retry_strategy"))
-    agent_id = options.pop("agent_id", None) or uuid.uuid4().hex
+    agent_id = options.pop("agent_id", None) or new_id()
     try:
         init_blob = _codec.dumps((args, kwargs))
     except Exception as exc:  # noqa: BLE001

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 import grpc
@@ -14,6 +13,7 @@ from .._client.connection import Connection
 from .._client.slot import CallSlot, raised
 from .._runtime import Runtime, default_runtime
 from ..v1 import agent_server_pb2 as pb
+from .._ids import new_id
 
 log = logging.getLogger("agentmesh")
 
@@ -87,7 +87,7 @@ class RpcClient:
         if not isinstance(agent_configs, dict) or not agent_configs.get("class_name"):
             raise ValueError(f"agent_configs needs a 'class_name' (a class the server hosts), got {agent_configs!r}")
         args, kwargs = tuple(agent_configs.get("args", ())), dict(agent_configs.get("kwargs", {}))
-        request = pb.CreateAgentRequest(agent_id=agent_id or uuid.uuid4().hex,
+        request = pb.CreateAgentRequest(agent_id=agent_id or new_id(),
                                         cls=pb.ClassRef(name=str(agent_configs["class_name"])),
                                         init_args=_codec.dumps((args, kwargs)))
         self._rpc("CreateAgent", request, timeout=None)
