@@ -1,0 +1,105 @@
+"""The "guess 2/3 of the average" game (examples/simulation) at 1,000, 10,000 and 100,000 participants.
+
+    python benchmarks/bench_simulation.py                         # N = 1,000, 10,000 and 100,000
+    python benchmarks/bench_simulation.py --sizes 1000,10000      # quicker
+
+For each N: a real etcd and 4 registered server processes (fresh ones per N),
+the participants placed through the registry; measured are set-up (placing
+and building every participant), a round (every participant answers; the
+median of 3), the servers' memory per participant, and a round during which
+the server hosting the most participants is SIGKILLed right after the
+round's calls were sent (every answer still arrives, from the agents
+re-created elsewhere from their checkpoints). Prints a Markdown table;
+every process it starts it stops.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "simulation"))
+
+import agentmesh  # noqa: E402
+from agentmesh import RpcAgentServerLauncher  # noqa: E402
+from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
+
+import _common as C  # noqa: E402
+from guess import Participant, play_round, setup  # noqa: E402
+
+TOKEN = "bench-simulation-token"
+SERVERS = 4
+
+
+def one_size(n: int) -> dict[str, str]:
+    namespace = f"sim{n}"
+    with EtcdProcess(name=f"agentmesh-bench-sim-{n}") as etcd:
+        servers = []
+        try:
+            for _ in range(SERVERS):
+                s = RpcAgentServerLauncher(host="127.0.0.1", capacity=n, registry=etcd.url, namespace=namespace,
+                                           token=TOKEN, custom_agent_classes=[Participant])
+                s.launch(in_subprocess=True)
+                servers.append(s)
+            by_port = {s.port: s for s in servers}
+            agentmesh.init(registry=etcd.url, namespace=namespace, token=TOKEN)
+            Participant("warm-up", 0).to_dist().rounds_played()
+            rss0 = {s.pid: C.rss_kb(s.pid) for s in servers}
+            t = time.perf_counter()
+            participants = setup(n)
+            assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
+            set_up = time.perf_counter() - t
+            average, times = 50.0, []
+            for round_no in range(1, 4):
+                t = time.perf_counter()
+                average = play_round(participants, round_no, average)
+                times.append(time.perf_counter() - t)
+            memory = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+            placed = collections.Counter(p.server for p in participants)
+            victim_address, hosted = placed.most_common(1)[0]
+            victim = by_port[int(victim_address.rsplit(":", 1)[1])]
+            t = time.perf_counter()
+            pending = [p.guess(4, average) for p in participants]
+            os.kill(victim.pid, signal.SIGKILL)
+            answers = [a.result() for a in pending]
+            recovered = time.perf_counter() - t
+            played = {participants[i].rounds_played() for i in range(0, n, max(1, n // 200))}
+            agentmesh.shutdown()
+        finally:
+            default_runtime().configure(registry=None)
+            for s in servers:
+                try:
+                    os.kill(s.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+    return {"set-up (place and build every participant)": f"{set_up:.2f} s ({n / set_up:,.0f}/s)",
+            "round (median of 3)": f"{statistics.median(times):.2f} s ({n / statistics.median(times):,.0f} "
+                                   f"answers/s)",
+            "server memory per participant": f"{memory:.2f} KB",
+            "round with a server SIGKILLed after the calls were sent": f"{recovered:.2f} s ({hosted:,} moved; "
+                                                                        f"{len(answers):,} answers; rounds "
+                                                                        f"played {sorted(played)})"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000,10000,100000")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    results = {n: one_size(n) for n in sizes}
+    names = list(next(iter(results.values())))
+    print(f"\n| guess 2/3 of the average, {SERVERS} servers, {os.cpu_count()} cores | "
+          + " | ".join(f"N = {n:,}" for n in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for name in names:
+        print(f"| {name} | " + " | ".join(results[n][name] for n in sizes) + " |")
+
+
+if __name__ == "__main__":
+    main()
