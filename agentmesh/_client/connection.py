@@ -201,8 +201,8 @@ class Connection:
     def submit(self, slot: CallSlot) -> None:
         """Queue a call from any thread; the writer sends everything queued in one frame."""
         if self.closed:
-            if slot.owner is not None:
-                slot.owner.on_lost(self, [slot], "the session had ended")
+            if slot.owner is not None:   # told later, on the loop: the caller may hold its owner's locks
+                self._loop.get().call_soon_threadsafe(slot.owner.on_lost, self, [slot], "the session had ended")
             else:
                 self._lost_one(slot, "the connection is closed")
             return

@@ -224,24 +224,14 @@ class Binding:
             if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
                 self.runtime.moves.finish(lost, None)
             return
-        with self._move_lock:
-            held, self.held = self.held or [], None
-            self.address, self.server_id = target.address, target.server_id
-            self.bind(target)
-        owned = self.runtime.owned
-        if self.agent_id in owned:
-            owned[self.agent_id] = target.address
-        held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
-        for slot in held:
-            slot.call.epoch = self.epoch
-            target.submit(slot)
+        replayed = self.land(target, recreate=False)
         if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
             log.debug("agent %s (%s): %s on %s", self.name or self.agent_id, self.cls_name, how, target.address)
             return
         log.info("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
                  self.name or self.agent_id, self.cls_name, lost.address, target.address, reason, how,
-                 len(held), time.monotonic() - start)
-        self.runtime.moves.finish(lost, target.address, len(held))
+                 replayed, time.monotonic() - start)
+        self.runtime.moves.finish(lost, target.address, replayed)
 
     def _spec_now(self) -> AgentSpec:
         """The creation spec with the last checkpoint in it."""
