@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -139,3 +140,36 @@ def main(workloads: dict[str, Callable[[dict], dict]], info: Callable[[], dict])
     # atexit hooks would do (delete thousands of agents one by one, join pools) is not measured
     # and could hang. The harness kills whatever this process left behind.
     os._exit(code)
+
+
+def marked_pids(entry: str) -> list[int]:
+    """Processes other than this one whose environment holds entry ("NAME=value"): everything a run started."""
+    needle = entry.encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def kill_marked(entry: str) -> int:
+    """SIGKILL every process marked with entry (looking again: a dying tree can start a last child); how many."""
+    killed = 0
+    for _ in range(5):
+        pids = marked_pids(entry)
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        time.sleep(0.2)
+    return killed

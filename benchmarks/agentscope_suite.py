@@ -76,6 +76,7 @@ RUN_MARK_VAR = "AGENTSCOPE_SUITE_RUN"   # in every process a run starts: leftove
 TEST_FILE = "rpc_agent_test.py"
 CELL_WIDTH = 90
 
+from _common import kill_marked  # noqa: E402 - beside this script
 from _agentscope_port import (  # noqa: E402 - beside this script
     HarnessError, make_adapted, make_standins, make_strict, test_names, write_fixtures,
 )
@@ -126,40 +127,13 @@ class Run:
     seconds: float = 0.0
 
 
-def _marked_pids(mark: str) -> list[int]:
-    needle = f"{RUN_MARK_VAR}={mark}".encode()
-    found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 def end_processes(leader: int, mark: str) -> int:
     """Kill what a run left behind: its process group, then every process with its marker; how many."""
-    killed = 0
     try:
         os.killpg(leader, signal.SIGKILL)
     except OSError:
         pass
-    for _ in range(5):   # a dying tree can start a last child: look again
-        pids = _marked_pids(mark)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-        time.sleep(0.2)
-    return killed
+    return kill_marked(f"{RUN_MARK_VAR}={mark}")
 
 
 SUMMARY = re.compile(r"^(PASSED|FAILED|ERROR) (\S+?)(?: - .*)?$")

@@ -31,6 +31,7 @@ from agentmesh.discovery import keys  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
+from workloads_agentmesh import shutdown as kill_servers  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
 TOKEN = "bench-scale-token"
@@ -143,11 +144,7 @@ def main() -> None:
                                                                           f"{outcome}"))
         finally:
             default_runtime().configure(registry=None)
-            for s in servers:
-                try:
-                    os.kill(s.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_servers(servers)
     print(f"\n| {n:,} agents, {args.servers} servers, {os.cpu_count()} cores | |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -31,6 +31,7 @@ from agentmesh import RpcAgentServerLauncher  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
+from workloads_agentmesh import shutdown as kill_servers  # noqa: E402
 from guess import Participant, play_round, setup  # noqa: E402
 
 TOKEN = "bench-simulation-token"
@@ -73,11 +74,7 @@ def one_size(n: int) -> dict[str, str]:
             agentmesh.shutdown()
         finally:
             default_runtime().configure(registry=None)
-            for s in servers:
-                try:
-                    os.kill(s.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            kill_servers(servers)
     return {"set-up (place and build every participant)": f"{set_up:.2f} s ({n / set_up:,.0f}/s)",
             "round (median of 3)": f"{statistics.median(times):.2f} s ({n / statistics.median(times):,.0f} "
                                    f"answers/s)",

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 import envs  # noqa: E402
-from _common import RESULT_MARK  # noqa: E402
+from _common import RESULT_MARK, kill_marked  # noqa: E402
 from _report import (  # noqa: E402,F401  (ROWS: tests/test_benchmarks_smoke.py reads run.ROWS)
     ALL_WORKLOADS,
     BY_KEY,
@@ -79,38 +79,6 @@ QUICK = {
 
 
 # -- running ------------------------------------------------------------------------
-def _marked_pids(mark: str) -> list[int]:
-    """Processes whose environment carries mark: everything one workload run started."""
-    needle = mark.encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def _kill_marked(mark: str) -> int:
-    killed = 0
-    for _ in range(5):   # a dying process tree can spawn a last child: look again
-        pids = _marked_pids(mark)
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-        time.sleep(0.2)
-    return killed
-
-
 def python_of(system: System) -> str:
     return sys.executable if system.key == "agentmesh" else envs.python_of(system.key)
 
@@ -141,7 +109,7 @@ def run_workload(system: System, workload: str, sizes: dict, timeout: float, log
             os.killpg(proc.pid, signal.SIGKILL)
         except OSError:
             pass
-        leftovers = _kill_marked(mark)
+        leftovers = kill_marked(mark)
     took = time.monotonic() - started
     result: dict = {}
     for line in out.splitlines():
