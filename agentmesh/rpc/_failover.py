@@ -152,8 +152,8 @@ class Binding:
         """Bind to conn and replay the held calls there; with recreate, the agent's creation from its last
         checkpoint goes first on the same session (nobody waits for it). Returns the calls replayed."""
         spec = self._spec_now() if recreate else None
-        with self._move_lock:
-            held, self.held = self.held or [], None
+        with self._move_lock:   # calls made meanwhile are held (send() waits for this lock): none overtakes these
+            held = self.held or []
             self.address, self.server_id = conn.address, conn.server_id
             self.bind(conn)
             if spec is not None:
@@ -163,6 +163,7 @@ class Binding:
             for slot in held:
                 slot.call.epoch = self.epoch
                 conn.submit(slot)
+            self.held = None
         if self.agent_id in self.runtime.owned:
             self.runtime.owned[self.agent_id] = conn.address
         log.debug("agent %s (%s) moved to %s, %d call(s) replayed", self.name or self.agent_id, self.cls_name,
