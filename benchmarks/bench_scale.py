@@ -26,12 +26,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import agentmesh  # noqa: E402
-from agentmesh import RpcAgentServerLauncher  # noqa: E402
 from agentmesh.discovery import keys  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
-from workloads_agentmesh import shutdown as kill_servers  # noqa: E402
+from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
 TOKEN = "bench-scale-token"
@@ -101,11 +100,8 @@ def main() -> None:
     with EtcdProcess(name="agentmesh-bench-scale") as etcd:
         servers = []
         try:
-            for _ in range(args.servers):
-                s = RpcAgentServerLauncher(host="127.0.0.1", capacity=n, registry=etcd.url, namespace=NAMESPACE,
-                                           token=TOKEN, custom_agent_classes=[Noop])
-                s.launch(in_subprocess=True)
-                servers.append(s)
+            launch(args.servers, classes=(Noop,), into=servers, capacity=n, registry=etcd.url,
+                   namespace=NAMESPACE, token=TOKEN)
             by_port = {s.port: s for s in servers}
             agentmesh.init(registry=etcd.url, namespace=NAMESPACE, token=TOKEN)
             Noop("warm-up").to_dist().ping()

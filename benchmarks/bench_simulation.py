@@ -27,11 +27,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "simulation"))
 
 import agentmesh  # noqa: E402
-from agentmesh import RpcAgentServerLauncher  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
-from workloads_agentmesh import shutdown as kill_servers  # noqa: E402
+from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
 from guess import Participant, play_round, setup  # noqa: E402
 
 TOKEN = "bench-simulation-token"
@@ -43,11 +42,8 @@ def one_size(n: int) -> dict[str, str]:
     with EtcdProcess(name=f"agentmesh-bench-sim-{n}") as etcd:
         servers = []
         try:
-            for _ in range(SERVERS):
-                s = RpcAgentServerLauncher(host="127.0.0.1", capacity=n, registry=etcd.url, namespace=namespace,
-                                           token=TOKEN, custom_agent_classes=[Participant])
-                s.launch(in_subprocess=True)
-                servers.append(s)
+            launch(SERVERS, classes=(Participant,), into=servers, capacity=n, registry=etcd.url,
+                   namespace=namespace, token=TOKEN)
             by_port = {s.port: s for s in servers}
             agentmesh.init(registry=etcd.url, namespace=namespace, token=TOKEN)
             Participant("warm-up", 0).to_dist().rounds_played()

@@ -37,10 +37,13 @@ def info() -> dict:
 TOKEN = "bench-" + secrets.token_hex(8)
 
 
-def launch(n: int = 1, **kwargs) -> list[RpcAgentServerLauncher]:
-    servers = []
+def launch(n: int = 1, classes: tuple = (Noop, WebAgent), into: list | None = None,
+           **kwargs) -> list[RpcAgentServerLauncher]:
+    """n server processes hosting classes; each is added to into (when given) as soon as it runs, so a
+    failure part-way still leaves every started one to stop."""
+    servers = into if into is not None else []
     for _ in range(n):
-        s = RpcAgentServerLauncher(host=HOST, custom_agent_classes=[Noop, WebAgent], **kwargs)
+        s = RpcAgentServerLauncher(host=HOST, custom_agent_classes=list(classes), **kwargs)
         s.launch(in_subprocess=True)
         servers.append(s)
     return servers
