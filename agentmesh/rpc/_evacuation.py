@@ -30,6 +30,18 @@ log = logging.getLogger("agentmesh.rpc")
 PROBE_TIMEOUT = 0.5
 
 
+def same_server_again(runtime: Runtime, lost: Any) -> Any:
+    """The lost server's new session, if the loss was a blip: it answers again as the same server at the
+    same epoch (so it still holds its agents); else None."""
+    if lost.draining:
+        return None
+    try:
+        conn = runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT, expect=lost.server_id)
+    except (errors.AgentMeshError, TimeoutError, OSError):
+        return None
+    return conn if conn.server_id == lost.server_id and conn.epoch == lost.epoch else None
+
+
 class Movable(Protocol):
     """What an evacuation needs of an agent's binding."""
 
@@ -77,7 +89,7 @@ class Evacuation:
     def _run(self) -> None:
         lost, runtime, members = self.lost, self.runtime, self.members
         began = time.monotonic()
-        same = self._same_server()
+        same = same_server_again(runtime, lost)
         if same is not None:
             for member in members:
                 runtime.moves.finish(lost, same.address, member.land(same, recreate=False))
@@ -97,17 +109,6 @@ class Evacuation:
             landed[conn.address] += len(group)
         log.debug("evacuated %d agent(s) of %s to %s in %.2f s (%d moved alone)", sum(landed.values()),
                   lost.address, dict(landed), time.monotonic() - began, len(alone))
-
-    def _same_server(self) -> Any:
-        """The lost server's new session, if it answers again as the same server at the same epoch."""
-        lost = self.lost
-        if lost.draining:
-            return None
-        try:
-            conn = self.runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT, expect=lost.server_id)
-        except (errors.AgentMeshError, TimeoutError, OSError):
-            return None
-        return conn if conn.server_id == lost.server_id and conn.epoch == lost.epoch else None
 
     def _place(self, members: list[Movable]) -> tuple[dict[Any, list[Movable]], list[Movable]]:
         """Targets for the members that can be re-created ({connection: members}), and the others."""

@@ -20,7 +20,7 @@ from .._creation import AgentSpec, create_on
 from .._placement import place
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
-from ._evacuation import PROBE_TIMEOUT, Evacuation
+from ._evacuation import Evacuation, same_server_again
 
 log = logging.getLogger("agentmesh.rpc")
 #: how long a draining server gets to finish our calls before the agent moves without them
@@ -213,7 +213,7 @@ class Binding:
             if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
                 target, how = self._create_again(lost), "created with its class shipped by value"
             else:
-                target = None if refused else self._same_server_again(lost)
+                target = None if refused else same_server_again(self.runtime, lost)
                 how = "reconnected to the same server"
             if target is None:
                 target, how = self._relocate(lost)
@@ -247,18 +247,6 @@ class Binding:
         self.epoch = response.epoch
         self.name = response.name or self.name
         return conn
-
-    def _same_server_again(self, lost: Any) -> Any:
-        """The same server, if the loss was a blip and it still holds the agent at the same epoch."""
-        if lost.draining:
-            return None
-        try:
-            conn = self.runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT, expect=lost.server_id)
-        except errors.AgentMeshError:
-            return None
-        if conn.server_id == lost.server_id and conn.epoch == lost.epoch:
-            return conn
-        return None
 
     def _finish_on(self, lost: Any, timeout: float = DRAIN_WAIT) -> None:
         """A draining server: let our calls there finish, and take the state they leave."""
