@@ -15,6 +15,9 @@ _SCALARS = frozenset((type(None), bool, int, float, str, bytes))
 #: process-wide global, so this lock is one too (it holds no state of ours)
 _by_value_lock = threading.Lock()
 
+#: modules a user registered with cloudpickle.register_pickle_by_value (cloudpickle's own set; empty if renamed)
+_BY_VALUE_MODULES = getattr(getattr(cloudpickle, "cloudpickle", None), "_PICKLE_BY_VALUE_MODULES", ())
+
 
 def dumps(obj: Any) -> bytes:
     """Pickle with cloudpickle (classes from __main__ and lambdas by value)."""
@@ -35,7 +38,7 @@ def dumps_plain_first(obj: Any) -> bytes:
         blob = pickle.dumps(obj, protocol=5)
     except Exception:  # noqa: BLE001 - lambdas, local classes...: cloudpickle's job
         return cloudpickle.dumps(obj, protocol=5)
-    if b"__main__" in blob or _by_value_lock.locked():
+    if b"__main__" in blob or _by_value_lock.locked() or _BY_VALUE_MODULES:
         return cloudpickle.dumps(obj, protocol=5)
     return blob
 

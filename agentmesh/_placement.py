@@ -46,13 +46,14 @@ def _at_once(runtime: Runtime, url: str, namespace: str, cls: type, options: dic
     view = runtime.started_view(url, namespace)
     if view is None:
         return None
-    for record in view.candidates(options.get("labels"), class_name(cls)):
-        conn = runtime.pool.session_of(record.get("address") or f"{record['host']}:{record['port']}")
-        if conn is None or conn.draining or conn.server_id != record["server_id"]:
-            return None
-        view.placed(record["server_id"])
-        return conn
-    return None
+    record = view.best(options.get("labels"), class_name(cls))
+    if record is None:
+        return None
+    conn = runtime.pool.session_of(record.get("address") or f"{record['host']}:{record['port']}")
+    if conn is None or conn.draining or conn.server_id != record["server_id"]:
+        return None
+    view.placed(record["server_id"])
+    return conn
 
 
 def place(runtime: Runtime, spec: AgentSpec, exclude: tuple[str, ...] = ()) -> Placed:

@@ -52,3 +52,36 @@ def test_the_simulation_example_plays_its_rounds(procs):
     for average in averages:          # each round moves towards two thirds of the last (biases average out)
         assert abs(average - 2 / 3 * previous) < 1.5, (previous, average)
         previous = average
+
+
+def test_agents_released_together_do_not_wait_behind_slow_ones():
+    """After a failover, thousands of agents are released onto a few threads at once; agents whose calls
+    run long (an LLM call) must not hold up the others released with them, nor each other."""
+    import threading
+    import time
+
+    from agentmesh.server._workers import Workers
+
+    workers = Workers(64, "test")
+    release = threading.Event()
+    slow_started = collections.Counter()
+    quick_done: list[int] = []
+    all_quick = threading.Event()
+
+    def job(arg):
+        if arg == "slow":
+            slow_started["n"] += 1
+            release.wait(30)
+        else:
+            quick_done.append(arg)
+            if len(quick_done) == 200:
+                all_quick.set()
+
+    try:
+        workers.run_many(job, ["slow"] * 8 + list(range(200)))
+        assert all_quick.wait(10), f"{len(quick_done)} of 200 quick jobs ran while 8 slow ones blocked"
+        assert wait_until(lambda: slow_started["n"] == 8, timeout=10)
+        assert sorted(quick_done) == list(range(200))
+    finally:
+        release.set()
+        workers.shutdown()

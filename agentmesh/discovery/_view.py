@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from .. import _protocol, _trust
 from ..etcd import EtcdClient, EtcdError, redact_url
@@ -120,10 +120,9 @@ class ServerView:
         if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
             asyncio.ensure_future(self._on_server_gone(server_id))
 
-    def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
-                   exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
-        """Servers that fit, with room, most free capacity first (ties at random)."""
-        fits = []
+    def _fitting(self, labels: dict[str, str] | None, cls_name: str | None,
+                 exclude: set[str] | frozenset) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(free room, record) of each server that fits and has room."""
         for record in list(self.servers.values()):
             if record.get("status", "SERVING") != "SERVING" or record.get("server_id") in exclude:
                 continue
@@ -136,9 +135,26 @@ class ServerView:
                 continue
             free = int(record.get("capacity", 0)) - int(record.get("agents", 0))
             if free > 0:
-                fits.append((free, random.random(), record))
+                yield free, record
+
+    def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
+                   exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
+        """Servers that fit, with room, most free capacity first (ties at random)."""
+        fits = [(free, random.random(), record) for free, record in self._fitting(labels, cls_name, exclude)]
         fits.sort(key=lambda f: (-f[0], f[1]))
         return [record for _, _, record in fits]
+
+    def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None) -> dict[str, Any] | None:
+        """The first of candidates() in one pass, without sorting (a placement per to_dist() asks this)."""
+        best, most, ties = None, 0, 0
+        for free, record in self._fitting(labels, cls_name, frozenset()):
+            if free > most:
+                best, most, ties = record, free, 1
+            elif free == most:
+                ties += 1
+                if random.random() * ties < 1:   # each of the tied servers equally likely
+                    best = record
+        return best
 
     def placed(self, server_id: str) -> None:
         """Count an agent we just placed before the server's own update arrives."""

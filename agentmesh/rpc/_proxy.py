@@ -163,7 +163,7 @@ class RpcObject:
         binding = self._binding
         conn = binding.session()
         try:
-            payload = _codec.dumps((args, kwargs)) if args or kwargs else b""
+            payload = _codec.dumps_plain_first((args, kwargs)) if args or kwargs else b""
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises
             raise errors.PayloadError(
                 f"arguments of {method}() for agent {self.agent_id} cannot be pickled: "
@@ -255,7 +255,7 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     retry = retry_strategy_of(options.get("retry_strategy"))
     agent_id = options.pop("agent_id", None) or new_id()
     try:
-        init_blob = _codec.dumps((args, kwargs))
+        init_blob = _codec.dumps_plain_first((args, kwargs))
     except Exception as exc:  # noqa: BLE001
         raise errors.AgentCreationError(
             f"constructor arguments of {cls.__name__} cannot be pickled: {type(exc).__name__}: {exc}") from exc

@@ -123,7 +123,7 @@ class AgentHost:
             return pb.Reply(call_id=call_id, status=pb.ERROR, error_type=type(exc).__qualname__,
                             error_message=str(exc), traceback=traceback.format_exc())
         try:
-            payload = _codec.dumps(result)
+            payload = _codec.dumps_plain_first(result)
         except Exception as exc:  # noqa: BLE001
             return _status.refusal(call_id, pb.BAD_PAYLOAD, f"the result of {call.method}() ({type(result).__name__}) "
                                                              f"cannot be pickled: {exc}", type(exc).__name__)

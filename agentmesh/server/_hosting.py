@@ -1,4 +1,4 @@
-"""The agents of one server: creation, mailboxes, running calls in order on worker threads, fencing.
+"""The agents of one server: mailboxes, running calls in order on worker threads, fencing (creation: _building).
 
 Everything here runs on the runtime's I/O loop except ``_run`` (worker threads).
 The gRPC service in ``_service.py`` hands calls in and sends replies out.
@@ -9,19 +9,16 @@ import asyncio
 import collections
 import logging
 import time
-import traceback
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-import grpc
-
-from .. import _checkpoint, _codec, _status
+from .. import _checkpoint, _status
 from .._classes import interleaves
 from .._result import loads_collecting
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
-from ._classes import ClassNotSent, HostedClasses
-from ._building import Builds
-from ._host import AgentHost, Work, construct
+from ._classes import HostedClasses
+from ._building import Builds, Creating, Refusal
+from ._host import AgentHost, Work
 from ._results import ResultStore
 from ._workers import Workers
 
@@ -45,19 +42,7 @@ class Listener(Protocol):
     def load_changed(self) -> None: ...
 
 
-class Refusal(Exception):
-    """Why an agent was not created: a reply status (its gRPC code comes from the status table)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
-
-    @property
-    def code(self) -> grpc.StatusCode:
-        return _status.TABLE[self.status].code
-
-
-class Hosting:
+class Hosting(Creating):
     """The agents a server hosts and the machinery that runs their calls."""
 
     def __init__(self, *, server_id: str, runtime: Runtime, capacity: int, classes: HostedClasses,
@@ -76,6 +61,7 @@ class Hosting:
         self.draining = False
         self.listener: Listener | None = None
         self.executor = Workers(max_workers, "agentmesh-agent")
+        self.releasing: list[AgentHost] | None = None   # see release_together
         self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
         self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
@@ -100,108 +86,6 @@ class Hosting:
         self.epoch = time.time_ns()
         log.warning("agent server %s fenced: %s; dropped %d agent(s), new epoch %d",
                     self.server_id, why, len(ids), self.epoch)
-
-    # -- creation ------------------------------------------------------------
-    def begin_create(self, request: pb.CreateAgentRequest) -> AgentHost | pb.CreateAgentResponse:
-        """Check a creation and register the agent as under construction; raises Refusal.
-
-        Calls that arrive for it meanwhile wait in its mailbox.
-        """
-        agent_id = request.agent_id
-        if self.draining:
-            raise Refusal(pb.UNAVAILABLE, f"agent server {self.server_id} is draining")
-        existing = self.agents.get(agent_id)
-        if existing is not None:
-            return self.created(existing, existed=True)
-        if not agent_id:
-            raise Refusal(pb.BAD_PAYLOAD, "agent_id is empty")
-        if len(self.agents) >= self.capacity:
-            raise self._refuse(agent_id, pb.CAPACITY, f"agent server {self.server_id} is full: "
-                                                     f"capacity {self.capacity} agents")
-        name = request.cls.name
-        try:
-            cls = self.classes.resolve(request.cls)
-        except ClassNotSent as exc:   # calls sent behind it get the same answer, so the client replays them
-            raise self._refuse(agent_id, pb.CLASS_NOT_SENT, f"class {name}: {exc}") from None
-        except LookupError as exc:
-            raise self._refuse(agent_id, pb.CLASS_NOT_FOUND, str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a class that cannot be loaded here
-            raise self._refuse(agent_id, pb.CLASS_NOT_FOUND, f"class {name} cannot be loaded on this server: "
-                                                            f"{type(exc).__name__}: {exc}") from None
-        try:
-            args, kwargs = _codec.loads(request.init_args) if request.init_args else ((), {})
-        except Exception as exc:  # noqa: BLE001
-            raise self._refuse(agent_id, pb.BAD_PAYLOAD, f"constructor arguments of {name} do not unpickle: "
-                                                        f"{type(exc).__name__}: {exc}") from None
-        checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
-        host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
-                         checkpoint=checkpoint, seq=request.state_seq)
-        host.constructed = self.loop.create_future()  # type: ignore[union-attr]
-        host.build = (cls, args, kwargs)
-        self.agents[agent_id] = host
-        return host
-
-    async def finish_create(self, host: AgentHost, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
-        """Run the constructor in a worker thread; release the calls waiting for it."""
-        cls, args, kwargs = host.build  # type: ignore[misc]
-        host.build = None
-        try:
-            agent = await self.loop.run_in_executor(  # type: ignore[union-attr]
-                self.executor, construct, cls, host.agent_id, args, kwargs, request.state)
-        except Exception as exc:  # noqa: BLE001 - the constructor raised
-            raise self.not_built(host, exc, traceback.format_exc()) from None
-        return self.built(host, agent)
-
-    def built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
-        """The constructor returned: the agent serves, and the calls waiting for it go on (I/O loop)."""
-        host.agent = agent
-        host.constructed.set_result(None)  # type: ignore[union-attr]
-        host.constructed = None   # a pump already waiting holds it; nobody else needs it
-        self._failed.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
-        if self.listener is not None:
-            self.listener.agent_added(host.agent_id, host.name, host.cls_name)
-        log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
-        return self.created(host, existed=False)
-
-    def not_built(self, host: AgentHost, exc: BaseException, trace: str) -> Refusal:
-        """The constructor raised: the agent is dropped and the calls waiting for it get the error (I/O loop)."""
-        if self.agents.get(host.agent_id) is host:
-            del self.agents[host.agent_id]
-        refusal = self._refuse(host.agent_id, pb.CREATION_FAILED,
-                               f"{host.cls_name}({host.agent_id}) raised in its constructor: "
-                               f"{type(exc).__name__}: {exc}\n{trace}")
-        host.constructed.set_exception(refusal)  # type: ignore[union-attr]
-        host.constructed.exception()   # type: ignore[union-attr]  # retrieved: the pump reads it too
-        return refusal
-
-    def _refuse(self, agent_id: str, status: int, message: str) -> Refusal:
-        """Remember why agent_id was not created, so calls sent behind its creation get the same answer."""
-        self._failed[agent_id] = (status, message)
-        if len(self._failed) > 10_000:
-            self._failed.popitem(last=False)
-        return Refusal(status, message)
-
-    def create_from_session(self, call: pb.Call, outbox: Outbox | None) -> None:
-        """A creation sent on the session stream, ahead of the agent's first calls."""
-        try:
-            request = pb.CreateAgentRequest.FromString(call.payload)
-        except Exception as exc:  # noqa: BLE001 - a malformed protobuf
-            self._answer(outbox, _status.refusal(call.call_id, pb.BAD_PAYLOAD,
-                                                 f"__create__ payload does not parse: {exc}", "DecodeError"))
-            return
-        try:
-            begun = self.begin_create(request)
-        except Refusal as refusal:
-            self._answer(outbox, _status.refusal(call.call_id, refusal.status, refusal.message))
-            return
-        if isinstance(begun, pb.CreateAgentResponse):
-            self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
-            return
-        self.builds.add(begun, request.state, call.call_id, outbox)
-
-    def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
-        return pb.CreateAgentResponse(agent_id=host.agent_id, name=host.name, server_id=self.server_id,
-                                      epoch=self.epoch, existed=existed)
 
     def delete(self, agent_id: str) -> bool:
         """Drop an agent and the results of its calls (those still running are not kept either)."""
@@ -309,7 +193,8 @@ class Hosting:
             self._ready(host, work)
         elif work.placeholders or host.waiting or host.agent is None:
             host.hold(work)
-            if host.pump is None:
+            # a call held only while its agent is built needs no pump: built() releases it (no task per agent)
+            if host.pump is None and (work.placeholders or host.agent is not None):
                 host.pump = asyncio.ensure_future(self._pump(host))
         else:
             self._ready(host, work)
@@ -347,7 +232,20 @@ class Hosting:
 
     def _ready(self, host: AgentHost, work: Work) -> None:
         if host.push_ready(work):
-            self.executor.run(self._run, host)
+            if self.releasing is not None:
+                self.releasing.append(host)
+            else:
+                self.executor.run(self._run, host)
+
+    def release_together(self, fn: Callable[[], None]) -> None:
+        """Run fn (I/O loop); the agents it makes ready start together on a few threads, not one wake-up each."""
+        self.releasing = []
+        try:
+            fn()
+        finally:
+            hosts, self.releasing = self.releasing, None
+            if hosts:
+                self.executor.run_many(self._run, hosts)
 
     def _run(self, host: AgentHost) -> None:
         """Work through an agent's ready calls (worker thread)."""
