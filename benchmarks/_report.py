@@ -31,7 +31,8 @@ class System:
 
 COMMON = ("tutorial", "sync_call", "pipelined", "nn", "creation", "payload", "memory")
 SYSTEMS = [
-    System("agentmesh", "agentmesh", "workloads_agentmesh.py", COMMON + ("registry", "failover", "checkpoint"), False),
+    System("agentmesh", "agentmesh", "workloads_agentmesh.py",
+           COMMON + ("registry", "failover", "checkpoint", "scale", "simulation"), False),
     System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
     System("ray", "Ray", "workloads_ray.py", COMMON, True),
 ]
@@ -73,7 +74,21 @@ ROWS = [
     Row("no-op round trip, checkpoints on (default)", "checkpoint", "on", "µs", LOWER, True),
     Row("no-op round trip, checkpoint=False", "checkpoint", "off", "µs", LOWER, True),
     Row("checkpoint cost per call (median on - off)", "checkpoint", "cost", "µs", LOWER, True),
-]
+    Row("scale: 10,000 to_dist() through the registry (4 servers)", "scale", "place_rate", "agents/s", HIGHER, True),
+    Row("scale: one sync call to each of 10,000 agents", "scale", "call_rate", "calls/s", HIGHER, True),
+    Row("scale: SIGKILL of a server of 2,500 agents -> all answered", "scale", "quarter_all", "s", LOWER, True),
+    Row("scale: SIGKILL of a server of 10,000 agents -> first answer", "scale", "mass_first", "s", LOWER, True),
+    Row("scale: SIGKILL of a server of 10,000 agents -> all answered", "scale", "mass_all", "s", LOWER, True),
+    Row("scale: answers wrong or lost in those failovers", "scale", "mass_wrong", "answers", LOWER, True),
+    Row("scale: WARNING lines of a 10,000-agent failover", "scale", "mass_warnings", "lines", LOWER, True),
+    Row("scale: agentmesh.shutdown() with 100,000 owned agents", "scale", "shutdown", "s", LOWER, True),
+    Row("scale: server RSS per idle agent, 100,000 on one server", "scale", "idle_kb", "KB", LOWER, True),
+    Row("scale: client RSS per proxy", "scale", "proxy_kb", "KB", LOWER, True),
+] + [Row(f"simulation N = {n}: {what}", "simulation", f"{key}{i}", unit, LOWER, True)
+     for i, n in enumerate(("1,000", "10,000", "100,000"))
+     for what, key, unit in (("set-up", "setup", "s"), ("round", "round", "s"),
+                             ("server memory per participant", "kb", "KB"),
+                             ("round with a server SIGKILLed", "kill", "s"))]
 
 #: the issue's targets: (row name, peer, factor): agentmesh rate >= factor x the peer's
 TARGETS = [
@@ -83,6 +98,16 @@ TARGETS = [
     ("pipelined async no-op calls/s", "ray", 1.0),
     ("n:n calls/s (4 callers × 8 agents, 2 servers)", "ray", 1.0),
     ("agent creation on running servers", "agentscope", 5.0),
+]
+
+#: the issue's goals for agentmesh alone: (row name, at least or at most, value)
+GOALS = [
+    ("scale: 10,000 to_dist() through the registry (4 servers)", "≥", 10_000),
+    ("scale: SIGKILL of a server of 10,000 agents -> all answered", "≤", 2.0),
+    ("scale: answers wrong or lost in those failovers", "≤", 0),
+    ("scale: WARNING lines of a 10,000-agent failover", "≤", 1),
+    ("scale: agentmesh.shutdown() with 100,000 owned agents", "≤", 5.0),
+    ("scale: server RSS per idle agent, 100,000 on one server", "≤", 2.0),
 ]
 
 
@@ -120,6 +145,15 @@ def how_measured(sz: dict) -> list[str]:
         f"**checkpoint cost** (agentmesh): no-op round trip of an agent with checkpoints on (the default: the state "
         f"rides on every reply) versus `to_dist(..., checkpoint=False)`, {sz['ckpt_calls']} calls each in interleaved "
         "blocks of 100.",
+        f"**scale** (agentmesh, `bench_scale.py`, run once): etcd + 4 registered servers, {sz['scale_agents']:,} "
+        "`to_dist()` one after another, one sync call to each, then SIGKILL of the server hosting the most and one "
+        f"asynchronous call to each of its agents; the same with {2 * sz['scale_agents']:,} agents over 2 servers "
+        f"(the survivor takes the killed one's {sz['scale_agents']:,}); {sz['scale_idle_agents']:,} idle agents on "
+        "one server (its RSS growth per agent) and `agentmesh.shutdown()` of them. Times from the SIGKILL.",
+        f"**simulation** (agentmesh, `bench_simulation.py`, run once): examples/simulation's game with N = "
+        f"{', '.join(f'{n:,}' for n in sz['sim_sizes'])} participants over 4 registered servers: set-up, a round "
+        "(median of 3), server memory per participant, a round whose busiest server is SIGKILLed after the calls "
+        "were sent.",
     ]
 
 
@@ -216,6 +250,14 @@ def targets(results: dict, status: dict) -> list[str]:
         verdict = "met" if ratio >= factor else "missed"
         out.append(f"- {name}: {want} — **{verdict}**: agentmesh {fmt(am)} vs {BY_KEY[peer].label} {fmt(pv)} "
                    f"= {ratio:.2f}×")
+    for name, op, goal in GOALS:
+        row = by_name[name]
+        am = value_of(results.get(("agentmesh", row.workload)), row)[0]
+        if am is None:
+            out.append(f"- {name}: {op} {fmt(goal)} {row.unit} — **unknown** ({status.get('agentmesh') or 'not measured'})")
+            continue
+        met = am >= goal if op == "≥" else am <= goal
+        out.append(f"- {name}: {op} {fmt(goal)} {row.unit} — **{'met' if met else 'missed'}**: {fmt(am)}")
     return out
 
 

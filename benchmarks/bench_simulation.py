@@ -10,7 +10,8 @@ median of 3), the servers' memory per participant, and a round during which
 the server hosting the most participants is SIGKILLed right after the
 round's calls were sent (every answer still arrives, from the agents
 re-created elsewhere from their checkpoints). Prints a Markdown table;
-every process it starts it stops.
+every process it starts it stops. run.py's "simulation" workload calls
+one_size() for its rows in RESULTS.md.
 """
 from __future__ import annotations
 
@@ -71,13 +72,20 @@ def one_size(n: int) -> dict[str, str]:
         finally:
             default_runtime().configure(registry=None)
             kill_servers(servers)
-    return {"set-up (place and build every participant)": f"{set_up:.2f} s ({n / set_up:,.0f}/s)",
-            "round (median of 3)": f"{statistics.median(times):.2f} s ({n / statistics.median(times):,.0f} "
-                                   f"answers/s)",
-            "server memory per participant": f"{memory:.2f} KB",
-            "round with a server SIGKILLed after the calls were sent": f"{recovered:.2f} s ({hosted:,} moved; "
-                                                                        f"{len(answers):,} answers; rounds "
-                                                                        f"played {sorted(played)})"}
+    return {"n": n, "setup_s": round(set_up, 3), "round_s": round(statistics.median(times), 3),
+            "server_kb": round(memory, 2), "kill_round_s": round(recovered, 3), "moved": hosted,
+            "answers": len(answers), "rounds_played": sorted(played)}
+
+
+def rows_of(m: dict) -> dict[str, str]:
+    """one_size()'s numbers as {what: value} for the table."""
+    n = m["n"]
+    return {"set-up (place and build every participant)": f"{m['setup_s']:.2f} s ({n / m['setup_s']:,.0f}/s)",
+            "round (median of 3)": f"{m['round_s']:.2f} s ({n / m['round_s']:,.0f} answers/s)",
+            "server memory per participant": f"{m['server_kb']:.2f} KB",
+            "round with a server SIGKILLed after the calls were sent": f"{m['kill_round_s']:.2f} s ({m['moved']:,} "
+                                                                        f"moved; {m['answers']:,} answers; rounds "
+                                                                        f"played {m['rounds_played']})"}
 
 
 def main() -> None:
@@ -85,7 +93,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    results = {n: one_size(n) for n in sizes}
+    results = {n: rows_of(one_size(n)) for n in sizes}
     names = list(next(iter(results.values())))
     print(f"\n| guess 2/3 of the average, {SERVERS} servers, {os.cpu_count()} cores | "
           + " | ".join(f"N = {n:,}" for n in sizes) + " |")

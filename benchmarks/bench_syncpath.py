@@ -57,6 +57,12 @@ def pipe(agent, inflight, rounds):
     return round(statistics.median(rates))
 
 
+def pin_all_threads(pid: int, cpu: int) -> None:
+    """Pin every thread of process pid to one CPU (sched_setaffinity of a pid pins only that thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), {cpu})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000)
@@ -65,9 +71,14 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--pidfile", default="", help="write 'client_pid server_pid' here (profiling)")
     ap.add_argument("--only", default="", help="ck, nock or pipe")
+    ap.add_argument("--pin", action="store_true", help="client on CPU 0, server on CPU 1 (every thread)")
     args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=8)
     launcher.launch(in_subprocess=True)
+    if args.pin:
+        pin_all_threads(launcher.pid, 1)
     if args.pidfile:
         with open(args.pidfile, "w") as f:
             f.write(f"{os.getpid()} {launcher.pid}\n")

@@ -3,7 +3,7 @@ workloads_ray.py; run by benchmarks/run.py in agentmesh's own interpreter:
 
     python benchmarks/workloads_agentmesh.py <workload> '<sizes JSON>'
 
-The last four workloads (registry, failover, checkpoint) are agentmesh's alone.
+The last five workloads (registry, failover, checkpoint, scale, simulation) are agentmesh's alone.
 """
 from __future__ import annotations
 
@@ -317,8 +317,43 @@ def checkpoint(sz: dict) -> dict:
         shutdown(servers)
 
 
+def scale(sz: dict) -> dict:
+    """Issue 12's scale figures (bench_scale.measure): 10,000 agents over 4 servers with a SIGKILL; 10,000
+    agents of a SIGKILLed server onto its one survivor; 100,000 idle agents on one server."""
+    from bench_scale import measure
+
+    n, idle = sz["scale_agents"], sz["scale_idle_agents"]
+    four = measure(n, 4)
+    pair = measure(2 * n, 2, calls=False)
+    one = measure(idle, 1, calls=False, kill=False)
+    return {"metrics": {"place_rate": four["to_dist_rate"], "call_rate": four["call_rate"],
+                        "quarter_all": four["kill_all"], "mass_first": pair["kill_first"],
+                        "mass_all": pair["kill_all"], "mass_wrong": pair["kill_wrong"] + four["kill_wrong"],
+                        "mass_warnings": pair["kill_warnings"], "shutdown": one["shutdown_s"],
+                        "idle_kb": one["server_kb"], "proxy_kb": four["proxy_kb"]},
+            "notes": [f"{n:,} agents over 4 servers: the SIGKILLed server hosted {four['kill_hosted']:,}; "
+                      f"{2 * n:,} over 2: {pair['kill_hosted']:,} moved to the survivor, their calls made in "
+                      f"{pair['kill_made']:.2f} s; {idle:,} idle agents on one server"]
+            + [f"shutdown raised {m['shutdown_error']}" for m in (four, pair, one) if m["shutdown_error"]]}
+
+
+def simulation(sz: dict) -> dict:
+    """examples/simulation's game at three sizes (bench_simulation.one_size)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "simulation"))
+    from bench_simulation import one_size
+
+    metrics, notes = {}, []
+    for i, n in enumerate(sz["sim_sizes"]):
+        m = one_size(n)
+        metrics.update({f"setup{i}": m["setup_s"], f"round{i}": m["round_s"], f"kb{i}": m["server_kb"],
+                        f"kill{i}": m["kill_round_s"]})
+        notes.append(f"N = {n:,}: {m['moved']:,} participants moved in the SIGKILL round, {m['answers']:,} "
+                     f"answers")
+    return {"metrics": metrics, "notes": notes}
+
+
 WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory,
-                                     registry, failover, checkpoint)}
+                                     registry, failover, checkpoint, scale, simulation)}
 
 if __name__ == "__main__":
     C.main(WORKLOADS, info)
