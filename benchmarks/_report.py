@@ -161,6 +161,8 @@ def how_measured(sz: dict) -> list[str]:
 def fmt(x) -> str:
     if x is None:
         return "—"
+    if isinstance(x, int):   # counts (answers, lines, agents)
+        return f"{x:,}"
     x = float(x)
     a = abs(x)
     if a >= 100:
