@@ -47,6 +47,11 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     (``AGENTMESH_INSECURE=1``) allows plaintext to network addresses, which is
     otherwise refused.
 
+    Metrics: ``metrics_port`` serves this process's Prometheus metrics (the
+    calls its proxies make, failovers, placements) at
+    ``http://0.0.0.0:PORT/metrics``; 0 picks a free port, which
+    ``metrics_port()`` tells.
+
     Files: ``download_dir`` (``AGENTMESH_DOWNLOAD_DIR``) is where files named
     by replies (``Msg.url`` under a server's ``file_dir``) are copied; default
     ``save_dir``/files when AgentScope's ``save_dir`` is given (the folder is
@@ -60,9 +65,18 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     env = Settings.from_env()
     if token is None and token_file is None:
         token = env.token
+    metrics_port = options.pop("metrics_port", None)
     runtime.configure(registry=registry if registry is not None else env.registry,
                       namespace=namespace if namespace is not None else env.namespace,
                       token=token, token_file=token_file, **options)
+    if metrics_port is not None:
+        runtime.serve_metrics(int(metrics_port))
+
+
+def metrics_port() -> int | None:
+    """The port this process serves its Prometheus metrics on (the first, if several), or None."""
+    metrics = default_runtime().metrics
+    return metrics.ports[0] if metrics is not None and metrics.ports else None
 
 
 def shutdown() -> None:
@@ -79,6 +93,7 @@ __all__ = [
     "__version__",
     "init",
     "shutdown",
+    "metrics_port",
     "msghub",
     "AgentBase",
     "Msg",

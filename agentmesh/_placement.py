@@ -31,13 +31,24 @@ def choose(runtime: Runtime, cls: type, options: dict[str, Any]) -> Connection:
     url, namespace = _registry(runtime, options)
     if url:
         conn = _at_once(runtime, url, namespace, cls, options)
+        if conn is None:
+            placed, reason = runtime.run(_by_registry(runtime, url, namespace, cls, options, set(), None))
+            conn = placed[0] if placed is not None else None
+            if conn is None:
+                _fallback(runtime, reason)
         if conn is not None:
+            counted(runtime, "registry")
             return conn
-        placed, reason = runtime.run(_by_registry(runtime, url, namespace, cls, options, set(), None))
-        if placed is not None:
-            return placed[0]
-        _fallback(runtime, reason)
-    return runtime.pool.connect(runtime.children.choose().wait_ready())
+    conn = runtime.pool.connect(runtime.children.choose().wait_ready())
+    counted(runtime, "child" if not url else "child_fallback")
+    return conn
+
+
+def counted(runtime: Runtime, result: str) -> None:
+    """Count a placement by where it went (registry, child, child_fallback, explicit) when metrics are on."""
+    metrics = runtime.metrics
+    if metrics is not None:
+        metrics.child(metrics.placements, result).inc()
 
 
 def _at_once(runtime: Runtime, url: str, namespace: str, cls: type, options: dict[str, Any]) -> Connection | None:

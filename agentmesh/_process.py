@@ -38,6 +38,7 @@ class ServerProcess:
         self.config = dict(config)
         self.port: int | None = None
         self.server_id = ""
+        self.metrics_port: int | None = None   # where it serves /metrics, if it does
         self.error: str | None = None
         self._ready = threading.Event()
         classes = self.config.pop("custom_agent_classes", None) or []
@@ -78,8 +79,9 @@ class ServerProcess:
         with self._ready_pipe:
             line = self._ready_pipe.readline().decode(errors="replace").strip()
         if line.startswith(READY_PREFIX):
-            _, port, server_id = line.split()
+            _, port, server_id, metrics_port = line.split()
             self.port, self.server_id = int(port), server_id
+            self.metrics_port = int(metrics_port) or None
         elif line.startswith(ERROR_PREFIX):
             self.error = f"agent server process {self.proc.pid} could not start: {line[len(ERROR_PREFIX):].strip()}"
         else:

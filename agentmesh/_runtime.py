@@ -24,6 +24,7 @@ from ._client.moves import MoveLog
 from ._client.pool import Pool
 from ._config import Settings
 from ._loop import IoLoop
+from ._metrics import Metrics
 from .discovery._view import ServerView
 from .etcd import parse_registry_url
 
@@ -42,8 +43,10 @@ class Runtime:
         self.children = ChildPool(self._child_config, lambda: self.settings.child_servers,
                                   lambda: (self.settings.namespace, self.token))
         self.pool = Pool(self.loop, self._dialing())
+        #: this process's Prometheus metrics; None until serve_metrics() (nothing is recorded while off)
+        self.metrics: Metrics | None = None
         #: what failover did: one summary per lost server
-        self.moves = MoveLog()
+        self.moves = MoveLog(lambda: self.metrics)
         #: where files named by replies are copied
         self.downloads = Downloads()
         #: lost sessions whose agents are being moved together (id of the session -> its evacuation)
@@ -108,6 +111,33 @@ class Runtime:
         return {"tls_ca": s.tls_ca, "insecure": s.insecure, "etcd_ca": s.etcd_ca, "etcd_cert": s.etcd_cert,
                 "etcd_key": s.etcd_key, "etcd_password": s.etcd_password}
 
+    # -- metrics -------------------------------------------------------------
+    def serve_metrics(self, port: int = 0, host: str = "0.0.0.0") -> int:
+        """Turn metrics on (once) and serve them at http://host:port/metrics (0: a free port); the port."""
+        if self.metrics is None:
+            metrics = Metrics()
+            metrics.add_source(self._live_metrics)
+            self.metrics = metrics
+            self.pool.metrics = metrics
+            for conn in self.pool.open_sessions():
+                conn.metrics = metrics
+        return self.metrics.serve(port, host)
+
+    def stop_metrics(self) -> None:
+        """Stop serving metrics and recording them (sessions open now stop too)."""
+        metrics, self.metrics = self.metrics, None
+        self.pool.metrics = None
+        for conn in self.pool.open_sessions():
+            conn.metrics = None
+        if metrics is not None:
+            metrics.close()
+
+    def _live_metrics(self) -> dict:
+        return {"agentmesh_client_sessions": ("Sessions this process has open to agent servers", "gauge",
+                                              [({}, float(self.pool.sessions()))]),
+                "agentmesh_owned_agents": ("Agents this process created and owns", "gauge",
+                                           [({}, float(len(self.owned)))])}
+
     # -- calls ---------------------------------------------------------------
     def next_call_id(self) -> str:
         """A call id unique across the mesh: a random prefix of this runtime and a counter."""
@@ -155,6 +185,8 @@ class Runtime:
             except Exception:  # noqa: BLE001 - clean-up must go on
                 log.debug("closing the runtime did not finish", exc_info=True)
         self.children.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     async def _close(self, owned: dict[str, str], views: list[ServerView]) -> None:
         await self.pool.delete_agents(owned)

@@ -44,9 +44,13 @@ _ERROR_TYPES[pb.UNAVAILABLE] = "ServerUnavailableError"
 _TRANSPORT = (S.UNAVAILABLE, S.DEADLINE_EXCEEDED, S.CANCELLED)
 
 
+#: each reply status's name, looked up once
+_NAMES: dict[int, str] = {value.number: value.name for value in pb.ReplyStatus.DESCRIPTOR.values}
+
+
 def name(status: int) -> str:
-    """The status's name in the proto ("CAPACITY")."""
-    return pb.ReplyStatus.Name(status)
+    """The status's name in the proto ("CAPACITY"); metrics count replies under it."""
+    return _NAMES.get(status) or pb.ReplyStatus.Name(status)
 
 
 def refusal(call_id: str, status: int, message: str, error_type: str = "") -> pb.Reply:

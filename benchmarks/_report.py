@@ -32,7 +32,7 @@ class System:
 COMMON = ("tutorial", "sync_call", "pipelined", "nn", "creation", "payload", "memory")
 SYSTEMS = [
     System("agentmesh", "agentmesh", "workloads_agentmesh.py",
-           COMMON + ("registry", "failover", "checkpoint", "scale", "simulation"), False),
+           COMMON + ("registry", "failover", "checkpoint", "metrics", "scale", "simulation"), False),
     System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
     System("ray", "Ray", "workloads_ray.py", COMMON, True),
 ]
@@ -74,6 +74,9 @@ ROWS = [
     Row("no-op round trip, checkpoints on (default)", "checkpoint", "on", "µs", LOWER, True),
     Row("no-op round trip, checkpoint=False", "checkpoint", "off", "µs", LOWER, True),
     Row("checkpoint cost per call (median on - off)", "checkpoint", "cost", "µs", LOWER, True),
+    Row("no-op round trip, metrics off", "metrics", "off", "µs", LOWER, True),
+    Row("no-op round trip, metrics on (server and client)", "metrics", "on", "µs", LOWER, True),
+    Row("metrics cost per call (median on vs off)", "metrics", "cost", "%", LOWER, True),
     Row("scale: 10,000 to_dist() through the registry (4 servers)", "scale", "place_rate", "agents/s", HIGHER, True),
     Row("scale: one sync call to each of 10,000 agents", "scale", "call_rate", "calls/s", HIGHER, True),
     Row("scale: SIGKILL of a server of 2,500 agents -> all answered", "scale", "quarter_all", "s", LOWER, True),
@@ -102,6 +105,7 @@ TARGETS = [
 
 #: the issue's goals for agentmesh alone: (row name, at least or at most, value)
 GOALS = [
+    ("metrics cost per call (median on vs off)", "≤", 5.0),
     ("scale: 10,000 to_dist() through the registry (4 servers)", "≥", 10_000),
     ("scale: SIGKILL of a server of 10,000 agents -> all answered", "≤", 2.0),
     ("scale: answers wrong or lost in those failovers", "≤", 0),
@@ -145,6 +149,9 @@ def how_measured(sz: dict) -> list[str]:
         f"**checkpoint cost** (agentmesh): no-op round trip of an agent with checkpoints on (the default: the state "
         f"rides on every reply) versus `to_dist(..., checkpoint=False)`, {sz['ckpt_calls']} calls each in interleaved "
         "blocks of 100.",
+        f"**metrics cost** (agentmesh): no-op round trip to a server without metrics versus one serving "
+        f"`/metrics` (`metrics_port=0`), the client recording its calls to the second only; {sz['ckpt_calls']} "
+        "calls each in interleaved blocks of 100.",
         f"**scale** (agentmesh, `bench_scale.py`, run once): etcd + 4 registered servers, {sz['scale_agents']:,} "
         "`to_dist()` one after another, one sync call to each, then SIGKILL of the server hosting the most and one "
         f"asynchronous call to each of its agents; the same with {2 * sz['scale_agents']:,} agents over 2 servers "

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .. import _frames, _protocol, _status, _tls, _trust, errors
+from .. import _frames, _metrics, _protocol, _status, _tls, _trust, errors
 from .._address import host_of, is_loopback
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
@@ -159,6 +159,7 @@ class Connection:
         self._stub: pb_grpc.AgentServerStub | None = None
         self._stream: Any = None
         self._tasks: list[asyncio.Task] = []
+        self.metrics: Any = None    # this process's metrics, or None (off)
 
     @property
     def stub(self) -> pb_grpc.AgentServerStub:
@@ -207,6 +208,8 @@ class Connection:
                 self._lost_one(slot, "the connection is closed")
             return
         slot.conn = self
+        if self.metrics is not None:
+            slot.sent = _metrics.now()
         self.pending[slot.call.call_id] = slot
         self._outbox.append(slot)
         if not self._wake_scheduled:
@@ -257,12 +260,20 @@ class Connection:
                             continue
                     if reply.status == pb.OK and owner is not None and slot.call.method == "__create__":
                         owner.on_created(self, reply)
+                    if self.metrics is not None and slot.sent:
+                        self._count(slot, reply)
                     slot.set(reply)
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
             return
         await self._on_lost(reason)
+
+    def _count(self, slot: CallSlot, reply: pb.Reply) -> None:
+        method = slot.call.method
+        if method != "__create__":
+            cls = getattr(slot.owner, "cls_name", "") or ""
+            self.metrics.returned(cls, method, _status.name(reply.status), _metrics.now() - slot.sent)
 
     async def _on_lost(self, reason: str, notify: bool = True) -> None:
         if self.closed:

@@ -10,6 +10,9 @@ import collections
 import logging
 import threading
 import time
+from typing import Any, Callable
+
+from .. import _metrics
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -32,9 +35,10 @@ class _Event:
 class MoveLog:
     """Counts the agents moving off each lost session and logs one summary per loss (any thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Callable[[], Any] = lambda: None) -> None:
         self._lock = threading.Lock()
         self._events: dict[int, _Event] = {}
+        self._metrics = metrics   # this process's metrics, or None (off)
 
     def begin(self, lost: object, address: str, reason: str) -> None:
         """An agent starts moving off the session lost (at address, for reason)."""
@@ -46,6 +50,9 @@ class MoveLog:
                 event.timer.cancel()
                 event.timer = None
             event.pending += 1
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.child(metrics.moves, _metrics.reason_label(reason)).inc()
 
     def finish(self, lost: object, target: str | None, replayed: int = 0) -> None:
         """That agent landed at target (None: it could not be moved)."""
@@ -69,6 +76,9 @@ class MoveLog:
             if event.pending or self._events.get(key) is not event:
                 return
             del self._events[key]
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.child(metrics.failovers, _metrics.reason_label(event.reason)).inc()
         moved = sum(event.targets.values())
         failed = f"; {event.failed} could not be moved" if event.failed else ""
         log.warning("agent server %s lost (%s): %d agent(s) moved to %d server(s) in %.2f s, %d call(s) "

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import grpc
 
@@ -38,6 +38,16 @@ class Pool:
         self.local_servers: dict[str, LocalServer] = {}
         self._open: dict[str, Connection] = {}
         self._connecting: dict[str, asyncio.Future] = {}
+        #: this process's metrics (None: off); sessions opened from now on record into it
+        self.metrics: Any = None
+
+    def open_sessions(self) -> list[Connection]:
+        """The sessions open now."""
+        return [conn for conn in list(self._open.values()) if not conn.closed]
+
+    def sessions(self) -> int:
+        """How many sessions are open."""
+        return len(self.open_sessions())
 
     def discard(self, conn: Connection) -> None:
         """Forget a session that ended."""
@@ -67,6 +77,7 @@ class Pool:
         self._connecting[address] = fut
         try:
             conn = Connection(address, self.loop, self.dialing, self.discard, namespace, expect)
+            conn.metrics = self.metrics
             await conn.open(timeout if timeout is not None else self.dialing.connect_timeout)
             self._open[address] = conn
             fut.set_result(conn)

@@ -74,7 +74,7 @@ class CallSlot:
     cross-thread wait CPython offers; every waiter passes it on.
     """
 
-    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock")
+    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock", "sent")
 
     def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None) -> None:
         self.call = call
@@ -86,6 +86,7 @@ class CallSlot:
         self._callbacks: list[Callable[[pb.Reply], None]] | None = None
         self._value: Any = _MISSING
         self._value_lock = threading.Lock()
+        self.sent = 0.0             # when it was sent (set only while metrics are on)
 
     def set(self, reply: pb.Reply) -> None:
         """Deliver the reply (I/O loop thread); the first one wins."""

@@ -37,6 +37,7 @@ class RegisteredServer(Protocol):
     started_at: float
     class_names: list[str]
     allow_shipped_classes: bool
+    metrics_port: int | None   # where /metrics is served (None: not)
 
     @property
     def agents(self) -> Mapping[str, Any]:
@@ -73,6 +74,9 @@ class Registration:
         self._stopping = False
         self._lost = asyncio.Event()
         self._auth_problem = ""
+        #: registry errors by operation, and the renewals of leases given up (for metrics)
+        self.errors: dict[str, int] = {}
+        self._past_renewals = [0, 0]
 
     # -- what the server tells us --------------------------------------------
     def load_changed(self) -> None:
@@ -90,9 +94,25 @@ class Registration:
         self._agents_changed[agent_id] = None
         self.load_changed()
 
+    def live_metrics(self) -> dict:
+        """Registry errors and lease renewals, as metrics sources report them."""
+        lease = self.lease
+        ok = self._past_renewals[0] + (lease.renewals if lease else 0)
+        failed = self._past_renewals[1] + (lease.renewal_failures if lease else 0)
+        return {
+            "agentmesh_registry_errors": ("Registry (etcd) operations of this server that failed, by operation",
+                                          "counter", [({"operation": op}, float(n)) for op, n in self.errors.items()]
+                                          or [({"operation": "register"}, 0.0)]),
+            "agentmesh_lease_renewals": ("Keepalives of this server's registry lease, by result", "counter",
+                                         [({"result": "ok"}, float(ok)), ({"result": "failed"}, float(failed))]),
+            "agentmesh_registered": ("1 while this server's registry record is current", "gauge",
+                                     [({}, 1.0 if self.registered.is_set() else 0.0)]),
+        }
+
     # -- the record ------------------------------------------------------------
     def record(self) -> dict[str, Any]:
         s = self.server
+        metrics = s.metrics_port
         return {
             "server_id": s.server_id, "host": self.host, "port": s.port,
             "address": f"{self.host}:{s.port}", "capacity": s.capacity, "agents": len(s.agents),
@@ -101,6 +121,7 @@ class Registration:
             "python": _protocol.PYTHON_VERSION, "classes": list(s.class_names),
             "ship_classes": s.allow_shipped_classes, "epoch": s.epoch,
             "status": "DRAINING" if s.draining else "SERVING", "updated_at": time.time(),
+            **({"metrics": f"{self.host}:{metrics}"} if metrics else {}),
         }
 
     async def start(self, wait: float | None = None) -> None:
@@ -121,11 +142,14 @@ class Registration:
                 backoff = 0.1
                 await self._update_until_lost()
             except EtcdAuthError as exc:     # a configuration mistake: loud, once per distinct reason
+                self.errors["auth"] = self.errors.get("auth", 0) + 1
                 if str(exc) != self._auth_problem:
                     self._auth_problem = str(exc)
                     log.error("server %s: registry %s refuses our credentials (%s); not registered, retrying",
                               self.server.server_id, redact_url(self.url), exc)
             except (EtcdError, OSError) as exc:
+                operation = "update" if self.registered.is_set() else "register"
+                self.errors[operation] = self.errors.get(operation, 0) + 1
                 log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id,
                          redact_url(self.url), exc)
             except asyncio.CancelledError:
@@ -142,6 +166,8 @@ class Registration:
         again = self.lease is not None
         if again:      # the old lease (lost, or fenced): stop it, its keys go with it
             old, self.lease = self.lease, None
+            self._past_renewals[0] += old.renewals
+            self._past_renewals[1] += old.renewal_failures
             try:
                 await old.revoke()
             except EtcdError:

@@ -40,6 +40,9 @@ class Lease:
         self._lost = False
         self._task: asyncio.Task | None = None
         self._expiry = 0.0
+        #: keepalives etcd answered, and those that failed (for metrics)
+        self.renewals = 0
+        self.renewal_failures = 0
 
     @property
     def lost(self) -> bool:
@@ -96,10 +99,12 @@ class Lease:
                     if backoff > 0.05:
                         log.info("etcd lease %x renewed again", self.id)
                     self._expiry = sent + response.TTL
+                    self.renewals += 1
                     backoff, reauthed = 0.05, False
                     await asyncio.sleep(interval)
                     continue
                 call = cancel(call)
+                self.renewal_failures += 1
                 if (auth.user and not reauthed and isinstance(failure, grpc.aio.AioRpcError)
                         and failure.code() not in TRANSIENT and is_token_error(failure)):
                     renew, reauthed, stale = True, True, token

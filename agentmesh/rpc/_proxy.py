@@ -9,7 +9,7 @@ from .._address import format_address, host_of
 from .._classes import class_name
 from .._client.slot import CallSlot, raised
 from .._creation import AgentSpec
-from .._placement import choose
+from .._placement import choose, counted
 from .._result import AsyncResult
 from .._runtime import Runtime, default_runtime
 from ..v1 import agent_server_pb2 as pb
@@ -261,6 +261,7 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
             f"constructor arguments of {cls.__name__} cannot be pickled: {type(exc).__name__}: {exc}") from exc
     if host is not None and port not in (None, "", -1, "-1"):
         conn, relocatable = runtime.pool.connect(format_address(host, port)), False
+        counted(runtime, "explicit")
     else:
         conn, relocatable = choose(runtime, cls, options), True
     binding = Binding(runtime, agent_id=agent_id, cls_name=class_name(cls), address=conn.address,

@@ -158,7 +158,7 @@ class Creating:
             self._failed.popitem(last=False)
         return Refusal(status, message)
 
-    def create_from_session(self, call: pb.Call, outbox: Outbox | None) -> None:
+    def create_from_session(self, call: pb.Call, outbox: Any) -> None:
         """A creation sent on the session stream, ahead of the agent's first calls."""
         try:
             request = pb.CreateAgentRequest.FromString(call.payload)

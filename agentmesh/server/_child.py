@@ -18,8 +18,8 @@ def child_main() -> None:
     lifeline = config.pop("lifeline", True)
     ready = os.fdopen(config.pop("ready_fd"), "w")
 
-    def announce(port: int, server_id: str) -> None:
-        ready.write(f"{READY_PREFIX} {port} {server_id}\n")
+    def announce(port: int, server_id: str, metrics_port: int = 0) -> None:
+        ready.write(f"{READY_PREFIX} {port} {server_id} {metrics_port}\n")
         ready.close()
 
     def watch_lifeline(stop: Any) -> None:

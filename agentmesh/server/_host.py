@@ -17,7 +17,7 @@ log = logging.getLogger("agentmesh.server")
 class Work:
     """An accepted call: its arguments, the placeholders among them, and the sessions to answer."""
 
-    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay", "interleaved")
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay", "interleaved", "received")
 
     def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any,
                  replay: pb.Reply | None = None) -> None:
@@ -30,6 +30,7 @@ class Work:
         self.replay = replay
         #: a call of a method marked interleave=True: it ran beside the others and changed no state
         self.interleaved = False
+        self.received = 0.0   # when it arrived (set only while metrics are on)
 
 
 def _with_state(reply: pb.Reply, state: bytes) -> pb.Reply:

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from .. import _checkpoint, _status
+from .. import _checkpoint, _metrics, _status
 from .._classes import interleaves
 from .._result import loads_collecting
 from .._runtime import Runtime
@@ -62,6 +62,7 @@ class Hosting(Creating):
         self.listener: Listener | None = None
         self.executor = Workers(max_workers, "agentmesh-agent")
         self.releasing: list[AgentHost] | None = None   # see release_together
+        self.metrics: Any = None   # this process's metrics while they are on
         self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
         self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
@@ -122,43 +123,45 @@ class Hosting(Creating):
             return
         call_id = call.call_id
         if call.epoch and call.epoch != self.epoch:
-            self._answer(outbox, _status.refusal(call_id, pb.STALE_EPOCH, f"server {self.server_id} is at epoch "
-                                                 f"{self.epoch}, the call expected {call.epoch}"))
+            self._refused(outbox, call, pb.STALE_EPOCH, f"server {self.server_id} is at epoch "
+                          f"{self.epoch}, the call expected {call.epoch}")
             return
         host = self.agents.get(call.agent_id)
         if host is None:
             failed = self._failed.get(call.agent_id)
             if failed is not None:
-                self._answer(outbox, _status.refusal(call_id, failed[0], failed[1]))
+                self._refused(outbox, call, failed[0], failed[1])
             else:
-                self._answer(outbox, _status.refusal(call_id, pb.UNKNOWN_AGENT, f"no agent {call.agent_id} on server "
-                                                     f"{self.server_id} (deleted, or never created here)"))
+                self._refused(outbox, call, pb.UNKNOWN_AGENT, f"no agent {call.agent_id} on server "
+                              f"{self.server_id} (deleted, or never created here)")
             return
         if call_id in self.results.running:   # a replay of a running call: wait for the same result
             asyncio.ensure_future(self._answer_later(call, outbox))
             return
         if host.queued >= self.max_pending_calls:
-            self._answer(outbox, _status.refusal(call_id, pb.OVERLOADED, f"agent {call.agent_id} has {host.queued} "
-                                                 f"calls pending (limit {self.max_pending_calls})"))
+            self._refused(outbox, call, pb.OVERLOADED, f"agent {call.agent_id} has {host.queued} "
+                          f"calls pending (limit {self.max_pending_calls})")
             return
         if len(call.payload) > self.max_message_size:
-            self._answer(outbox, _status.refusal(call_id, pb.TOO_LARGE, f"arguments of {call.method}() are "
-                                                 f"{len(call.payload)} bytes, over the limit of "
-                                                 f"{self.max_message_size} bytes"))
+            self._refused(outbox, call, pb.TOO_LARGE, f"arguments of {call.method}() are "
+                          f"{len(call.payload)} bytes, over the limit of "
+                          f"{self.max_message_size} bytes")
             return
         if call.method.startswith("_") and call.method not in ("__call__", "__getattr__"):
-            self._answer(outbox, _status.refusal(call_id, pb.UNKNOWN_METHOD, f"{call.method} is private to "
-                                                 f"{host.cls_name}; only public methods can be called"))
+            self._refused(outbox, call, pb.UNKNOWN_METHOD, f"{call.method} is private to "
+                          f"{host.cls_name}; only public methods can be called")
             return
         try:
             (args, kwargs), placeholders = (loads_collecting(call.payload, self.runtime) if call.payload
                                             else (((), {}), []))
         except Exception as exc:  # noqa: BLE001 - anything a bad pickle raises
-            self._answer(outbox, _status.refusal(call_id, pb.BAD_PAYLOAD, f"arguments of {call.method}() on agent "
-                                                 f"{call.agent_id} do not unpickle: {type(exc).__name__}: {exc}",
-                                                 type(exc).__name__))
+            self._refused(outbox, call, pb.BAD_PAYLOAD, f"arguments of {call.method}() on agent "
+                          f"{call.agent_id} do not unpickle: {type(exc).__name__}: {exc}",
+                          type(exc).__name__)
             return
         work = Work(call, args, kwargs, placeholders, outbox)
+        if self.metrics is not None:
+            work.received = _metrics.now()
         host.queued += 1
         self.inflight += 1
         self.results.running.add(call_id)
@@ -167,6 +170,13 @@ class Hosting(Creating):
             self.executor.run(self._run_one, (host, work))
             return
         self._enqueue(host, work)
+
+    def _refused(self, outbox: Outbox | None, call: pb.Call, status: int, message: str, error_type: str = "") -> None:
+        """Answer a call with a refusal made here (not run); counted under method "other"."""
+        self._answer(outbox, _status.refusal(call.call_id, status, message, error_type))
+        if self.metrics is not None:
+            host = self.agents.get(call.agent_id)
+            self.metrics.answered(host.cls_name if host else "", "other", _status.name(status), None)
 
     async def _answer_later(self, call: pb.Call, outbox: Outbox | None) -> None:
         reply = await self.results.wait(call.call_id, grace=0)
@@ -272,11 +282,20 @@ class Hosting(Creating):
             self._done_scheduled = True
             self.loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
 
+    @staticmethod
+    def _count(metrics: Any, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
+        method = work.call.method if reply.status != pb.UNKNOWN_METHOD else "other"
+        metrics.answered(host.cls_name, method, _status.name(reply.status),
+                         _metrics.now() - work.received if work.received else None)
+        sent = owned if owned is not None else reply
+        metrics.payload(len(work.call.payload), len(sent.payload) + len(sent.state), len(sent.state))
+
     def _drain_done(self) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
         self._done_scheduled = False
         queue = self._done_queue
         results = self.results
+        metrics = self.metrics
         while queue:
             host, work, reply, owned = queue.popleft()
             if work.replay is not None:     # sent again, not run again: nothing to count or store
@@ -290,5 +309,7 @@ class Hosting(Creating):
             results.finish(reply, host.agent_id, keep=not host.deleted)
             for outbox in work.sessions:
                 outbox.send(owned if owned is not None else reply)
+            if metrics is not None:
+                self._count(metrics, host, work, reply, owned)
         if self.listener is not None:
             self.listener.load_changed()

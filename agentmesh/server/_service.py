@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import resource
 import threading
 import time
 import uuid
@@ -32,6 +32,7 @@ from ._files import FileRoot
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
 from ._outbox import Session as _Session, entry_cost
+from ._telemetry import live_metrics, resident_mib
 
 log = logging.getLogger("agentmesh.server")
 
@@ -70,10 +71,12 @@ class AgentServer(pb_grpc.AgentServerServicer):
         file_dir: str | None = None,
         agent_dir: str | None = None,
         grace: float = 5.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.runtime = runtime
         self.files = FileRoot(file_dir) if file_dir else None   # what DownloadFile may serve
         self.stop_grace = grace   # how long running calls may take when a caller stops the server
+        self.metrics_port = metrics_port   # None: no /metrics; 0: a free port, set once it serves
         self.host = host
         self.port = port
         self.token = token
@@ -108,6 +111,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self._health = health_aio.HealthServicer()
         self._sweeper: asyncio.Task | None = None
         self.finished = threading.Event()   # set once stop() is done; threads wait on it
+        self._live_metrics = functools.partial(live_metrics, self)   # a metrics source while metrics are on
 
     # -- what registration reads (RegisteredServer) ------------------------------
     @property
@@ -138,6 +142,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
     def allow_shipped_classes(self) -> bool:
         return self.hosting.classes.allow_shipped
 
+    @property
+    def session_count(self) -> int:
+        """Client sessions open now."""
+        return len(self._sessions)
+
     def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
         self.hosting.fence(why, agent_ids)
 
@@ -164,6 +173,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(_protocol.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.runtime.pool.local_servers[self.server_id] = self
+        if self.metrics_port is not None:
+            self.metrics_port = self.runtime.serve_metrics(self.metrics_port, self.host or "0.0.0.0")
+        if self.runtime.metrics is not None:
+            self.hosting.metrics = self.runtime.metrics
+            self.runtime.metrics.add_source(self._live_metrics)
         self._sweeper = asyncio.ensure_future(self._sweep_results())
         if self.registry_options:
             self.registration = Registration(self, **self.registry_options)
@@ -194,6 +208,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if self._sweeper:
             self._sweeper.cancel()
         self.runtime.pool.local_servers.pop(self.server_id, None)
+        if self.runtime.metrics is not None:
+            self.runtime.metrics.remove_source(self._live_metrics)
         self.hosting.executor.shutdown(wait=False)
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)
@@ -246,7 +262,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             agents=len(self.agents), inflight=self.inflight, classes=self.class_names,
             python=_protocol.PYTHON_VERSION, version=__version__, epoch=self.epoch, pid=os.getpid(),
             status="DRAINING" if self.draining else "SERVING", cpu_percent=self._cpu_percent(),
-            memory_mib=_resident_mib(), uptime=time.time() - self.started_at,
+            memory_mib=resident_mib(), uptime=time.time() - self.started_at,
             file_dir=self.files.path if self.files else "")
 
     def _cpu_percent(self) -> float:
@@ -379,12 +395,3 @@ class AgentServer(pb_grpc.AgentServerServicer):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
             log.warning("session ended by an error", exc_info=True)
-
-
-def _resident_mib() -> float:
-    """This process's resident set size in MiB (Linux /proc; elsewhere the peak, from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

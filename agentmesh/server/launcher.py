@@ -21,7 +21,7 @@ log = logging.getLogger("agentmesh.server")
 _SERVER_OPTIONS = ("max_message_size", "max_pending_calls", "result_ttl", "max_results", "max_result_bytes",
                    "session_backlog_bytes", "max_fetch_waiters", "max_classes", "max_class_bytes", "max_workers",
                    "server_id", "allow_shipped_classes", "registry", "namespace", "labels", "registry_ttl",
-                   "advertise_host", "fence_after", "file_dir", "agent_dir")
+                   "advertise_host", "fence_after", "file_dir", "agent_dir", "metrics_port")
 
 
 def check_exposure(host: str, token: str | None, tls: bool, insecure: bool, tls_client_auth: bool = False) -> None:
@@ -99,7 +99,7 @@ def _process_settings(current: Settings, tls: _tls.ServerTLS | None, *, token: s
 
 
 def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_classes: list | None = None,
-                  token: str | None = None, on_ready: Callable[[int, str], None] | None = None,
+                  token: str | None = None, on_ready: Callable[[int, str, int], None] | None = None,
                   lifeline: Callable[[Callable[[str], None]], None] | None = None,
                   grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                   tls_client_ca: str | None = None, tls_ca: str | None = None, client_cert: str | None = None,
@@ -144,7 +144,7 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
     if lifeline is not None:
         threading.Thread(target=lifeline, args=(stop,), name="agentmesh-lifeline", daemon=True).start()
     if on_ready is not None:
-        on_ready(server.port, server.server_id)
+        on_ready(server.port, server.server_id, server.metrics_port or 0)
     while not server.finished.wait(0.5):
         pass
     return 0
@@ -209,6 +209,8 @@ class RpcAgentServerLauncher:
         if ignored:
             log.debug("RpcAgentServerLauncher: options %s are not used by agentmesh", ignored)
         self.server_id = ""
+        #: where the server serves /metrics once launched (metrics_port= given; 0 picks a free port), else None
+        self.metrics_port: int | None = None
         self._server: AgentServer | None = None
         self._process: ServerProcess | None = None
 
@@ -230,6 +232,7 @@ class RpcAgentServerLauncher:
             self._process.wait_ready()
             self.port = self._process.port
             self.server_id = self._process.server_id
+            self.metrics_port = self._process.metrics_port
             return
         self._server = AgentServer(runtime=self._runtime, host=self.host, port=self.port or 0, capacity=self.capacity,
                                    custom_agent_classes=self.custom_agent_classes, token=self.token,
@@ -238,6 +241,7 @@ class RpcAgentServerLauncher:
                                    **self.options)
         self.port = self._runtime.run(self._server.start())
         self.server_id = self._server.server_id
+        self.metrics_port = self._server.metrics_port
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
 

@@ -2,30 +2,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import json
 import logging
 import os
-import signal
 import sys
-import threading
-import time
 from typing import Sequence
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from . import _tls, _trust
-from ._address import check_port
-from ._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT,
-                      Settings, check_capacity, env)
-from ._runtime import Runtime, set_default_runtime
-from ._version import __version__
-from .discovery import keys
-from .etcd import EtcdClient, EtcdError, parse_registry_url, redact_url
-from .server.launcher import check_exposure, require_dial_ca, serve_forever
-from .testing import start_dev_registry
+from .. import _tls
+from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT, env
+from .._runtime import Runtime, set_default_runtime
+from .._version import __version__
+from ..server.launcher import check_exposure, require_dial_ca, serve_forever
+from ._args import (_add_registry_args, _capacity_arg, _folder_arg, _labels, _metrics_port_arg, _port_arg,
+                    _settings)
+from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
 
 log = logging.getLogger("agentmesh")
 
@@ -48,57 +38,6 @@ def _load_class(spec: str) -> type:
     if not isinstance(obj, type):
         raise SystemExit(f"--agent-class {spec} is not a class")
     return obj
-
-
-def _port_arg(value: str) -> int:
-    try:
-        return check_port(value, "--port") or 0
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _capacity_arg(value: str) -> int:
-    try:
-        return check_capacity(int(value) if value.strip().lstrip("-").isdigit() else value, "--capacity")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _folder_arg(value: str) -> str:
-    if not os.path.isdir(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a folder")
-    return os.path.realpath(value)
-
-
-def _registry_arg(value: str) -> str:
-    try:
-        parse_registry_url(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
-def _labels(pairs: Sequence[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--label wants key=value, got {pair!r}")
-        labels[key] = value
-    return labels
-
-
-def _settings(args: argparse.Namespace, **options: object) -> Settings:
-    """This command's settings: the environment's, with the etcd flags and the options the command gives."""
-    if args.registry and redact_url(args.registry) != args.registry:
-        log.warning("agentmesh: the --registry URL holds a password, which every local user can read in the "
-                    "process list; put it in a 0600 file and give AGENTMESH_ETCD_PASSWORD_FILE or "
-                    "--etcd-password-file instead")
-    try:
-        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                                           etcd_password_file=args.etcd_password_file, **options)
-    except ValueError as exc:
-        raise SystemExit(f"agentmesh: {exc}") from None
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -131,140 +70,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                          tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
                          etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
                          etcd_password=settings.etcd_password, file_dir=args.file_dir, agent_dir=args.agent_dir,
+                         metrics_port=args.metrics_port,
                          **({"server_id": args.server_id} if args.server_id else {}))
-
-
-def _registry_url(args: argparse.Namespace) -> str:
-    if not args.registry:
-        raise SystemExit("no registry: give --registry etcd://host:port or set AGENTMESH_REGISTRY "
-                         "(agentmesh registry up starts one for development)")
-    return args.registry
-
-
-async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> list[dict]:
-    """The records under prefix that are signed with the namespace's token; the others are reported and skipped."""
-    if not settings.token:
-        raise SystemExit("agentmesh: reading the registry needs the namespace token (AGENTMESH_TOKEN_FILE or "
-                         "AGENTMESH_TOKEN) to verify its records")
-    key = _trust.namespace_key(settings.token, namespace)
-    client = EtcdClient.from_url(url, **settings.etcd_options())
-    try:
-        kvs, _ = await client.get_prefix(prefix)
-    except EtcdError as exc:
-        raise SystemExit(f"registry {redact_url(url)}: {exc}") from None
-    finally:
-        await client.close()
-    records = []
-    for kv in kvs:
-        record = _trust.verify_record(key, kv.key.decode(errors="replace"), kv.value) if kv.lease else None
-        if record is None:
-            log.warning("ignoring %s: unsigned, forged, signed with another token, or without a lease",
-                        kv.key.decode(errors="replace"))
-        else:
-            records.append(record)
-    return records
-
-
-async def _health(address: str, settings: Settings) -> str:
-    channel = (grpc.aio.secure_channel(address, _tls.channel_credentials(settings.tls_ca, settings.tls_cert,
-                                                                         settings.tls_key))
-               if settings.client_tls else grpc.aio.insecure_channel(address))
-    async with channel:
-        try:
-            response = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-        except grpc.aio.AioRpcError as exc:
-            return exc.code().name
-    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
-def _age(started_at: float) -> str:
-    seconds = max(0, int(time.time() - started_at))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
-    return "\n".join(lines)
-
-
-def cmd_servers(args: argparse.Namespace) -> int:
-    url = _registry_url(args)
-    settings = _settings(args)
-
-    async def gather() -> list[dict]:
-        records = await _read_records(url, keys.servers_prefix(args.namespace), settings, args.namespace)
-        healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
-        for record, health in zip(records, healths):
-            record["health"] = health
-        return sorted(records, key=lambda r: r.get("address", ""))
-
-    records = asyncio.run(gather())
-    if args.json:
-        print(json.dumps(records, indent=2, sort_keys=True))
-        return 0
-    rows = [[r.get("server_id", ""), r.get("address", ""), r.get("capacity", ""), r.get("agents", ""),
-             r.get("inflight", ""), r.get("health", ""),
-             ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())) or "-",
-             _age(r.get("started_at", time.time()))] for r in records]
-    print(_table(["ID", "ADDRESS", "CAPACITY", "AGENTS", "INFLIGHT", "HEALTH", "LABELS", "AGE"], rows))
-    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {redact_url(url)}")
-    return 0
-
-
-def cmd_agents(args: argparse.Namespace) -> int:
-    url = _registry_url(args)
-    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
-                                               args.namespace)),
-                     key=lambda r: (r.get("address", ""), r.get("name", "")))
-    if args.json:
-        print(json.dumps(records, indent=2, sort_keys=True))
-        return 0
-    rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
-             r.get("address", "")] for r in records]
-    print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
-    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
-    return 0
-
-
-def cmd_registry_up(args: argparse.Namespace) -> int:
-    """Run the development registry (auth on) until SIGTERM or Ctrl-C; print the variables that use it once."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        registry = start_dev_registry(args.data_dir, args.port or None, fast=False)
-    except (OSError, RuntimeError, ValueError, EtcdError) as exc:
-        raise SystemExit(f"agentmesh registry up: {exc}") from None
-    exports = "\n".join(f"  {line}" for line in registry.exports().splitlines())
-    print(f"etcd {registry.pid} serving on {registry.etcd.endpoint} with auth on (data in {registry.directory});"
-          f" use it with:\n{exports}", flush=True)
-    try:
-        while not stop.wait(0.5) and registry.etcd.running:
-            pass
-    finally:
-        registry.stop()
-    return 0
-
-
-def _add_registry_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]), type=_registry_arg,
-                        help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
-    parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"))
-    parser.add_argument("--etcd-ca", default=env(ENVIRONMENT["etcd_ca"]), metavar="PEM",
-                        help="CA of etcd's certificate, for etcds:// (default: AGENTMESH_ETCD_CA)")
-    parser.add_argument("--etcd-cert", default=env(ENVIRONMENT["etcd_cert"]), metavar="PEM",
-                        help="client certificate for etcd mTLS (default: AGENTMESH_ETCD_CERT)")
-    parser.add_argument("--etcd-key", default=env(ENVIRONMENT["etcd_key"]), metavar="PEM",
-                        help="its key (default: AGENTMESH_ETCD_KEY)")
-    parser.add_argument("--etcd-password-file", default=None, metavar="FILE",
-                        help="file holding the password of the registry URL's user "
-                             "(default: AGENTMESH_ETCD_PASSWORD_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--file-dir", type=_folder_arg, default=None, metavar="DIR",
                         help="serve the files under DIR to authenticated callers (a reply's Msg.url there "
                              "arrives as a local copy); default: no files")
+    server.add_argument("--metrics-port", type=_metrics_port_arg, default=None, metavar="PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default: off); "
+                             "the port goes into the registry record")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)
@@ -327,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_argument("--json", action="store_true", help="JSON instead of a table")
     agents.set_defaults(func=cmd_agents)
 
+    targets = sub.add_parser("prometheus-targets", help="the servers' metrics endpoints as a Prometheus "
+                                                        "file_sd target file")
+    _add_registry_args(targets)
+    targets.add_argument("--output", required=True, metavar="FILE", help="the target file (replaced atomically)")
+    targets.add_argument("--watch", action="store_true", help="keep following the registry, rewriting FILE")
+    targets.add_argument("--interval", type=float, default=1.0, help="with --watch: seconds between checks")
+    targets.set_defaults(func=cmd_prometheus_targets)
     registry = sub.add_parser("registry", help="the registry (etcd)")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     up = registry_sub.add_parser("up", help="run a local single-node etcd for development")
@@ -347,7 +164,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "label", None) is not None:
         args.labels = _labels(args.label)
     return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

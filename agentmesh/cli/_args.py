@@ -1,0 +1,89 @@
+"""Arguments the ``agentmesh`` commands share: their parsers, and the settings they make."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Sequence
+
+from .._address import check_port
+from .._config import ENVIRONMENT, Settings, check_capacity, env
+from ..etcd import parse_registry_url, redact_url
+
+log = logging.getLogger("agentmesh")
+
+
+def _port_arg(value: str) -> int:
+    try:
+        return check_port(value, "--port") or 0
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _metrics_port_arg(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port number 0-65535 (0: a free one), not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port number 0-65535 (0: a free one), not {port}")
+    return port
+
+
+def _capacity_arg(value: str) -> int:
+    try:
+        return check_capacity(int(value) if value.strip().lstrip("-").isdigit() else value, "--capacity")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _folder_arg(value: str) -> str:
+    if not os.path.isdir(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a folder")
+    return os.path.realpath(value)
+
+
+def _registry_arg(value: str) -> str:
+    try:
+        parse_registry_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--label wants key=value, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
+def _settings(args: argparse.Namespace, **options: object) -> Settings:
+    """This command's settings: the environment's, with the etcd flags and the options the command gives."""
+    if args.registry and redact_url(args.registry) != args.registry:
+        log.warning("agentmesh: the --registry URL holds a password, which every local user can read in the "
+                    "process list; put it in a 0600 file and give AGENTMESH_ETCD_PASSWORD_FILE or "
+                    "--etcd-password-file instead")
+    try:
+        return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
+                                           etcd_password_file=args.etcd_password_file, **options)
+    except ValueError as exc:
+        raise SystemExit(f"agentmesh: {exc}") from None
+
+
+def _add_registry_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]), type=_registry_arg,
+                        help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
+    parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"))
+    parser.add_argument("--etcd-ca", default=env(ENVIRONMENT["etcd_ca"]), metavar="PEM",
+                        help="CA of etcd's certificate, for etcds:// (default: AGENTMESH_ETCD_CA)")
+    parser.add_argument("--etcd-cert", default=env(ENVIRONMENT["etcd_cert"]), metavar="PEM",
+                        help="client certificate for etcd mTLS (default: AGENTMESH_ETCD_CERT)")
+    parser.add_argument("--etcd-key", default=env(ENVIRONMENT["etcd_key"]), metavar="PEM",
+                        help="its key (default: AGENTMESH_ETCD_KEY)")
+    parser.add_argument("--etcd-password-file", default=None, metavar="FILE",
+                        help="file holding the password of the registry URL's user "
+                             "(default: AGENTMESH_ETCD_PASSWORD_FILE)")

@@ -1,0 +1,167 @@
+"""The commands that read the registry: servers, agents, prometheus-targets; and a dev registry."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import threading
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .. import _tls, _trust
+from .._config import Settings
+from ..discovery import keys
+from ..discovery._view import ServerView
+from ..discovery.prometheus import write_from_registry
+from ..etcd import EtcdClient, EtcdError, redact_url
+from ..testing import start_dev_registry
+from ._args import _settings
+
+log = logging.getLogger("agentmesh")
+
+
+def _registry_url(args: argparse.Namespace) -> str:
+    if not args.registry:
+        raise SystemExit("no registry: give --registry etcd://host:port or set AGENTMESH_REGISTRY "
+                         "(agentmesh registry up starts one for development)")
+    return args.registry
+
+
+async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> list[dict]:
+    """The records under prefix that are signed with the namespace's token; the others are reported and skipped."""
+    if not settings.token:
+        raise SystemExit("agentmesh: reading the registry needs the namespace token (AGENTMESH_TOKEN_FILE or "
+                         "AGENTMESH_TOKEN) to verify its records")
+    key = _trust.namespace_key(settings.token, namespace)
+    client = EtcdClient.from_url(url, **settings.etcd_options())
+    try:
+        kvs, _ = await client.get_prefix(prefix)
+    except EtcdError as exc:
+        raise SystemExit(f"registry {redact_url(url)}: {exc}") from None
+    finally:
+        await client.close()
+    records = []
+    for kv in kvs:
+        record = _trust.verify_record(key, kv.key.decode(errors="replace"), kv.value) if kv.lease else None
+        if record is None:
+            log.warning("ignoring %s: unsigned, forged, signed with another token, or without a lease",
+                        kv.key.decode(errors="replace"))
+        else:
+            records.append(record)
+    return records
+
+
+async def _health(address: str, settings: Settings) -> str:
+    channel = (grpc.aio.secure_channel(address, _tls.channel_credentials(settings.tls_ca, settings.tls_cert,
+                                                                         settings.tls_key))
+               if settings.client_tls else grpc.aio.insecure_channel(address))
+    async with channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _age(started_at: float) -> str:
+    seconds = max(0, int(time.time() - started_at))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    url = _registry_url(args)
+    settings = _settings(args)
+
+    async def gather() -> list[dict]:
+        records = await _read_records(url, keys.servers_prefix(args.namespace), settings, args.namespace)
+        healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
+        for record, health in zip(records, healths):
+            record["health"] = health
+        return sorted(records, key=lambda r: r.get("address", ""))
+
+    records = asyncio.run(gather())
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    rows = [[r.get("server_id", ""), r.get("address", ""), r.get("capacity", ""), r.get("agents", ""),
+             r.get("inflight", ""), r.get("health", ""),
+             ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())) or "-",
+             _age(r.get("started_at", time.time()))] for r in records]
+    print(_table(["ID", "ADDRESS", "CAPACITY", "AGENTS", "INFLIGHT", "HEALTH", "LABELS", "AGE"], rows))
+    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {redact_url(url)}")
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    url = _registry_url(args)
+    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
+                                               args.namespace)),
+                     key=lambda r: (r.get("address", ""), r.get("name", "")))
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
+             r.get("address", "")] for r in records]
+    print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
+    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
+    return 0
+
+
+def cmd_prometheus_targets(args: argparse.Namespace) -> int:
+    """Write the metrics endpoints of the registry's servers as a Prometheus file_sd target file."""
+    url, settings = _registry_url(args), _settings(args)
+    if not settings.token:
+        raise SystemExit("agentmesh prometheus-targets: needs the namespace token (AGENTMESH_TOKEN_FILE or "
+                         "AGENTMESH_TOKEN) to verify the servers' records")
+    view = ServerView(url, args.namespace, settings.registry_timeout, settings.etcd_options(),
+                      key=_trust.namespace_key(settings.token, args.namespace))
+
+    async def run() -> int:
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, done.set)
+        try:
+            return await write_from_registry(view, args.output, args.watch, args.interval, done)
+        finally:
+            await view.close()
+    try:
+        count = asyncio.run(run())
+    except EtcdError as exc:
+        raise SystemExit(f"agentmesh prometheus-targets: registry {redact_url(url)}: {exc}") from None
+    print(f"{count} metrics target(s) written to {args.output}")
+    return 0
+
+
+def cmd_registry_up(args: argparse.Namespace) -> int:
+    """Run the development registry (auth on) until SIGTERM or Ctrl-C; print the variables that use it once."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        registry = start_dev_registry(args.data_dir, args.port or None, fast=False)
+    except (OSError, RuntimeError, ValueError, EtcdError) as exc:
+        raise SystemExit(f"agentmesh registry up: {exc}") from None
+    exports = "\n".join(f"  {line}" for line in registry.exports().splitlines())
+    print(f"etcd {registry.pid} serving on {registry.etcd.endpoint} with auth on (data in {registry.directory});"
+          f" use it with:\n{exports}", flush=True)
+    try:
+        while not stop.wait(0.5) and registry.etcd.running:
+            pass
+    finally:
+        registry.stop()
+    return 0

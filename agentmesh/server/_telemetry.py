@@ -1,0 +1,37 @@
+"""What a server reports about itself: its live values for a metrics scrape, its memory for GetInfo."""
+from __future__ import annotations
+
+import os
+import resource
+from typing import Any
+
+from .. import _metrics
+
+
+def live_metrics(server: Any) -> dict:
+    """The server's live values for a scrape (read from the scraping thread: copies only)."""
+    hosts = list(server.hosting.agents.values())
+    queued = sum(len(h.ready or ()) + len(h.waiting or ()) for h in hosts)
+    live = {
+        "agentmesh_agents": ("Agents hosted, by class", "gauge", _metrics.by_class(hosts)),
+        "agentmesh_capacity": ("Agents this server accepts", "gauge", [({}, float(server.capacity))]),
+        "agentmesh_inflight_calls": ("Calls accepted and not yet answered", "gauge",
+                                     [({}, float(server.hosting.inflight))]),
+        "agentmesh_queued_calls": ("Calls waiting to start (in mailboxes, or for arguments or construction)",
+                                   "gauge", [({}, float(queued))]),
+        "agentmesh_sessions": ("Client sessions open on this server", "gauge", [({}, float(server.session_count))]),
+        "agentmesh_stored_results": ("Results kept for replays and placeholder fetches", "gauge",
+                                     [({}, float(len(server.hosting.results)))]),
+    }
+    if server.registration is not None:
+        live.update(server.registration.live_metrics())
+    return live
+
+
+def resident_mib() -> float:
+    """This process's resident set size in MiB (Linux /proc; elsewhere the peak, from getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
