@@ -52,6 +52,10 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     ``http://0.0.0.0:PORT/metrics``; 0 picks a free port, which
     ``metrics_port()`` tells.
 
+    Tracing: ``tracing=True`` (``AGENTMESH_TRACING=1``) traces every call with
+    OpenTelemetry (``pip install 'agentmesh[tracing]'``; spans go to the SDK
+    the application configures), the trace context carried to the servers.
+
     Files: ``download_dir`` (``AGENTMESH_DOWNLOAD_DIR``) is where files named
     by replies (``Msg.url`` under a server's ``file_dir``) are copied; default
     ``save_dir``/files when AgentScope's ``save_dir`` is given (the folder is
@@ -66,11 +70,14 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     if token is None and token_file is None:
         token = env.token
     metrics_port = options.pop("metrics_port", None)
+    tracing = options.pop("tracing", None)
     runtime.configure(registry=registry if registry is not None else env.registry,
                       namespace=namespace if namespace is not None else env.namespace,
                       token=token, token_file=token_file, **options)
     if metrics_port is not None:
         runtime.serve_metrics(int(metrics_port))
+    if tracing is not None:
+        runtime.enable_tracing(bool(tracing))
 
 
 def metrics_port() -> int | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import os
 import secrets
 import threading
 from typing import Any
@@ -25,6 +26,7 @@ from ._client.pool import Pool
 from ._config import Settings
 from ._loop import IoLoop
 from ._metrics import Metrics
+from ._tracing import Tracing
 from .discovery._view import ServerView
 from .etcd import parse_registry_url
 
@@ -45,6 +47,9 @@ class Runtime:
         self.pool = Pool(self.loop, self._dialing())
         #: this process's Prometheus metrics; None until serve_metrics() (nothing is recorded while off)
         self.metrics: Metrics | None = None
+        #: OpenTelemetry tracing of calls; None while off (AGENTMESH_TRACING=1 or enable_tracing() turn it on)
+        self.tracing: Tracing | None = Tracing() if os.environ.get("AGENTMESH_TRACING", "") not in ("", "0") \
+            else None
         #: what failover did: one summary per lost server
         self.moves = MoveLog(lambda: self.metrics)
         #: where files named by replies are copied
@@ -122,6 +127,10 @@ class Runtime:
             for conn in self.pool.open_sessions():
                 conn.metrics = metrics
         return self.metrics.serve(port, host)
+
+    def enable_tracing(self, on: bool = True) -> None:
+        """Trace calls with OpenTelemetry (the API must be installed; spans go to its configured SDK)."""
+        self.tracing = (self.tracing or Tracing()) if on else None
 
     def stop_metrics(self) -> None:
         """Stop serving metrics and recording them (sessions open now stop too)."""

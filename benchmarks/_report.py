@@ -32,7 +32,7 @@ class System:
 COMMON = ("tutorial", "sync_call", "pipelined", "nn", "creation", "payload", "memory")
 SYSTEMS = [
     System("agentmesh", "agentmesh", "workloads_agentmesh.py",
-           COMMON + ("registry", "failover", "checkpoint", "metrics", "scale", "simulation"), False),
+           COMMON + ("registry", "failover", "checkpoint", "metrics", "tracing", "scale", "simulation"), False),
     System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
     System("ray", "Ray", "workloads_ray.py", COMMON, True),
 ]
@@ -77,6 +77,9 @@ ROWS = [
     Row("no-op round trip, metrics off", "metrics", "off", "µs", LOWER, True),
     Row("no-op round trip, metrics on (server and client)", "metrics", "on", "µs", LOWER, True),
     Row("metrics cost per call (median on vs off)", "metrics", "cost", "%", LOWER, True),
+    Row("no-op round trip, tracing off (in-process server)", "tracing", "off", "µs", LOWER, True),
+    Row("no-op round trip, tracing on (both spans recorded)", "tracing", "on", "µs", LOWER, True),
+    Row("tracing cost per call (median on vs off)", "tracing", "cost", "%", LOWER, True),
     Row("scale: 10,000 to_dist() through the registry (4 servers)", "scale", "place_rate", "agents/s", HIGHER, True),
     Row("scale: one sync call to each of 10,000 agents", "scale", "call_rate", "calls/s", HIGHER, True),
     Row("scale: SIGKILL of a server of 2,500 agents -> all answered", "scale", "quarter_all", "s", LOWER, True),
@@ -152,6 +155,10 @@ def how_measured(sz: dict) -> list[str]:
         f"**metrics cost** (agentmesh): no-op round trip to a server without metrics versus one serving "
         f"`/metrics` (`metrics_port=0`), the client recording its calls to the second only; {sz['ckpt_calls']} "
         "calls each in interleaved blocks of 100.",
+        f"**tracing cost** (agentmesh): no-op round trip to a server in the same process (so the OpenTelemetry "
+        f"SDK records the caller's and the server's span) with tracing off versus on, {sz['ckpt_calls']} calls "
+        "each in interleaved blocks of 100; the SDK's batch processor exports to nowhere. Off, a call pays one "
+        "`None` check on each side.",
         f"**scale** (agentmesh, `bench_scale.py`, run once): etcd + 4 registered servers, {sz['scale_agents']:,} "
         "`to_dist()` one after another, one sync call to each, then SIGKILL of the server hosting the most and one "
         f"asynchronous call to each of its agents; the same with {2 * sz['scale_agents']:,} agents over 2 servers "

@@ -3,7 +3,8 @@ workloads_ray.py; run by benchmarks/run.py in agentmesh's own interpreter:
 
     python benchmarks/workloads_agentmesh.py <workload> '<sizes JSON>'
 
-The last six workloads (registry, failover, checkpoint, metrics, scale, simulation) are agentmesh's alone.
+The last seven workloads (registry, failover, checkpoint, scale, simulation, and metrics and tracing
+from workloads_observe.py) are agentmesh's alone.
 """
 from __future__ import annotations
 
@@ -317,34 +318,6 @@ def checkpoint(sz: dict) -> dict:
         shutdown(servers)
 
 
-def metrics(sz: dict) -> dict:
-    """No-op round trip with metrics off vs on (server and client recording, endpoints served), interleaved."""
-    runtime = default_runtime()
-    off_server = launch(1)
-    on_server = launch(1, metrics_port=0)
-    try:
-        runtime.serve_metrics(0, HOST)
-        off = Noop("off").to_dist(host=HOST, port=off_server[0].port)
-        on = Noop("on").to_dist(host=HOST, port=on_server[0].port)
-        off.ping()
-        off._binding.session().metrics = None   # this session records nothing: metrics off on both sides
-        lat_on, lat_off = [], []
-        C.time_loop(on.ping, sz["sync_warmup"])
-        C.time_loop(off.ping, sz["sync_warmup"])
-        block = 100
-        for _ in range(max(1, sz["ckpt_calls"] // block)):
-            lat_off += C.time_loop(off.ping, block)[0]
-            lat_on += C.time_loop(on.ping, block)[0]
-        m_on, m_off = C.dist(lat_on, 1e6), C.dist(lat_off, 1e6)
-        return {"metrics": {"on": m_on, "off": m_off,
-                            "cost": round(100 * (m_on["median"] - m_off["median"]) / m_off["median"], 1)},
-                "notes": [f"{len(lat_on)} calls each, in interleaved blocks of {block}; 'on': the server serves "
-                          f"/metrics and this process records its calls too"]}
-    finally:
-        runtime.stop_metrics()
-        shutdown(off_server + on_server)
-
-
 def scale(sz: dict) -> dict:
     """Issue 12's scale figures (bench_scale.measure): 10,000 agents over 4 servers with a SIGKILL; 10,000
     agents of a SIGKILLed server onto its one survivor; 100,000 idle agents on one server."""
@@ -381,7 +354,9 @@ def simulation(sz: dict) -> dict:
 
 
 WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory,
-                                     registry, failover, checkpoint, metrics, scale, simulation)}
+                                     registry, failover, checkpoint, scale, simulation)}
 
 if __name__ == "__main__":
+    import workloads_observe as observe   # it imports this module's launch(): loaded after it
+    WORKLOADS.update(metrics=observe.metrics, tracing=observe.tracing)
     C.main(WORKLOADS, info)

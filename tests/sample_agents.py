@@ -219,3 +219,13 @@ class Worker(AgentBase):
 
     def ordered_status(self) -> int:
         return self.done
+
+
+class Asker(AgentBase):
+    """Asks another agent (a proxy it is given) and returns what that one said."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, use_memory=False)
+
+    def ask(self, other, text: str) -> str:
+        return other.reply(Msg(self.name, text)).content["got"]

@@ -5,7 +5,7 @@ import asyncio
 import threading
 from typing import Any, Callable, Protocol
 
-from .. import _codec, _status, errors
+from .. import _codec, _status, _tracing, errors
 from ..v1 import agent_server_pb2 as pb
 
 _MISSING = object()
@@ -74,7 +74,7 @@ class CallSlot:
     cross-thread wait CPython offers; every waiter passes it on.
     """
 
-    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock", "sent")
+    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock", "sent", "span")
 
     def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None) -> None:
         self.call = call
@@ -87,6 +87,7 @@ class CallSlot:
         self._value: Any = _MISSING
         self._value_lock = threading.Lock()
         self.sent = 0.0             # when it was sent (set only while metrics are on)
+        self.span: Any = None       # the caller's trace span (tracing on), ended with the reply
 
     def set(self, reply: pb.Reply) -> None:
         """Deliver the reply (I/O loop thread); the first one wins."""
@@ -94,6 +95,8 @@ class CallSlot:
             return
         self.reply = reply
         self._lock.release()
+        if self.span is not None:
+            _tracing.end_span(self.span, reply)
         callbacks, self._callbacks = self._callbacks, None
         for cb in callbacks or ():
             cb(reply)

@@ -174,6 +174,9 @@ class RpcObject:
                 f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         slot = CallSlot(pb.Call(call_id=binding.runtime.next_call_id(), agent_id=self.agent_id, method=method,
                                 payload=payload, epoch=binding.epoch, notify=notify), binding)
+        tracing = binding.runtime.tracing
+        if tracing is not None:
+            slot.span = tracing.start_call(binding.cls_name, method, self.agent_id, binding.name, slot.call.trace)
         binding.send(slot, conn)
         result = AsyncResult(slot, policy=self._policy)
         if is_async:

@@ -266,14 +266,28 @@ class Hosting(Creating):
             if work.replay is not None:
                 reply, owned = work.replay, host.replayed(work.replay)
             else:
-                reply = host.execute(work, self.max_message_size)
+                reply = self._execute(host, work)
                 owned = host.checkpointed(reply) if host.checkpoint else None
             self._finished(host, work, reply, owned)
 
     def _run_one(self, job: tuple[AgentHost, Work]) -> None:
         """Run one interleaving call (worker thread): no checkpoint, it does not count as a state change."""
         host, work = job
-        self._finished(host, work, host.execute(work, self.max_message_size), None)
+        self._finished(host, work, self._execute(host, work), None)
+
+    def _execute(self, host: AgentHost, work: Work) -> pb.Reply:
+        """Run the call (worker thread), inside a server span when the caller traces and so does this process."""
+        tracing = self.runtime.tracing
+        if tracing is None or not work.call.trace:
+            return host.execute(work, self.max_message_size)
+        span, token = tracing.start_serving(work.call.trace, host.cls_name, work.call.method, host.agent_id,
+                                            host.name)
+        reply = pb.Reply()
+        try:
+            reply = host.execute(work, self.max_message_size)
+            return reply
+        finally:
+            tracing.stop_serving(span, token, reply)
 
     def _finished(self, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
         """Hand a finished call to the I/O loop, which answers and counts it in batches (worker thread)."""

@@ -99,20 +99,29 @@ class DeleteAgentResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "agent_id", "method", "payload", "epoch", "notify")
+    __slots__ = ("call_id", "agent_id", "method", "payload", "epoch", "notify", "trace")
+    class TraceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     agent_id: str
     method: str
     payload: bytes
     epoch: int
     notify: bool
-    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ...) -> None: ...
+    trace: _containers.ScalarMap[str, str]
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Reply(_message.Message):
     __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state")
