@@ -131,7 +131,9 @@ class _Calls:
                  m.received_bytes),
                 ("agentmesh_sent_bytes", "Payload and checkpoint bytes of the replies this process's servers sent",
                  m.sent_bytes),
-                ("agentmesh_checkpoint_bytes", "Bytes of agent checkpoints sent with replies", m.checkpointed_bytes)):
+                ("agentmesh_checkpoint_bytes", "Bytes of agent checkpoints sent with replies", m.checkpointed_bytes),
+                ("agentmesh_agents_restored", "Agents re-created on this process's servers from a checkpoint: "
+                 "moved in by a failover or a drain", m.restored)):
             yield CounterMetricFamily(name, text, value=value)
 
     def describe(self) -> list:
@@ -149,6 +151,7 @@ class Metrics:
         self.received_bytes = 0
         self.sent_bytes = 0
         self.checkpointed_bytes = 0
+        self.restored = 0   # agents re-created on this process's servers from a checkpoint (moved in)
         self.moves = Counter("agentmesh_agent_moves", "Agents moved to another server by this process's proxies, "
                              "by reason", ["reason"], registry=r)
         self.failovers = Counter("agentmesh_failovers", "Lost or draining servers whose agents this process moved "

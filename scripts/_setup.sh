@@ -20,12 +20,14 @@ if ! "$VENV/bin/python" -c "from agentmesh.testing import find_etcd_binary; find
       echo "warning: could not install etcd-server; registry tests will fail" >&2
   fi
 fi
-# Prometheus: the metrics tests scrape servers with a real one (Debian's package).
-if ! command -v prometheus >/dev/null 2>&1 && [ ! -x /usr/bin/prometheus ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    echo "installing Debian's prometheus for the metrics tests" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      prometheus) >&2 || echo "warning: could not install prometheus; the metrics tests will fail" >&2
-  fi
+# Prometheus (the metrics tests scrape servers with a real one) and tmux (agentmesh top is read on a
+# terminal under it): Debian's packages.
+missing=""
+command -v prometheus >/dev/null 2>&1 || [ -x /usr/bin/prometheus ] || missing="$missing prometheus"
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's$missing for the tests" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    $missing) >&2 || echo "warning: could not install$missing; the tests that need them will fail" >&2
 fi
 export PATH="$VENV/bin:$PATH"

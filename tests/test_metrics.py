@@ -104,8 +104,7 @@ def _value(samples: list, name: str, **labels: str) -> float:
 
 
 def test_a_client_counts_its_calls_placements_and_the_failover_of_its_agent(mesh, namespace, servers, runtime):
-    servers(capacity=10, registry=mesh.url, namespace=namespace)
-    servers(capacity=10, registry=mesh.url, namespace=namespace)
+    started = [servers(capacity=10, registry=mesh.url, namespace=namespace, metrics_port=0) for _ in range(2)]
     port = runtime.serve_metrics(0, "127.0.0.1")
     try:
         agent = Echo("moving").to_dist()
@@ -123,6 +122,8 @@ def test_a_client_counts_its_calls_placements_and_the_failover_of_its_agent(mesh
                       **{"class": "sample_agents:Echo"}) == 2
         assert _value(samples, "agentmesh_call_duration_seconds_count", side="client", method="reply") == 2
         assert _value(samples, "agentmesh_owned_agents") == len(runtime.owned) >= 1
+        survivor = next(s for s in started if agent.server.endswith(f":{s.port}"))   # the agent moved in there
+        assert _value(_scrape(survivor.metrics_port), "agentmesh_agents_restored_total") == 1
     finally:
         runtime.stop_metrics()
     with pytest.raises(OSError):

@@ -102,5 +102,8 @@ def raw():
 
 
 def proxy(cls, name: str, launcher, *args):
-    return cls(name, *args).to_dist(host="127.0.0.1", port=launcher.port)
+    """A proxy whose agent is built: raw sessions' calls to it must not overtake its pipelined creation."""
+    made = cls(name, *args).to_dist(host="127.0.0.1", port=launcher.port)
+    made._check_created()
+    return made
 

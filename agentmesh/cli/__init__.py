@@ -16,6 +16,7 @@ from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ._args import (_add_registry_args, _capacity_arg, _folder_arg, _labels, _metrics_port_arg, _port_arg,
                     _settings)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
+from ._top import cmd_top
 
 log = logging.getLogger("agentmesh")
 
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--watch", action="store_true", help="keep following the registry, rewriting FILE")
     targets.add_argument("--interval", type=float, default=1.0, help="with --watch: seconds between checks")
     targets.set_defaults(func=cmd_prometheus_targets)
+    top = sub.add_parser("top", help="the servers live: agents, calls/s, p50/p99, in-flight, queued")
+    _add_registry_args(top)
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true", help="one sample (two scrapes --interval apart), then exit")
+    top.add_argument("--json", action="store_true", help="with --once: print the sample as JSON")
+    top.set_defaults(func=cmd_top)
     registry = sub.add_parser("registry", help="the registry (etcd)")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     up = registry_sub.add_parser("up", help="run a local single-node etcd for development")

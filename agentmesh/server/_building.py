@@ -57,6 +57,7 @@ class Creating:
     executor: Any
     loop: Any
     _failed: collections.OrderedDict[str, tuple[int, str]]
+    metrics: Any
     builds: "Builds"
 
     def _answer(self, outbox: Any, reply: pb.Reply) -> None: ...
@@ -104,6 +105,8 @@ class Creating:
         host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
+        if request.state and self.metrics is not None:   # moved in from another server
+            self.metrics.restored += 1
         return host
 
     async def finish_create(self, host: AgentHost, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
