@@ -99,6 +99,14 @@ def _serve_reader(port: int, worker: bool) -> None:
     _serve_threads(echo, port)
 
 
+async def _serve_aio(behaviour, port: int) -> None:
+    server = grpc.aio.server(options=_server_options())
+    server.add_generic_rpc_handlers((_handler(behaviour),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
 def serve_aio(port: int, worker: bool = False) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -109,11 +117,7 @@ def serve_aio(port: int, worker: bool = False) -> None:
                 if worker:
                     request = await loop.run_in_executor(pool, _same, request)
                 await context.write(request)
-        server = grpc.aio.server(options=_server_options())
-        server.add_generic_rpc_handlers((_handler(echo),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
+        await _serve_aio(echo, port)
     asyncio.run(main())
 
 
@@ -139,11 +143,7 @@ def serve_aio_tasks(port: int) -> None:
                     await context.write(await replies.get())
             finally:
                 reader.cancel()
-        server = grpc.aio.server(options=_server_options())
-        server.add_generic_rpc_handlers((_handler(echo),))
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
+        await _serve_aio(echo, port)
     asyncio.run(main())
 
 

@@ -110,7 +110,7 @@ def test_a_client_counts_its_calls_placements_and_the_failover_of_its_agent(mesh
         agent = Echo("moving").to_dist()
         assert agent.reply(Msg("u", "one")).content["count"] == 1
         before = agent.server
-        os.kill(next(s for s in servers_started(runtime, before)), signal.SIGKILL)
+        os.kill(server_pid(runtime, before), signal.SIGKILL)
         assert agent.reply(Msg("u", "two")).content["count"] == 2   # moved, with its state
         assert agent.server != before
         samples = wait_until(lambda: (lambda f: f if _value(f, "agentmesh_failovers_total") else None)(
@@ -130,9 +130,9 @@ def test_a_client_counts_its_calls_placements_and_the_failover_of_its_agent(mesh
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
 
 
-def servers_started(runtime, address: str):
+def server_pid(runtime, address: str) -> int:
     """The PID of the server process at address, from its GetInfo."""
     from agentmesh.rpc import RpcClient
 
     host, port = address.rsplit(":", 1)
-    yield RpcClient(host, int(port), runtime=runtime).get_server_info()["pid"]
+    return RpcClient(host, int(port), runtime=runtime).get_server_info()["pid"]

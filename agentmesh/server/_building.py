@@ -60,13 +60,17 @@ class Creating:
     metrics: Any
     builds: "Builds"
 
-    def _answer(self, outbox: Any, reply: pb.Reply) -> None: ...
+    def _answer(self, outbox: Any, reply: pb.Reply) -> None:
+        raise NotImplementedError   # implemented by Hosting, which this is mixed into
 
-    def _ready(self, host: AgentHost, work: Any) -> None: ...
+    def _ready(self, host: AgentHost, work: Any) -> None:
+        raise NotImplementedError   # implemented by Hosting, which this is mixed into
 
-    def _abandon(self, host: AgentHost, work: Any, status: int, message: str) -> None: ...
+    def _abandon(self, host: AgentHost, work: Any, status: int, message: str) -> None:
+        raise NotImplementedError   # implemented by Hosting, which this is mixed into
 
-    def release_together(self, fn: Any) -> None: ...
+    def release_together(self, fn: Any) -> None:
+        raise NotImplementedError   # implemented by Hosting, which this is mixed into
 
     def begin_create(self, request: pb.CreateAgentRequest) -> AgentHost | pb.CreateAgentResponse:
         """Check a creation and register the agent as under construction; raises Refusal.
