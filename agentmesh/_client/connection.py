@@ -208,7 +208,7 @@ class Connection:
                 self._lost_one(slot, "the connection is closed")
             return
         slot.conn = self
-        if self.metrics is not None:
+        if self.metrics is not None and not slot.sent:   # a replay keeps its first send: the caller's wait
             slot.sent = _metrics.now()
         self.pending[slot.call.call_id] = slot
         self._outbox.append(slot)
