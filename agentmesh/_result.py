@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from . import _codec, errors
 from ._client import files
@@ -10,6 +10,7 @@ from ._client.connection import Connection
 from ._client.pool import ResultRef
 from ._client.slot import CallSlot, decode_reply, raised
 from ._runtime import Runtime, default_runtime
+from ._tracing import end_span
 
 log = logging.getLogger("agentmesh")
 
@@ -80,7 +81,16 @@ class AsyncResult:
             return self._with_files(slot.value(), slot.conn)
         if self._resolved is None:    # a remote placeholder fetches its value
             runtime = self._runtime or default_runtime()
-            reply = runtime.run(runtime.pool.fetch(self._ref), timeout)
+            tracing = runtime.tracing
+            if tracing is None:
+                reply = runtime.run(runtime.pool.fetch(self._ref), timeout)
+            else:
+                span, carrier = tracing.start_fetch(self._ref[2], self._ref[3])
+                reply = None
+                try:
+                    reply = runtime.run(runtime.pool.fetch(self._ref, carrier), timeout)
+                finally:
+                    end_span(span, reply)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
         return self._with_files(self._resolved[0], (self._runtime or default_runtime()).pool.session_of(self._ref[1]))
 
@@ -96,13 +106,24 @@ class AsyncResult:
                         "url stays the server's: %s", self.call_id, conn.address, exc)
             return value
 
-    async def _resolve_async(self) -> None:
-        """Fetch a remote value on the I/O loop, so no thread waits for it."""
+    async def _resolve_async(self, trace: Mapping[str, str] | None = None) -> None:
+        """Fetch a remote value on the I/O loop, so no thread waits for it; traced as a child of trace (the
+        context of the call that needs the value) when this process traces."""
         if self._slot is not None:
             await self._slot.wait_async()
             return
         if self._resolved is None:
-            reply = await (self._runtime or default_runtime()).pool.fetch(self._ref)
+            runtime = self._runtime or default_runtime()
+            tracing = runtime.tracing
+            if tracing is None or not trace:
+                reply = await runtime.pool.fetch(self._ref)
+            else:
+                span, carrier = tracing.start_fetch(self._ref[2], self._ref[3], dict(trace))
+                reply = None
+                try:
+                    reply = await runtime.pool.fetch(self._ref, carrier)
+                finally:
+                    end_span(span, reply)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
 
     # -- AgentScope's names ----------------------------------------------------

@@ -80,6 +80,8 @@ ROWS = [
     Row("no-op round trip, tracing off (in-process server)", "tracing", "off", "µs", LOWER, True),
     Row("no-op round trip, tracing on (both spans recorded)", "tracing", "on", "µs", LOWER, True),
     Row("tracing cost per call (median on vs off)", "tracing", "cost", "%", LOWER, True),
+    Row("tracing off: its checks per call", "tracing", "off_ns", "ns", LOWER, True),
+    Row("tracing off: its checks' share of the round trip", "tracing", "off_share", "%", LOWER, True),
     Row("scale: 10,000 to_dist() through the registry (4 servers)", "scale", "place_rate", "agents/s", HIGHER, True),
     Row("scale: one sync call to each of 10,000 agents", "scale", "call_rate", "calls/s", HIGHER, True),
     Row("scale: SIGKILL of a server of 2,500 agents -> all answered", "scale", "quarter_all", "s", LOWER, True),
@@ -157,8 +159,9 @@ def how_measured(sz: dict) -> list[str]:
         "calls each in interleaved blocks of 100.",
         f"**tracing cost** (agentmesh): no-op round trip to a server in the same process (so the OpenTelemetry "
         f"SDK records the caller's and the server's span) with tracing off versus on, {sz['ckpt_calls']} calls "
-        "each in interleaved blocks of 100; the SDK's batch processor exports to nowhere. Off, a call pays one "
-        "`None` check on each side.",
+        "each in interleaved blocks of 100; the SDK's batch processor exports to nowhere. Off, a call pays three "
+        "attribute checks (two `runtime.tracing is None`, one `span is not None`), timed with `timeit` as "
+        "'its checks per call'.",
         f"**scale** (agentmesh, `bench_scale.py`, run once): etcd + 4 registered servers, {sz['scale_agents']:,} "
         "`to_dist()` one after another, one sync call to each, then SIGKILL of the server hosting the most and one "
         f"asynchronous call to each of its agents; the same with {2 * sz['scale_agents']:,} agents over 2 servers "

@@ -48,6 +48,20 @@ def metrics(sz: dict) -> dict:
         shutdown(off_server + on_server)
 
 
+def _off_path_ns(runtime) -> float:
+    """What a call pays for tracing while it is off: the checks it passes (the proxy's and the server's
+    ``runtime.tracing is None``, the slot's ``span is not None``), timed as the code runs them."""
+    import timeit
+
+    class Slot:
+        span = None
+
+    slot, n = Slot(), 1_000_000
+    checks = timeit.timeit("runtime.tracing is None; slot.span is not None; runtime.tracing is None",
+                           globals={"runtime": runtime, "slot": slot}, number=n)
+    empty = timeit.timeit("pass", number=n)
+    return round(max(0.0, checks - empty) / n * 1e9, 1)
+
 
 def tracing(sz: dict) -> dict:
     """No-op round trip with tracing off vs on (OpenTelemetry SDK recording both spans), interleaved."""
@@ -77,8 +91,13 @@ def tracing(sz: dict) -> dict:
             runtime.enable_tracing(True)
             agent.ping()
         lat_off, lat_on = _interleaved(off, on, sz)
-        return _result(lat_off, lat_on, "client and server in one process (so both spans are recorded), the "
-                                        "SDK's batch processor exporting to nowhere")
+        out = _result(lat_off, lat_on, "client and server in one process (so both spans are recorded), the "
+                                       "SDK's batch processor exporting to nowhere")
+        runtime.enable_tracing(False)
+        out["metrics"]["off_ns"] = _off_path_ns(runtime)
+        out["metrics"]["off_share"] = round(100 * out["metrics"]["off_ns"] / (1000 * out["metrics"]["off"]["median"]),
+                                            4)
+        return out
     finally:
         runtime.enable_tracing(False)
         server.shutdown()

@@ -229,3 +229,39 @@ class Asker(AgentBase):
 
     def ask(self, other, text: str) -> str:
         return other.reply(Msg(self.name, text)).content["got"]
+
+
+class Forwarder(AgentBase):
+    """Starts a call on another agent (a proxy it is given) and returns its placeholder, still pending."""
+
+    def forward(self, other, seconds: float, value):
+        return other.slow(seconds, value)
+
+
+class Cruncher(AgentBase):
+    """Counts; holds the GIL in C code (``sum`` over a ``range``, no bytecode runs) or spins in Python for a
+    given time, as a tokenizer, a big ``json.loads`` or a pure-Python loop would."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, use_memory=False)
+        self.count = 0
+
+    def inc(self) -> int:
+        self.count += 1
+        return self.count
+
+    def hold_gil(self, seconds: float) -> float:
+        """Hold the GIL for about seconds (calibrated on this machine first); the seconds it took."""
+        start = time.perf_counter()
+        sum(range(2_000_000))
+        per_item = (time.perf_counter() - start) / 2_000_000
+        start = time.perf_counter()
+        sum(range(int(seconds / per_item)))
+        return time.perf_counter() - start
+
+    def spin(self, seconds: float) -> int:
+        """A pure-Python CPU loop for seconds; how many turns it made."""
+        turns, deadline = 0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            turns += 1
+        return turns

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agentmesh import Msg, RpcAgentServerLauncher, errors
 from conftest import wait_until
-from sample_agents import Echo, Asker
+from sample_agents import Asker, Echo, Forwarder
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -28,7 +28,7 @@ def two_servers():
     """Servers A and B in this process (so their spans reach the same exporter), over real gRPC."""
     started = []
     for _ in range(2):
-        launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=8, custom_agent_classes=[Echo, Asker])
+        launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=8, custom_agent_classes=[Echo, Asker, Forwarder])
         launcher.launch(in_subprocess=False)
         started.append(launcher)
     yield started
@@ -76,6 +76,36 @@ def test_one_trace_spans_the_caller_an_agent_on_a_and_the_agent_on_b_it_calls(ex
     failed = [s for s in spans if s.attributes.get("agentmesh.method") == "boom"]
     assert {s.kind.name for s in failed} == {"CLIENT", "SERVER"}
     assert all(s.status.status_code.name == "ERROR" for s in failed)
+
+
+def test_placeholder_fetches_are_spans_in_the_trace_of_whoever_needs_the_value(exporter, two_servers, runtime):
+    a, b = two_servers
+    on_a = Echo("on_a").to_dist(host="127.0.0.1", port=a.port)
+    on_b = Echo("on_b").to_dist(host="127.0.0.1", port=b.port)
+    forwarder = Forwarder("forwarder").to_dist(host="127.0.0.1", port=a.port)
+    runtime.enable_tracing()
+    try:
+        exporter.clear()
+        with trace.get_tracer("test").start_as_current_span("request") as root:
+            pending = on_b.slow(0.3, "v")          # pending when on_a gets it: A fetches it from B
+            assert on_a.ping(pending) == "v"
+            assert forwarder.forward(on_b, 0.3, "w") == "w"   # it returns a pending placeholder: we fetch from B
+        trace_id = root.get_span_context().trace_id
+        spans = wait_until(lambda: (lambda s: s if len(s) == 4 else None)(
+            [s for s in exporter.get_finished_spans() if s.name == "fetch_result" and s.context.trace_id == trace_id]))
+    finally:
+        runtime.enable_tracing(False)
+    by_id = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    clients = [s for s in spans if s.kind.name == "CLIENT"]
+    servers = [s for s in spans if s.kind.name == "SERVER"]
+    assert len(clients) == 2 and len(servers) == 2
+    for served in servers:   # each server-side fetch is the child of a client-side one, over gRPC metadata
+        assert by_id[served.parent.span_id] in clients
+        assert served.attributes["rpc.method"] == "FetchResult"
+    parents = sorted((by_id[c.parent.span_id].name, by_id[c.parent.span_id].kind.name) for c in clients)
+    # A's fetch belongs to the call that needed the value; ours to the request that read it
+    assert parents == [("invoke_agent on_a", "CLIENT"), ("request", "INTERNAL")], parents
+    assert {c.attributes["gen_ai.agent.id"] for c in clients} == {on_b.agent_id}
 
 
 def test_nothing_is_traced_or_sent_while_tracing_is_off(exporter, two_servers, runtime):

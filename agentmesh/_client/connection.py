@@ -254,7 +254,7 @@ class Connection:
                         reply.ClearField("state")
                     if owner is not None and reply.status != pb.OK:
                         if reply.status == pb.STALE_EPOCH:
-                            owner.on_lost(self, [slot], f"fenced ({reply.error_message})")
+                            owner.on_lost(self, [slot], f"fenced ({reply.error_message})", pb.STALE_EPOCH)
                             continue
                         if reply.status in _REFUSED and owner.on_refused(self, slot, reply):
                             continue
@@ -317,6 +317,12 @@ class Connection:
             response = await health_pb2_grpc.HealthStub(self._channel).Check(
                 health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), timeout=timeout)
         except grpc.aio.AioRpcError:
+            if self._channel.get_state() == grpc.ChannelConnectivity.READY:
+                # gRPC's threads still answer our keepalive pings without the GIL: the server is busy (an
+                # agent holds the GIL), not dead. Keepalive ends the session if that stops.
+                log.info("agent server %s does not answer its health check but its connection is alive: busy, "
+                         "not lost", self.address)
+                return True
             await self._on_lost("its registry key expired and it does not answer")
             return False
         if response.status == health_pb2.HealthCheckResponse.NOT_SERVING:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, Awaitable, Callable, Protocol
 
 import grpc
@@ -11,19 +13,23 @@ from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from .connection import Connection, Dialing, ServerMismatchError
 
+log = logging.getLogger("agentmesh.rpc")
+
 #: where an agent lives now, per the registry (agent_id, address to avoid) -> (server_id, address) or None
 Locator = Callable[[str, str], Awaitable["tuple[str, str] | None"]]
 #: (server_id, address, agent_id, call_id): where a placeholder's value is made
 ResultRef = tuple[str, str, str, str]
 #: agents deleted per request when a process shuts down (36 bytes an id: well under any message limit)
 DELETE_BATCH = 10_000
+#: how long the owner of agents moved off a lost server keeps trying to tell it so (s)
+TELL_MOVED_FOR = 60.0
 
 
 class LocalServer(Protocol):
     """An agent server in this process: its results are fetched without the network."""
 
-    async def fetch_result(self, call_id: str, agent_id: str = "") -> pb.Reply:
-        """The reply of call_id, waiting while the call runs."""
+    async def fetch_result(self, call_id: str, agent_id: str = "", trace: Any = None) -> pb.Reply:
+        """The reply of call_id, waiting while the call runs (traced as a child of trace's context)."""
 
 
 class Pool:
@@ -107,15 +113,16 @@ class Pool:
         conn.closed = True
         return conn
 
-    async def fetch(self, ref: ResultRef) -> pb.Reply:
+    async def fetch(self, ref: ResultRef, trace: dict[str, str] | None = None) -> pb.Reply:
         """The reply of a call made by someone else, from the server that produces it.
 
         If that server is gone, the call's agent has moved (its owner replays the
         call under the same id): follow the agent's registry record there.
+        trace is the fetch's trace context (sent as gRPC metadata), when it is traced.
         """
         server_id, address, agent_id, call_id = ref
         while True:
-            reply = await self._fetch_from(server_id, address, agent_id, call_id)
+            reply = await self._fetch_from(server_id, address, agent_id, call_id, trace)
             if reply.status != pb.UNAVAILABLE or self.locator is None:
                 return reply
             moved_to = await self.locator(agent_id, address)
@@ -123,14 +130,16 @@ class Pool:
                 return reply
             server_id, address = moved_to
 
-    async def _fetch_from(self, server_id: str, address: str, agent_id: str, call_id: str) -> pb.Reply:
+    async def _fetch_from(self, server_id: str, address: str, agent_id: str, call_id: str,
+                          trace: dict[str, str] | None = None) -> pb.Reply:
         local = self.local_servers.get(server_id)
         if local is not None:
-            return await local.fetch_result(call_id, agent_id)
+            return await local.fetch_result(call_id, agent_id, trace.items() if trace else None)
         try:
             conn = await self.get(address, expect=server_id)
+            metadata = conn.metadata + tuple(trace.items()) if trace else conn.metadata
             return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
-                                               metadata=conn.metadata)
+                                               metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             status = _status.status_of(exc)
             if status in (pb.EXPIRED, pb.OVERLOADED):   # gone, or too many fetches waiting there: say so
@@ -139,6 +148,35 @@ class Pool:
                                                              f"{exc.code().name}: {exc.details()}")
         except errors.AgentMeshError as exc:
             return _status.refusal(call_id, pb.UNAVAILABLE, str(exc), type(exc).__name__)
+
+    def tell_moved(self, server_id: str, address: str, agent_ids: list[str]) -> None:
+        """Tell the server we lost that we re-created agent_ids elsewhere, if it answers again within
+        TELL_MOVED_FOR s (a stop, not a crash), so it drops its old copies (any thread)."""
+        self.loop.spawn(self._tell_moved(server_id, address, agent_ids))
+
+    async def _tell_moved(self, server_id: str, address: str, agent_ids: list[str]) -> None:
+        deadline, delay = time.monotonic() + TELL_MOVED_FOR, 0.25
+        while True:
+            try:
+                conn = await self.get(address, timeout=1.0, expect=server_id)
+                told = 0
+                for start in range(0, len(agent_ids), DELETE_BATCH):
+                    answer = await conn.stub.DeleteAgent(
+                        pb.DeleteAgentRequest(agent_ids=agent_ids[start:start + DELETE_BATCH], moved=True),
+                        metadata=conn.metadata, timeout=5.0)
+                    told += answer.count
+                if not conn.owners and not conn.pending:   # opened only to tell it
+                    await conn.close()
+                log.info("agent server %s answers again: told it that %d agent(s) moved elsewhere (%d were still "
+                         "there and are dropped)", address, len(agent_ids), told)
+                return
+            except ServerMismatchError:
+                return   # another server at that address now: the old one is gone for good
+            except (grpc.aio.AioRpcError, errors.AgentMeshError, OSError, asyncio.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     async def server_gone(self, server_id: str) -> None:
         """The registry says server_id's key vanished: if we talk to it and it does not answer, it is lost."""

@@ -17,8 +17,9 @@ class CallOwner(Protocol):
     def on_checkpoint(self, reply: pb.Reply) -> None:
         """A reply carried the agent's state after that call (I/O loop)."""
 
-    def on_lost(self, conn: "Transport", slots: list["CallSlot"], reason: str) -> None:
-        """The server behind conn is gone, hung, fenced or draining; slots are calls to replay."""
+    def on_lost(self, conn: "Transport", slots: list["CallSlot"], reason: str, refused: int = 0) -> None:
+        """The server behind conn is gone, hung, fenced or draining (or refused the calls with status
+        refused, e.g. STALE_EPOCH); slots are calls to replay."""
 
     def on_refused(self, conn: "Transport", slot: "CallSlot", reply: pb.Reply) -> bool:
         """The server would not create the agent (full, class unknown); True when the owner retries elsewhere."""

@@ -43,8 +43,8 @@ class RegisteredServer(Protocol):
     def agents(self) -> Mapping[str, Any]:
         """The hosted agents by id (each with ``.agent`` and ``.cls_name``)."""
 
-    def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
-        """Drop agents that moved while the server was cut off, and take a new epoch."""
+    def fence(self, why: str, agent_ids: list[str]) -> int:
+        """Drop agents that moved while the server was cut off (only those); how many were here."""
 
 
 class Registration:
@@ -184,8 +184,11 @@ class Registration:
                  self.server.server_id, redact_url(self.url), self.key, self.lease.id, self.ttl)
 
     async def _drop_moved_agents(self) -> None:
-        """After a lost lease: agents whose records now name another server were moved while we were
-        cut off. Drop them and take a new epoch, so calls aimed at our old copies are refused."""
+        await self.drop_moved("it was cut off from the registry")
+
+    async def drop_moved(self, why: str) -> int:
+        """Agents whose records now name another server were moved while we were cut off or stopped: drop
+        them (only them), so calls aimed at our old copies are refused; how many."""
         kvs, _ = await self.client.get_prefix(keys.agents_prefix(self.namespace))
         elsewhere = set()
         for kv in kvs:
@@ -195,8 +198,7 @@ class Registration:
             if record.get("server_id") != self.server.server_id:
                 elsewhere.add(record.get("agent_id"))
         moved = [aid for aid in self.server.agents if aid in elsewhere]
-        if moved:
-            self.server.fence(f"{len(moved)} of its agents were moved elsewhere while it was cut off", moved)
+        return self.server.fence(f"{why}, their registry records named another server", moved) if moved else 0
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
         lease_id = self.lease.id if self.lease else 0
@@ -233,10 +235,6 @@ class Registration:
                 await asyncio.sleep(self.min_interval)
         finally:
             lost.cancel()
-
-    def renew(self) -> None:
-        """Register anew (after a fence): a new lease and record; the old lease's keys expire."""
-        self._lost.set()
 
     async def stop(self) -> None:
         """Withdraw at once: revoking the lease deletes the server's and its agents' records."""

@@ -31,15 +31,15 @@ PROBE_TIMEOUT = 0.5
 
 
 def same_server_again(runtime: Runtime, lost: Any) -> Any:
-    """The lost server's new session, if the loss was a blip: it answers again as the same server at the
-    same epoch (so it still holds its agents); else None."""
+    """The lost server's new session, if the loss was a blip: it answers again as the same server, so it
+    still holds its agents (those it dropped as moved refuse their calls, and move on their own); else None."""
     if lost.draining:
         return None
     try:
         conn = runtime.pool.connect(lost.address, timeout=PROBE_TIMEOUT, expect=lost.server_id)
     except (errors.AgentMeshError, TimeoutError, OSError):
         return None
-    return conn if conn.server_id == lost.server_id and conn.epoch == lost.epoch else None
+    return conn if conn.server_id == lost.server_id else None
 
 
 class Movable(Protocol):
@@ -107,6 +107,9 @@ class Evacuation:
             for member in group:
                 runtime.moves.finish(lost, conn.address, member.land(conn, recreate=True))
             landed[conn.address] += len(group)
+        if landed:   # if the lost server was only stopped, it must drop these copies when it runs again
+            runtime.pool.tell_moved(lost.server_id, lost.address,
+                                    [m.agent_id for group in placed.values() for m in group])
         log.debug("evacuated %d agent(s) of %s to %s in %.2f s (%d moved alone)", sum(landed.values()),
                   lost.address, dict(landed), time.monotonic() - began, len(alone))
 

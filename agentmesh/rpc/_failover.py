@@ -25,6 +25,9 @@ from ._evacuation import Evacuation, same_server_again
 log = logging.getLogger("agentmesh.rpc")
 #: how long a draining server gets to finish our calls before the agent moves without them
 DRAIN_WAIT = 30.0
+#: stale-epoch refusals in a row (within STALE_WINDOW s) after which the calls fail instead of moving again
+MAX_STALE = 3
+STALE_WINDOW = 10.0
 
 
 class Binding:
@@ -46,6 +49,7 @@ class Binding:
         self.ckpt: tuple[int, bytes] = (0, b"")  # (calls completed, state) after the last reply
         self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
         self.ended = ""                          # why the agent is gone for good (its server shut down)
+        self._stale = (0, 0.0)                   # stale-epoch refusals in a row, and when the first came
         self._move_lock = threading.Lock()
 
     # -- the session ---------------------------------------------------------
@@ -130,6 +134,8 @@ class Binding:
             for slot in slots:
                 moved_to.submit(slot)
             return
+        if refused == pb.STALE_EPOCH and self._refused_again(conn, reason):
+            return
         if not self.can_move():
             self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
             return
@@ -142,6 +148,23 @@ class Binding:
             Evacuation.join(self.runtime, conn, reason, self)    # a crash: moved with the server's other agents
             return
         self.move_alone(conn, reason, refused)
+
+    def _refused_again(self, conn: Any, reason: str) -> bool:
+        """Count a stale-epoch refusal; after MAX_STALE in a row (within STALE_WINDOW s) fail the held calls
+        with why instead of moving again. True when they were failed."""
+        now = time.monotonic()
+        count, first = self._stale
+        count, first = (count + 1, first) if now - first < STALE_WINDOW else (1, now)
+        self._stale = (count, first)
+        if count <= MAX_STALE:
+            return False
+        self._stale = (0, 0.0)
+        message = (f"agent {self.name or self.agent_id} ({self.cls_name}): server {conn.address} refused its "
+                   f"calls for a stale epoch {count} times in {now - first:.1f} s, moving did not help; last: "
+                   f"{reason}")
+        log.warning("%s; the call(s) fail", message)
+        self._fail_held(message)
+        return True
 
     def move_alone(self, lost: Any, reason: str, refused: int = 0) -> None:
         """Move this agent on its own thread (a refusal, a drain, a fence, a copy of a proxy)."""
@@ -209,6 +232,8 @@ class Binding:
         load the class by reference): another server, or the same with the class by value.
         """
         start = time.monotonic()
+        if refused == pb.STALE_EPOCH and self._stale[0] > 1:   # refused again soon after a move: back off
+            time.sleep(min(1.0, 0.05 * 2 ** (self._stale[0] - 2)))
         try:
             if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
                 target, how = self._create_again(lost), "created with its class shipped by value"

@@ -105,7 +105,7 @@ class Creating:
                                                         f"{type(exc).__name__}: {exc}") from None
         checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
         host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
-                         checkpoint=checkpoint, seq=request.state_seq)
+                         checkpoint=checkpoint, seq=request.state_seq, epoch=self.epoch)
         host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
@@ -185,7 +185,7 @@ class Creating:
 
     def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
         return pb.CreateAgentResponse(agent_id=host.agent_id, name=host.name, server_id=self.server_id,
-                                      epoch=self.epoch, existed=existed)
+                                      epoch=host.epoch, existed=existed)
 
 class Builds:
     """The creations waiting to be built, and the building (see the module docstring)."""

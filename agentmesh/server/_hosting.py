@@ -23,6 +23,8 @@ from ._results import ResultStore
 from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
+#: agents remembered as moved away, so their late calls are told where to look
+MAX_MOVED_AWAY = 100_000
 
 
 class Outbox(Protocol):
@@ -64,6 +66,9 @@ class Hosting(Creating):
         self.releasing: list[AgentHost] | None = None   # see release_together
         self.metrics: Any = None   # this process's metrics while they are on
         self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
+        #: agents dropped because their callers moved them: agent_id -> why (the latest MAX_MOVED_AWAY)
+        self.moved_away: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self.held_calls: list[tuple[pb.Call, Outbox | None]] | None = None   # see hold_calls
         #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
         self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
         self._done_scheduled = False
@@ -75,18 +80,36 @@ class Hosting(Creating):
         self.loop = loop
 
     # -- fencing -------------------------------------------------------------
-    def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
-        """Drop agents that have moved (all, by default) and take a new epoch (I/O loop).
+    def fence(self, why: str, agent_ids: list[str]) -> int:
+        """Drop the agents whose callers moved them elsewhere, and only those (I/O loop); how many were here.
 
-        Calls carry the epoch they expect, so calls aimed at the old copies are refused
-        (STALE_EPOCH) and their proxies look for the agents' new home.
+        The others keep their state and their epoch. Calls for a dropped agent
+        are refused as STALE_EPOCH with why, so their proxies look for its new
+        home; a copy created here later gets the server's new epoch, which
+        calls aimed at the old one do not match.
         """
-        ids = list(self.agents) if agent_ids is None else agent_ids
-        for agent_id in ids:
-            self.agents.pop(agent_id, None)
-        self.epoch = time.time_ns()
-        log.warning("agent server %s fenced: %s; dropped %d agent(s), new epoch %d",
-                    self.server_id, why, len(ids), self.epoch)
+        dropped = [agent_id for agent_id in agent_ids if self.agents.pop(agent_id, None) is not None]
+        if not dropped:
+            return 0
+        self.epoch = max(time.time_ns(), self.epoch + 1)
+        for agent_id in dropped:
+            self.moved_away[agent_id] = why
+        while len(self.moved_away) > MAX_MOVED_AWAY:
+            self.moved_away.popitem(last=False)
+        log.warning("agent server %s dropped %d agent(s) that moved elsewhere (%s); new epoch %d",
+                    self.server_id, len(dropped), why, self.epoch)
+        return len(dropped)
+
+    def hold_calls(self) -> None:
+        """Keep calls back until release_calls() (any thread): local state is being checked."""
+        if self.held_calls is None:
+            self.held_calls = []
+
+    def release_calls(self) -> None:
+        """Dispatch the calls held back, in the order they came (I/O loop)."""
+        held, self.held_calls = self.held_calls or [], None
+        for call, outbox in held:
+            self.dispatch(call, outbox)
 
     def delete(self, agent_id: str) -> bool:
         """Drop an agent and the results of its calls (those still running are not kept either)."""
@@ -121,15 +144,22 @@ class Hosting(Creating):
         if done is not None:                       # a replay of a finished call: answer from its result
             self._answer_replay(call, done, outbox)
             return
-        call_id = call.call_id
-        if call.epoch and call.epoch != self.epoch:
-            self._refused(outbox, call, pb.STALE_EPOCH, f"server {self.server_id} is at epoch "
-                          f"{self.epoch}, the call expected {call.epoch}")
+        if self.held_calls is not None:
+            self.held_calls.append((call, outbox))
             return
+        call_id = call.call_id
         host = self.agents.get(call.agent_id)
+        if host is not None and call.epoch and call.epoch != host.epoch:
+            self._refused(outbox, call, pb.STALE_EPOCH, f"agent {call.agent_id} on server {self.server_id} "
+                          f"is at epoch {host.epoch}, the call expected {call.epoch}: this is another copy")
+            return
         if host is None:
             failed = self._failed.get(call.agent_id)
-            if failed is not None:
+            moved = self.moved_away.get(call.agent_id)
+            if moved is not None:
+                self._refused(outbox, call, pb.STALE_EPOCH, f"agent {call.agent_id} is no longer on server "
+                              f"{self.server_id}: it was dropped when {moved}")
+            elif failed is not None:
                 self._refused(outbox, call, failed[0], failed[1])
             else:
                 self._refused(outbox, call, pb.UNKNOWN_AGENT, f"no agent {call.agent_id} on server "
@@ -222,7 +252,7 @@ class Hosting(Creating):
             while host.waiting:
                 work = host.waiting[0]
                 for placeholder in work.placeholders:
-                    await placeholder._resolve_async()
+                    await placeholder._resolve_async(work.call.trace)
                 host.waiting.popleft()
                 self._ready(host, work)
             host.waiting = None

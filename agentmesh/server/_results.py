@@ -11,6 +11,7 @@ import logging
 import time
 from typing import NamedTuple
 
+from .. import _status
 from .._frames import ITEM_OVERHEAD
 from ..v1 import agent_server_pb2 as pb
 
@@ -49,6 +50,7 @@ class ResultStore:
         self._gone: collections.OrderedDict[str, str] = collections.OrderedDict()   # call id -> why
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self.running: set[str] = set()
+        self.fetch_waiters = 0   # FetchResult calls waiting for a result now
 
     def __len__(self) -> int:
         return len(self._done)
@@ -151,3 +153,27 @@ class ResultStore:
                 waiters.remove(fut)
                 if not waiters:
                     del self._waiters[call_id]
+
+    async def fetch(self, call_id: str, server_id: str, max_waiters: int) -> pb.Reply:
+        """The reply of call_id for a holder of its placeholder, waiting while it runs; at most max_waiters
+        wait at once (more are refused as OVERLOADED, not queued); EXPIRED when it is not known here."""
+        if not self.waits_for(call_id):
+            reply = self.get(call_id)
+        elif self.fetch_waiters >= max_waiters:
+            log.debug("server %s refused a fetch of %s: %d fetches wait", server_id, call_id, self.fetch_waiters)
+            return _status.refusal(call_id, pb.OVERLOADED, f"server {server_id} already has {self.fetch_waiters} "
+                                                           f"result fetches waiting, its limit (max_fetch_waiters); "
+                                                           f"fetch call {call_id} again later")
+        else:
+            self.fetch_waiters += 1
+            try:
+                reply = await self.wait(call_id, grace=30.0)
+            finally:
+                self.fetch_waiters -= 1
+        if reply is None:
+            why = self.why_gone(call_id) or "it was never seen here"
+            return _status.refusal(call_id, pb.EXPIRED, f"the result of call {call_id} is unknown or has expired on "
+                                                        f"server {server_id}: {why} (results are kept {self.ttl:g} "
+                                                        f"s, at most {self.max_results} of them and "
+                                                        f"{self.max_bytes} bytes)")
+        return reply

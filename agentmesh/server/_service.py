@@ -32,6 +32,7 @@ from ._files import FileRoot
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
 from ._outbox import Session as _Session, entry_cost
+from ._pauses import PauseWatch
 from ._telemetry import live_metrics, resident_mib
 
 log = logging.getLogger("agentmesh.server")
@@ -92,7 +93,6 @@ class AgentServer(pb_grpc.AgentServerServicer):
                                max_workers=max_workers)
         self.session_backlog_bytes = session_backlog_bytes
         self.max_fetch_waiters = max_fetch_waiters
-        self.fetch_waiters = 0   # FetchResult calls waiting for a result now
         self.fence_after = fence_after
         self.tls = tls   # serve TLS (mutual when it has a client CA); None: plaintext
         if registry and token is None:
@@ -111,6 +111,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self._health = health_aio.HealthServicer()
         self._sweeper: asyncio.Task | None = None
         self.finished = threading.Event()   # set once stop() is done; threads wait on it
+        self.pauses = PauseWatch(fence_after, self._stopped, self.finished)   # busy or stopped?
         self._live_metrics = functools.partial(live_metrics, self)   # a metrics source while metrics are on
 
     # -- what registration reads (RegisteredServer) ------------------------------
@@ -147,8 +148,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         """Client sessions open now."""
         return len(self._sessions)
 
-    def fence(self, why: str, agent_ids: list[str] | None = None) -> None:
-        self.hosting.fence(why, agent_ids)
+    def fence(self, why: str, agent_ids: list[str]) -> int:
+        return self.hosting.fence(why, agent_ids)
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> int:
@@ -183,7 +184,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self.registration = Registration(self, **self.registry_options)
             self.hosting.listener = self.registration
             await self.registration.start(wait=2.0)
-        threading.Thread(target=self._watch_for_pauses, name="agentmesh-pause-watch", daemon=True).start()
+        self.pauses.start()
         mode = "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS"
         log.info("agent server %s listening on %s:%d (%s), capacity %d", self.server_id, self.host, port, mode,
                  self.capacity)
@@ -214,19 +215,25 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)
 
-    def _watch_for_pauses(self) -> None:
-        """Notice that this process was stopped (SIGSTOP, a frozen VM) for longer than fence_after."""
-        last = time.monotonic()
-        while not self.finished.wait(0.1):
-            now = time.monotonic()
-            if now - last > self.fence_after and self.hosting.agents:
-                self.runtime.loop.call_soon(self._fence_after_pause, now - last)
-            last = now
+    def _stopped(self, paused: float) -> None:
+        """The process was stopped for `paused` s (any thread): callers may have moved agents off it. With a
+        registry, calls wait while the records say which (those are dropped); without one, their owners
+        say so when they reach it again (DeleteAgent with moved)."""
+        if self.registration is None or not self.hosting.agents:
+            log.info("agent server %s was stopped for %.1f s; agents whose owners moved them are dropped as "
+                     "the owners say so", self.server_id, paused)
+            return
+        self.hosting.hold_calls()
+        self.runtime.loop.call_soon(lambda: asyncio.ensure_future(self._recheck_after_stop(paused)))
 
-    def _fence_after_pause(self, paused: float) -> None:
-        self.fence(f"it was paused for {paused:.1f} s, so callers have moved its agents")
-        if self.registration is not None:
-            self.registration.renew()
+    async def _recheck_after_stop(self, paused: float) -> None:
+        try:
+            await self.registration.drop_moved(f"it was stopped for {paused:.1f} s")
+        except Exception as exc:  # noqa: BLE001 - unreachable registry: keep serving what we hold
+            log.warning("agent server %s: after a stop of %.1f s the registry could not say which agents moved "
+                        "(%s); keeping them all", self.server_id, paused, exc)
+        finally:
+            self.hosting.release_calls()
 
     async def _sweep_results(self) -> None:
         results = self.hosting.results
@@ -252,6 +259,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
             await context.abort(refusal.code, refusal.message, _status.trailing(refusal.status))
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAgentResponse:
+        if request.moved:   # their owner re-created them elsewhere while this server did not answer
+            ids = [request.agent_id, *request.agent_ids] if request.agent_id else list(request.agent_ids)
+            count = self.fence("their owner moved them elsewhere while this server did not answer", ids)
+            return pb.DeleteAgentResponse(deleted=count > 0, count=count)
         deleted = self.hosting.delete(request.agent_id) if request.agent_id else False
         count = int(deleted) + sum(self.hosting.delete(agent_id) for agent_id in request.agent_ids)
         return pb.DeleteAgentResponse(deleted=deleted, count=count)
@@ -319,37 +330,21 @@ class AgentServer(pb_grpc.AgentServerServicer):
         return pb.AgentState(agent_id=host.agent_id, state=state, seq=host.seq)
 
     async def FetchResult(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> pb.Reply:
-        reply = await self.fetch_result(request.call_id, request.agent_id)
+        reply = await self.fetch_result(request.call_id, request.agent_id, context.invocation_metadata())
         if reply.status in (pb.EXPIRED, pb.OVERLOADED):
             await context.abort(_status.TABLE[reply.status].code, reply.error_message, _status.trailing(reply.status))
         return reply
 
-    async def fetch_result(self, call_id: str, agent_id: str = "") -> pb.Reply:
+    async def fetch_result(self, call_id: str, agent_id: str = "", trace: Any = None) -> pb.Reply:
         """The reply of call_id, waiting while it runs (also used in-process, without gRPC).
 
-        At most max_fetch_waiters wait at once: more are refused (OVERLOADED), not queued.
+        At most max_fetch_waiters wait at once: more are refused (OVERLOADED), not queued. trace: the
+        fetcher's trace context (key, value pairs), when it traces.
         """
-        results = self.hosting.results
-        if not results.waits_for(call_id):
-            reply = results.get(call_id)
-        elif self.fetch_waiters >= self.max_fetch_waiters:
-            log.debug("server %s refused a fetch of %s: %d fetches wait", self.server_id, call_id, self.fetch_waiters)
-            return _status.refusal(call_id, pb.OVERLOADED, f"server {self.server_id} already has "
-                                                           f"{self.fetch_waiters} result fetches waiting, its limit "
-                                                           f"(max_fetch_waiters); fetch call {call_id} again later")
-        else:
-            self.fetch_waiters += 1
-            try:
-                reply = await results.wait(call_id, grace=30.0)
-            finally:
-                self.fetch_waiters -= 1
-        if reply is None:
-            why = results.why_gone(call_id) or "it was never seen here"
-            return _status.refusal(call_id, pb.EXPIRED, f"the result of call {call_id} is unknown or has expired on "
-                                                        f"server {self.server_id}: {why} (results are kept "
-                                                        f"{results.ttl:g} s, at most {results.max_results} of them "
-                                                        f"and {results.max_bytes} bytes)")
-        return reply
+        tracing = self.runtime.tracing
+        if tracing is not None and trace:
+            return await tracing.serve_fetch(trace, agent_id, call_id, self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters))
+        return await self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters)
 
     # -- the call path --------------------------------------------------------
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
@@ -383,6 +378,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         hosting = self.hosting
         try:
             async for frame in request_iterator:
+                if self.pauses.overdue():   # this process did not run for a while: find out why first
+                    self.pauses.assess()
                 for call in frame.calls:
                     hosting.dispatch(call, session)
                 if self.registration is not None:

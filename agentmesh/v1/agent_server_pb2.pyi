@@ -83,12 +83,14 @@ class CreateAgentResponse(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., existed: _Optional[bool] = ...) -> None: ...
 
 class DeleteAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "agent_ids")
+    __slots__ = ("agent_id", "agent_ids", "moved")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     agent_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, agent_id: _Optional[str] = ..., agent_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    moved: bool
+    def __init__(self, agent_id: _Optional[str] = ..., agent_ids: _Optional[_Iterable[str]] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class DeleteAgentResponse(_message.Message):
     __slots__ = ("deleted", "count")
