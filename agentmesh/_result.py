@@ -81,16 +81,9 @@ class AsyncResult:
             return self._with_files(slot.value(), slot.conn)
         if self._resolved is None:    # a remote placeholder fetches its value
             runtime = self._runtime or default_runtime()
-            tracing = runtime.tracing
-            if tracing is None:
-                reply = runtime.run(runtime.pool.fetch(self._ref), timeout)
-            else:
-                span, carrier = tracing.start_fetch(self._ref[2], self._ref[3])
-                reply = None
-                try:
-                    reply = runtime.run(runtime.pool.fetch(self._ref, carrier), timeout)
-                finally:
-                    end_span(span, reply)
+            tracing = runtime.tracing   # the span starts here, a child of this thread's current span
+            traced = tracing.start_fetch(self._ref[2], self._ref[3]) if tracing is not None else None
+            reply = runtime.run(_fetch(runtime, self._ref, traced), timeout)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
         return self._with_files(self._resolved[0], (self._runtime or default_runtime()).pool.session_of(self._ref[1]))
 
@@ -115,15 +108,9 @@ class AsyncResult:
         if self._resolved is None:
             runtime = self._runtime or default_runtime()
             tracing = runtime.tracing
-            if tracing is None or not trace:
-                reply = await runtime.pool.fetch(self._ref)
-            else:
-                span, carrier = tracing.start_fetch(self._ref[2], self._ref[3], dict(trace))
-                reply = None
-                try:
-                    reply = await runtime.pool.fetch(self._ref, carrier)
-                finally:
-                    end_span(span, reply)
+            traced = (tracing.start_fetch(self._ref[2], self._ref[3], dict(trace))
+                      if tracing is not None and trace else None)
+            reply = await _fetch(runtime, self._ref, traced)
             object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
 
     # -- AgentScope's names ----------------------------------------------------
@@ -213,6 +200,19 @@ class AsyncResult:
 
     def __radd__(self, other: Any) -> Any:
         return other + self.result()
+
+
+async def _fetch(runtime: Runtime, ref: ResultRef, traced: tuple[Any, dict[str, str]] | None) -> Any:
+    """A remote placeholder's reply; traced: (its span, the context to send), ended with the reply."""
+    if traced is None:
+        return await runtime.pool.fetch(ref)
+    span, carrier = traced
+    reply = None
+    try:
+        reply = await runtime.pool.fetch(ref, carrier)
+        return reply
+    finally:
+        end_span(span, reply)
 
 
 def _identity(value: Any) -> Any:

@@ -5,8 +5,8 @@ until turned on (``agentmesh.init(tracing=True)``, ``AGENTMESH_TRACING=1``).
 The caller's span context travels in the call itself (``Call.trace``, W3C
 trace context): calls share one session stream, so gRPC metadata cannot
 carry one per call. A placeholder's fetch is a unary call of its own: its
-context goes in gRPC metadata. A server traces a call only when the call carries a
-context and its own process traces; the agent's method then runs inside
+context goes in gRPC metadata. A server traces a call only when the call
+carries a context and its own process traces; the agent's method then runs inside
 the server span, so calls it makes to other agents are its children. Spans
 follow OpenTelemetry's GenAI agent conventions where they fit
 (``invoke_agent``, ``gen_ai.agent.name``, ``gen_ai.agent.id``).
@@ -71,7 +71,8 @@ class Tracing:
         self._propagate.inject(carrier, context=self._trace.set_span_in_context(span))
         return span, carrier
 
-    async def serve_fetch(self, metadata: Iterable[tuple[str, str]], agent_id: str, call_id: str, fetching: Awaitable[Any]) -> Any:
+    async def serve_fetch(self, metadata: Iterable[tuple[str, str]], agent_id: str, call_id: str,
+                          fetching: Awaitable[Any]) -> Any:
         """Await a fetch's reply on the server inside a span, the child of the fetcher's (its context came in
         gRPC metadata)."""
         parent = self._propagate.extract({key: value for key, value in metadata})

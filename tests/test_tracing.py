@@ -28,7 +28,8 @@ def two_servers():
     """Servers A and B in this process (so their spans reach the same exporter), over real gRPC."""
     started = []
     for _ in range(2):
-        launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=8, custom_agent_classes=[Echo, Asker, Forwarder])
+        launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=8,
+                                          custom_agent_classes=[Echo, Asker, Forwarder])
         launcher.launch(in_subprocess=False)
         started.append(launcher)
     yield started
@@ -36,20 +37,24 @@ def two_servers():
         launcher.shutdown()
 
 
-def test_one_trace_spans_the_caller_an_agent_on_a_and_the_agent_on_b_it_calls(exporter, two_servers, runtime):
+@pytest.fixture
+def traced(exporter, runtime):
+    """This process traces for the test, its exporter emptied first; off again afterwards."""
+    runtime.enable_tracing()
+    exporter.clear()
+    yield exporter
+    runtime.enable_tracing(False)
+
+
+def test_one_trace_spans_the_caller_an_agent_on_a_and_the_agent_on_b_it_calls(traced, two_servers):
     a, b = two_servers
     asker = Asker("asker").to_dist(host="127.0.0.1", port=a.port)
     echo = Echo("echo").to_dist(host="127.0.0.1", port=b.port)
-    runtime.enable_tracing()
-    try:
-        exporter.clear()
-        with trace.get_tracer("test").start_as_current_span("request") as root:
-            assert asker.ask(echo, "hi") == "hi"
-        with pytest.raises(errors.AgentCallError):
-            echo.boom("no")
-        spans = wait_until(lambda: (lambda s: s if len(s) >= 6 else None)(exporter.get_finished_spans()))
-    finally:
-        runtime.enable_tracing(False)
+    with trace.get_tracer("test").start_as_current_span("request") as root:
+        assert asker.ask(echo, "hi") == "hi"
+    with pytest.raises(errors.AgentCallError):
+        echo.boom("no")
+    spans = wait_until(lambda: (lambda s: s if len(s) >= 6 else None)(traced.get_finished_spans()))
     by_trace = [s for s in spans if s.context.trace_id == root.get_span_context().trace_id]
     names = sorted((s.name, s.kind.name) for s in by_trace)
     assert names == sorted([("request", "INTERNAL"),
@@ -78,24 +83,19 @@ def test_one_trace_spans_the_caller_an_agent_on_a_and_the_agent_on_b_it_calls(ex
     assert all(s.status.status_code.name == "ERROR" for s in failed)
 
 
-def test_placeholder_fetches_are_spans_in_the_trace_of_whoever_needs_the_value(exporter, two_servers, runtime):
+def test_placeholder_fetches_are_spans_in_the_trace_of_whoever_needs_the_value(traced, two_servers):
     a, b = two_servers
     on_a = Echo("on_a").to_dist(host="127.0.0.1", port=a.port)
     on_b = Echo("on_b").to_dist(host="127.0.0.1", port=b.port)
     forwarder = Forwarder("forwarder").to_dist(host="127.0.0.1", port=a.port)
-    runtime.enable_tracing()
-    try:
-        exporter.clear()
-        with trace.get_tracer("test").start_as_current_span("request") as root:
-            pending = on_b.slow(0.3, "v")          # pending when on_a gets it: A fetches it from B
-            assert on_a.ping(pending) == "v"
-            assert forwarder.forward(on_b, 0.3, "w") == "w"   # it returns a pending placeholder: we fetch from B
-        trace_id = root.get_span_context().trace_id
-        spans = wait_until(lambda: (lambda s: s if len(s) == 4 else None)(
-            [s for s in exporter.get_finished_spans() if s.name == "fetch_result" and s.context.trace_id == trace_id]))
-    finally:
-        runtime.enable_tracing(False)
-    by_id = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    with trace.get_tracer("test").start_as_current_span("request") as root:
+        pending = on_b.slow(0.3, "v")          # pending when on_a gets it: A fetches it from B
+        assert on_a.ping(pending) == "v"
+        assert forwarder.forward(on_b, 0.3, "w") == "w"   # it returns a pending placeholder: we fetch from B
+    trace_id = root.get_span_context().trace_id
+    spans = wait_until(lambda: (lambda s: s if len(s) == 4 else None)(
+        [s for s in traced.get_finished_spans() if s.name == "fetch_result" and s.context.trace_id == trace_id]))
+    by_id = {s.context.span_id: s for s in traced.get_finished_spans()}
     clients = [s for s in spans if s.kind.name == "CLIENT"]
     servers = [s for s in spans if s.kind.name == "SERVER"]
     assert len(clients) == 2 and len(servers) == 2

@@ -172,7 +172,7 @@ class Registration:
                 await old.revoke()
             except EtcdError:
                 await old.stop()
-            await self._drop_moved_agents()
+            await self.drop_moved("it was cut off from the registry")
         self.lease = await self.client.lease(self.ttl, on_lost=self._lost.set)
         agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
                         "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
@@ -182,9 +182,6 @@ class Registration:
         self.registered.set()
         log.info("server %s registered in %s as %s (lease %x, ttl %d s)",
                  self.server.server_id, redact_url(self.url), self.key, self.lease.id, self.ttl)
-
-    async def _drop_moved_agents(self) -> None:
-        await self.drop_moved("it was cut off from the registry")
 
     async def drop_moved(self, why: str) -> int:
         """Agents whose records now name another server were moved while we were cut off or stopped: drop

@@ -154,8 +154,8 @@ class Hosting(Creating):
                           f"is at epoch {host.epoch}, the call expected {call.epoch}: this is another copy")
             return
         if host is None:
-            failed = self._failed.get(call.agent_id)
             moved = self.moved_away.get(call.agent_id)
+            failed = self._failed.get(call.agent_id) if moved is None else None
             if moved is not None:
                 self._refused(outbox, call, pb.STALE_EPOCH, f"agent {call.agent_id} is no longer on server "
                               f"{self.server_id}: it was dropped when {moved}")

@@ -341,10 +341,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
         At most max_fetch_waiters wait at once: more are refused (OVERLOADED), not queued. trace: the
         fetcher's trace context (key, value pairs), when it traces.
         """
+        fetching = self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters)
         tracing = self.runtime.tracing
-        if tracing is not None and trace:
-            return await tracing.serve_fetch(trace, agent_id, call_id, self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters))
-        return await self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters)
+        return await (tracing.serve_fetch(trace, agent_id, call_id, fetching) if tracing is not None and trace
+                      else fetching)
 
     # -- the call path --------------------------------------------------------
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
