@@ -250,15 +250,27 @@ class Cruncher(AgentBase):
         self.count += 1
         return self.count
 
+    @async_func
+    def nap(self, seconds: float) -> int:
+        """Sleep (a call that stays in flight without using the CPU), then count."""
+        time.sleep(seconds)
+        return self.inc()
+
+    @async_func
     def hold_gil(self, seconds: float) -> float:
         """Hold the GIL for about seconds (calibrated on this machine first); the seconds it took."""
-        start = time.perf_counter()
-        sum(range(2_000_000))
-        per_item = (time.perf_counter() - start) / 2_000_000
+        n, took = 1_000_000, 0.0
+        while took < 0.2:                   # calibrate on a sample long enough to be steady
+            n *= 2
+            start = time.perf_counter()
+            sum(range(n))
+            took = time.perf_counter() - start
+        per_item = took / n
         start = time.perf_counter()
         sum(range(int(seconds / per_item)))
         return time.perf_counter() - start
 
+    @async_func
     def spin(self, seconds: float) -> int:
         """A pure-Python CPU loop for seconds; how many turns it made."""
         turns, deadline = 0, time.perf_counter() + seconds

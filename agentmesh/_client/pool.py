@@ -157,26 +157,34 @@ class Pool:
     async def _tell_moved(self, server_id: str, address: str, agent_ids: list[str]) -> None:
         deadline, delay = time.monotonic() + TELL_MOVED_FOR, 0.25
         while True:
-            try:
-                conn = await self.get(address, timeout=1.0, expect=server_id)
+            conn = self.session_of(address)
+            private = conn is None      # nobody talks to it now: a session of its own, closed after, that no
+            try:                        # one else can have picked up meanwhile
+                if private:
+                    fresh = Connection(address, self.loop, self.dialing, expect=server_id)
+                    await fresh.open(1.0)      # raises before conn is set: nothing to close
+                    conn = fresh
+                if conn.server_id != server_id:
+                    return   # another server at that address now: the old one is gone for good
                 told = 0
                 for start in range(0, len(agent_ids), DELETE_BATCH):
                     answer = await conn.stub.DeleteAgent(
                         pb.DeleteAgentRequest(agent_ids=agent_ids[start:start + DELETE_BATCH], moved=True),
                         metadata=conn.metadata, timeout=5.0)
                     told += answer.count
-                if not conn.owners and not conn.pending:   # opened only to tell it
-                    await conn.close()
                 log.info("agent server %s answers again: told it that %d agent(s) moved elsewhere (%d were still "
                          "there and are dropped)", address, len(agent_ids), told)
                 return
             except ServerMismatchError:
-                return   # another server at that address now: the old one is gone for good
+                return
             except (grpc.aio.AioRpcError, errors.AgentMeshError, OSError, asyncio.TimeoutError):
                 if time.monotonic() + delay > deadline:
                     return
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
+            finally:
+                if private and conn is not None and not conn.closed:
+                    await conn.close()
 
     async def server_gone(self, server_id: str) -> None:
         """The registry says server_id's key vanished: if we talk to it and it does not answer, it is lost."""

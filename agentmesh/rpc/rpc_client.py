@@ -1,6 +1,8 @@
 """RpcClient: AgentScope's client of one agent server, over agentmesh's authenticated (and TLS-capable) sessions."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 from typing import Any
 
@@ -50,6 +52,9 @@ class RpcClient:
             return self.runtime.run(call())
         except grpc.aio.AioRpcError as exc:
             raise _status.rpc_error(exc, self.url, method) from None
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):   # the session closed under it
+            raise errors.ServerUnavailableError(f"the session with agent server {self.url} closed during "
+                                                f"{method}; try again") from None
 
     # -- the server --------------------------------------------------------------
     def is_alive(self) -> bool:
