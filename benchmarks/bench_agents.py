@@ -39,3 +39,40 @@ class WebAgent(AgentBase):
 
     def reply(self, x=None):
         return Msg(name=self.name, content=self.get_answer(x.content["url"], x.content["query"]))
+
+
+class Busy(AgentBase):
+    """Counts; works for a given time without giving up the GIL (C code), spinning in Python, or sleeping."""
+
+    def __init__(self, name):
+        super().__init__(name, use_memory=False)
+        self.count = 0
+
+    def inc(self):
+        self.count += 1
+        return self.count
+
+    @async_func
+    def hold_gil(self, seconds):
+        """One C call (sum over a range, calibrated here first) that holds the GIL about seconds."""
+        n, took = 1_000_000, 0.0
+        while took < 0.2:
+            n *= 2
+            start = time.perf_counter()
+            sum(range(n))
+            took = time.perf_counter() - start
+        start = time.perf_counter()
+        sum(range(int(seconds * n / took)))
+        return time.perf_counter() - start
+
+    @async_func
+    def spin(self, seconds):
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            pass
+        return seconds
+
+    @async_func
+    def nap(self, seconds):
+        time.sleep(seconds)
+        return self.inc()
