@@ -18,7 +18,7 @@ from .errors import AgentCallError, AgentCreationError  # noqa: E402
 from .message import Msg  # noqa: E402
 from . import pipelines  # noqa: E402
 from .msghub import msghub  # noqa: E402 - agentmesh.msghub is the function, as agentscope.msghub is
-from .rpc import AsyncResult, RpcMeta, RpcObject, async_func, sync_func  # noqa: E402
+from .rpc import AsyncResult, ReplyStream, RpcMeta, RpcObject, async_func, sync_func  # noqa: E402
 from .server import RpcAgentServerLauncher  # noqa: E402
 
 
@@ -106,6 +106,7 @@ __all__ = [
     "Msg",
     "RpcObject",
     "AsyncResult",
+    "ReplyStream",
     "RpcMeta",
     "async_func",
     "sync_func",

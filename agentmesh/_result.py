@@ -1,16 +1,20 @@
-"""Placeholders: the AsyncResult an asynchronous call returns at once."""
+"""Placeholders: the AsyncResult an asynchronous call returns at once, the ReplyStream a generator method does."""
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Generator, Mapping, Protocol
 
-from . import _codec, errors
+import grpc
+
+from . import _codec, _status, errors
 from ._client import files
 from ._client.connection import Connection
 from ._client.pool import ResultRef
 from ._client.slot import CallSlot, decode_reply, raised
 from ._runtime import Runtime, default_runtime
 from ._tracing import end_span
+from .v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh")
 
@@ -73,6 +77,36 @@ class AsyncResult:
         """True once the value is here (no waiting)."""
         slot = self._slot
         return slot.done() if slot is not None else self._resolved is not None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await result``: the value, without blocking the caller's event loop (any loop). Cancelling the
+        await (or its wait_for timing out) cancels the call on its server too."""
+        return self._value_async().__await__()
+
+    async def _value_async(self) -> Any:
+        slot = self._slot
+        if slot is not None and not slot.done():
+            policy = self._policy
+            loop = asyncio.get_running_loop()
+            arrived = loop.create_future()
+            slot.notify(loop, arrived)
+            try:
+                await asyncio.wait_for(arrived, policy[0] if policy is not None else None)
+            except (asyncio.CancelledError, asyncio.TimeoutError):
+                cancel = getattr(slot.conn, "cancel", None)
+                if cancel is not None:
+                    cancel(slot)
+                raise
+        elif slot is None and self._resolved is None:
+            runtime = self._runtime or default_runtime()
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._resolve_async(), runtime.loop.get()))
+        value = self._raw_value(None)
+        error = raised(value)
+        if error is not None:
+            raise error
+        if isinstance(value, AsyncResult):   # the agent returned another placeholder
+            return await value
+        return value
 
     def _raw_value(self, timeout: float | None) -> Any:
         slot = self._slot
@@ -200,6 +234,120 @@ class AsyncResult:
 
     def __radd__(self, other: Any) -> Any:
         return other + self.result()
+
+
+class ReplyStream:
+    """The items a generator method yields, as the agent yields them: iterate it once, ``for`` or ``async for``.
+
+    The proxy returns it at once. It pickles, pending or not; whoever unpickles
+    it (an agent on another server) reads the items straight from the server
+    that makes them. If that server dies mid-stream, StreamBrokenError says how
+    many items had arrived (a stream does not resume).
+    """
+
+    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_ended", "items")
+
+    def __init__(self, result: AsyncResult | None = None, ref: ResultRef | None = None, method: str = "",
+                 runtime: Runtime | None = None) -> None:
+        self._result = result      # the call, made by this process
+        self._ref = ref            # or where it runs: (server_id, address, agent_id, call_id)
+        self._method = method
+        self._runtime = runtime
+        self._reader: Any = None   # the ReadStream call, once open
+        self._address = ref[1] if ref else ""
+        self._ended = False
+        self.items = 0             # items read so far
+
+    def _where(self) -> ResultRef:
+        if self._ref is not None:
+            return self._ref
+        slot = self._result._slot    # type: ignore[union-attr]
+        conn = slot.conn
+        return (conn.server_id if conn else "", conn.address if conn else "", slot.call.agent_id, slot.call.call_id)
+
+    async def _open(self, runtime: Runtime) -> None:
+        """Start reading (I/O loop): from the session the call was answered on, or the ref's server."""
+        result = self._result
+        if result is not None:
+            slot = result._slot
+            reply = await slot.wait_async()
+            if not reply.stream:
+                value = slot.value()
+                error = raised(value)
+                raise error if error is not None else errors.AgentCallError(
+                    f"{slot.call.method}() on agent {slot.call.agent_id} returned {type(value).__name__}, not a "
+                    f"generator: nothing to stream", agent_id=slot.call.agent_id, method=slot.call.method)
+            conn = slot.conn
+            agent_id, call_id = slot.call.agent_id, slot.call.call_id
+        else:
+            server_id, address, agent_id, call_id = self._ref     # type: ignore[misc]
+            conn = await runtime.pool.get(address, expect=server_id)
+        self._address = conn.address
+        self._reader = conn.stub.ReadStream(pb.StreamRequest(call_id=call_id, agent_id=agent_id),
+                                            metadata=conn.metadata)
+
+    async def _next(self, runtime: Runtime) -> tuple[bool, Any]:
+        """(True, the next item) or (False, None) at the end (I/O loop)."""
+        if self._ended:
+            return False, None
+        if self._reader is None:
+            await self._open(runtime)
+        agent_id = self._where()[2]
+        try:
+            item = await self._reader.read()
+        except grpc.aio.AioRpcError as exc:
+            if _status.status_of(exc) is not None or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise _status.rpc_error(exc, self._address, f"the stream of {self._method}()") from None
+            item = None
+            why = f"{exc.code().name}: {exc.details()}"
+        else:
+            why = "it ended without saying how"
+        if item is None or item is grpc.aio.EOF:
+            raise errors.StreamBrokenError(f"the stream of {self._method}() on agent {agent_id} broke after "
+                                           f"{self.items} item(s): agent server {self._address} was lost ({why})",
+                                           self.items)
+        if item.HasField("end"):
+            self._ended = True
+            if item.end.status != pb.OK:
+                raise _status.reply_error(item.end, agent_id, self._method)
+            return False, None
+        self.items += 1
+        value = decode_reply(pb.Reply(status=pb.OK, payload=item.payload), agent_id, self._method)
+        error = raised(value)
+        if error is not None:
+            raise error
+        return True, value
+
+    def __iter__(self) -> "ReplyStream":
+        return self
+
+    def __next__(self) -> Any:
+        runtime = self._runtime or default_runtime()
+        more, value = runtime.run(self._next(runtime))
+        if not more:
+            raise StopIteration
+        return value
+
+    def __aiter__(self) -> "ReplyStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        runtime = self._runtime or default_runtime()
+        more, value = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(runtime),
+                                                                                 runtime.loop.get()))
+        if not more:
+            raise StopAsyncIteration
+        return value
+
+    def __reduce__(self):
+        return (_remote_stream, (self._where(), self._method))
+
+    def __repr__(self) -> str:
+        return f"<ReplyStream of {self._method}() on agent {self._where()[2]}, {self.items} item(s) read>"
+
+
+def _remote_stream(ref: ResultRef, method: str) -> ReplyStream:
+    return ReplyStream(ref=ref, method=method)
 
 
 async def _fetch(runtime: Runtime, ref: ResultRef, traced: tuple[Any, dict[str, str]] | None) -> Any:

@@ -6,6 +6,7 @@ either back into the exception of the same row; nothing is matched by text.
 """
 from __future__ import annotations
 
+import traceback
 from typing import NamedTuple
 
 import grpc
@@ -57,6 +58,12 @@ def refusal(call_id: str, status: int, message: str, error_type: str = "") -> pb
     """A reply that refuses a call with status."""
     return pb.Reply(call_id=call_id, status=status, error_message=message,
                     error_type=error_type or _ERROR_TYPES.get(status, "AgentCallError"))
+
+
+def raised(call_id: str, exc: BaseException) -> pb.Reply:
+    """The reply of a call whose method raised exc (its type, message and traceback go back)."""
+    return pb.Reply(call_id=call_id, status=pb.ERROR, error_type=type(exc).__qualname__, error_message=str(exc),
+                    traceback="".join(traceback.format_exception(exc)))
 
 
 def trailing(status: int) -> tuple[tuple[str, str], ...]:

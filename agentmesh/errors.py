@@ -91,6 +91,14 @@ class ServerUnavailableError(AgentMeshError):
     """No agent server could be reached at the given address."""
 
 
+class StreamBrokenError(ServerUnavailableError):
+    """A streamed reply stopped before its end: its server was lost. ``items``: how many had arrived."""
+
+    def __init__(self, message: str, items: int = 0) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 class AuthenticationError(AgentMeshError):
     """The server refused the caller's token (``UNAUTHENTICATED``)."""
 
@@ -117,6 +125,7 @@ __all__ = [
     "CapacityError",
     "ClassNotFoundError",
     "ServerUnavailableError",
+    "StreamBrokenError",
     "AuthenticationError",
     "VersionMismatchError",
     "RegistryError",

@@ -30,11 +30,14 @@ class System:
 
 
 COMMON = ("tutorial", "sync_call", "pipelined", "nn", "creation", "payload", "memory")
+#: what AgentScope 0.1.6 cannot do (async methods, streams) and Ray can
+WITH_RAY = ("aio", "stream")
 SYSTEMS = [
     System("agentmesh", "agentmesh", "workloads_agentmesh.py",
-           COMMON + ("registry", "failover", "checkpoint", "metrics", "tracing", "scale", "simulation"), False),
+           COMMON + WITH_RAY + ("async_threads", "registry", "failover", "checkpoint", "metrics", "tracing", "scale",
+                                "simulation"), False),
     System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
-    System("ray", "Ray", "workloads_ray.py", COMMON, True),
+    System("ray", "Ray", "workloads_ray.py", COMMON + WITH_RAY, True),
 ]
 BY_KEY = {s.key: s for s in SYSTEMS}
 ALL_WORKLOADS = SYSTEMS[0].workloads
@@ -66,6 +69,13 @@ ROWS = [
     Row("agent creation on running servers", "creation", "rate", "agents/s", HIGHER),
     Row("100 KB payload round trip", "payload", "rtt", "µs", LOWER),
     Row("memory per idle agent (server RSS)", "memory", "per_agent_kb", "KB", LOWER),
+    Row("awaited async no-op call round trip (one asyncio caller)", "aio", "rtt", "µs", LOWER),
+    Row("awaited async no-op calls/s, one after another", "aio", "rate", "calls/s", HIGHER),
+    Row("awaited async no-op calls/s, gathered in batches", "aio", "gathered", "calls/s", HIGHER),
+    Row("streamed reply: time to the first item", "stream", "first_ms", "ms", LOWER),
+    Row("streamed reply: items/s", "stream", "rate", "items/s", HIGHER),
+    Row("server threads, 10,000 async agents awaiting I/O at once", "async_threads", "threads", "threads", LOWER,
+        True),
     Row("registry-resolved to_dist(), per agent", "registry", "to_dist", "ms", LOWER, True),
     Row("registry placements, one thread", "registry", "bulk_rate", "agents/s", HIGHER, True),
     Row("SIGKILL of a server -> its registry key gone", "registry", "key_gone", "s", LOWER, True),
@@ -145,6 +155,15 @@ def how_measured(sz: dict) -> list[str]:
         f"**memory**: a server hosting {sz['memory_agents']:,} idle no-op agents (created in batches of 100, each "
         "answering one call): (server RSS after − RSS with one agent) / agents, from `/proc/PID/status`. Ray: each "
         f"actor is a process: RSS of the actor processes / actors, with {sz['ray_memory_actors']} actors.",
+        f"**aio**: one asyncio caller, one agent whose `aping()` is `async def`: {sz['aio_calls']} `await "
+        f"agent.aping(i)` one after another (round trip, calls/s), then the same number gathered "
+        f"{sz['aio_batch']} at a time with `asyncio.gather` (Ray: an async actor, `await a.aping.remote(i)`).",
+        f"**stream**: one generator call yielding {sz['stream_items']:,} small ints, read by the caller: time from "
+        "the call to the first item, and items/s over the whole stream; median of 3 (Ray: "
+        "`a.count.options(num_returns=\"streaming\").remote(n)`, each item `ray.get`).",
+        f"**async threads** (agentmesh): {sz['async_agents']:,} agents on one server each awaiting "
+        f"`asyncio.sleep({sz['async_wait']:g})` at once; the server's thread count (`threading.active_count()`) "
+        "while they wait. Ray has no equivalent (an actor is a process).",
         f"**registry** (agentmesh): etcd + 4 registered servers; {sz['registry_warm']} `to_dist()` with no host one "
         f"after another (placement through the registry), then {sz['registry_bulk']} more for the rate; then SIGKILL "
         "of one server (time until its lease-bound key is gone) and etcd restarted empty (time until the 3 live "

@@ -3,6 +3,8 @@
 The peers' modules define the same classes with the same methods in their own
 terms (workloads_agentscope.py, workloads_ray.py).
 """
+import asyncio
+import threading
 import time
 
 from agentmesh import AgentBase, Msg
@@ -76,3 +78,23 @@ class Busy(AgentBase):
     def nap(self, seconds):
         time.sleep(seconds)
         return self.inc()
+
+
+class AsyncNoop(AgentBase):
+    """The async agent of the async workloads: coroutine methods and a generator that streams."""
+
+    def __init__(self, name):
+        super().__init__(name, use_memory=False)
+
+    async def aping(self, x=None):
+        return x
+
+    async def wait(self, seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+    def count(self, n):
+        yield from range(n)
+
+    def threads(self):
+        return threading.active_count()

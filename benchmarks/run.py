@@ -67,6 +67,7 @@ FULL = {
     "failover_rounds": 5,
     "ckpt_calls": 3000,
     "scale_agents": 10_000, "scale_idle_agents": 100_000, "sim_sizes": [1_000, 10_000, 100_000],
+    "aio_calls": 3000, "aio_batch": 100, "stream_items": 20_000, "async_agents": 10_000, "async_wait": 2.0,
 }
 QUICK = {
     "tutorial_agents": 5, "tutorial_sleep": 0.2,
@@ -80,6 +81,7 @@ QUICK = {
     "failover_rounds": 1,
     "ckpt_calls": 100,
     "scale_agents": 100, "scale_idle_agents": 300, "sim_sizes": [50, 100, 200],
+    "aio_calls": 20, "aio_batch": 10, "stream_items": 100, "async_agents": 50, "async_wait": 0.2,
 }
 
 

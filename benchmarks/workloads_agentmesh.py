@@ -357,6 +357,8 @@ WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creatio
                                      registry, failover, checkpoint, scale, simulation)}
 
 if __name__ == "__main__":
-    import workloads_observe as observe   # it imports this module's launch(): loaded after it
-    WORKLOADS.update(metrics=observe.metrics, tracing=observe.tracing)
+    import workloads_async as aio_workloads   # they import this module's launch(): loaded after it
+    import workloads_observe as observe
+    WORKLOADS.update(metrics=observe.metrics, tracing=observe.tracing, aio=aio_workloads.aio,
+                     stream=aio_workloads.stream, async_threads=aio_workloads.async_threads)
     C.main(WORKLOADS, info)

@@ -214,7 +214,68 @@ def memory(sz: dict) -> dict:
         stop()
 
 
-WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory)}
+@ray.remote(num_cpus=0)
+class AsyncNoop:
+    """An async actor (its methods run on the actor's event loop), with a streaming generator."""
+
+    async def aping(self, x=None):
+        return x
+
+    def count(self, n):
+        yield from range(n)
+
+
+def aio(sz: dict) -> dict:
+    """Awaited no-op calls from one asyncio caller: ``await a.aping.remote()``, one after another and gathered."""
+    import asyncio
+
+    start()
+    try:
+        a = AsyncNoop.remote()
+        n, batch = sz["aio_calls"], sz["aio_batch"]
+
+        async def main() -> dict:
+            for _ in range(sz["sync_warmup"]):
+                await a.aping.remote(0)
+            lat = []
+            begin = time.perf_counter()
+            for i in range(n):
+                t = time.perf_counter()
+                await a.aping.remote(i)
+                lat.append(time.perf_counter() - t)
+            wall = time.perf_counter() - begin
+            begin = time.perf_counter()
+            for _ in range(max(1, n // batch)):
+                await asyncio.gather(*(a.aping.remote(i) for i in range(batch)))
+            gathered = max(1, n // batch) * batch / (time.perf_counter() - begin)
+            return {**C.sync_metrics(lat, wall), "gathered": round(gathered)}
+
+        return {"metrics": asyncio.run(main())}
+    finally:
+        stop()
+
+
+def stream(sz: dict) -> dict:
+    """A streaming generator (``num_returns="streaming"``): time to the first item, items/s."""
+    start()
+    try:
+        a = AsyncNoop.remote()
+        for ref in a.count.options(num_returns="streaming").remote(100):
+            ray.get(ref)
+        firsts, rates = [], []
+        for _ in range(3):
+            begin = time.perf_counter()
+            refs = iter(a.count.options(num_returns="streaming").remote(sz["stream_items"]))
+            ray.get(next(refs))
+            firsts.append(time.perf_counter() - begin)
+            read = 1 + sum(1 for ref in refs if ray.get(ref) is not None)
+            rates.append(read / (time.perf_counter() - begin))
+        return {"metrics": {"first_ms": round(sorted(firsts)[1] * 1e3, 2), "rate": round(sorted(rates)[1])}}
+    finally:
+        stop()
+
+
+WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory, aio, stream)}
 
 if __name__ == "__main__":
     C.main(WORKLOADS, info)

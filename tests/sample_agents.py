@@ -1,6 +1,7 @@
 """Agents the tests place on real servers (importable there: servers inherit sys.path)."""
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -277,3 +278,79 @@ class Cruncher(AgentBase):
         while time.perf_counter() < deadline:
             turns += 1
         return turns
+
+
+class Thinker(AgentBase):
+    """An agent written the modern way: ``async def`` methods that await I/O, and a reply() that awaits."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.log: list = []
+
+    async def think(self, x, seconds: float = 0.0):
+        await asyncio.sleep(seconds)
+        return x
+
+    async def record(self, i: int, seconds: float = 0.01) -> int:
+        """Logs its start and end around an await: interleaved calls would show as start, start, end, end."""
+        self.log.append(("start", i))
+        await asyncio.sleep(seconds)
+        self.log.append(("end", i))
+        return i
+
+    async def ask(self, other, x, seconds: float = 0.0):
+        """Awaits another agent (on any server) without blocking this server's loop."""
+        return await other.think(x, seconds)
+
+    def threads(self) -> int:
+        """This server process's thread count."""
+        return threading.active_count()
+
+    def get_log(self) -> list:
+        return list(self.log)
+
+    async def reply(self, x=None):
+        self.memory.add(x)
+        await asyncio.sleep(0.01)
+        msg = Msg(self.name, f"{self.name} heard {len(self.memory.get_memory())}")
+        self.memory.add(msg)
+        return msg
+
+
+class Streamer(AgentBase):
+    """Streams: a generator and an async generator; reads streams handed to it; tells how far it got."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, use_memory=False)
+        self.made = 0
+
+    def count(self, n: int, seconds: float = 0.0, size: int = 0):
+        for i in range(n):
+            if seconds:
+                time.sleep(seconds)
+            self.made += 1
+            yield bytes(size) if size else i
+
+    def fail_at(self, n: int):
+        yield from range(n)
+        raise ValueError(f"item {n} is bad")
+
+    async def tokens(self, text: str, seconds: float = 0.0):
+        for word in text.split():
+            await asyncio.sleep(seconds)
+            yield word
+
+    @sync_func(interleave=True)
+    def made_so_far(self) -> int:
+        return self.made
+
+    @sync_func(interleave=True)
+    def rss_mib(self) -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def consume(self, stream) -> list:
+        return list(stream)
+
+    async def consume_async(self, stream) -> list:
+        return [item async for item in stream]

@@ -153,6 +153,7 @@ class Connection:
         self._on_closed = on_closed
         self._loop = loop
         self._outbox: collections.deque[CallSlot] = collections.deque()
+        self._cancels: list[pb.Cancel] = []     # cancels of calls given up on, sent after the queued calls
         self._wake_scheduled = False
         self._wake: asyncio.Event | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -216,6 +217,20 @@ class Connection:
             self._wake_scheduled = True
             self._loop.call_soon(self._wake.set)  # type: ignore[union-attr]
 
+    def cancel(self, slot: CallSlot) -> None:
+        """The caller gave up on slot's call (any thread): it is answered as cancelled here at once, and the
+        server is told, so it drops the call if not started and cancels it if it is a coroutine."""
+        self._loop.get().call_soon_threadsafe(self._cancel, slot)
+
+    def _cancel(self, slot: CallSlot) -> None:
+        call = slot.call
+        if self.pending.pop(call.call_id, None) is None or self.closed:
+            return
+        self._cancels.append(pb.Cancel(call_id=call.call_id, agent_id=call.agent_id))
+        self._wake.set()  # type: ignore[union-attr]
+        slot.set(_status.refusal(call.call_id, pb.UNAVAILABLE, f"{call.method}() on agent {call.agent_id} was "
+                                                               f"cancelled by its caller", "CancelledError"))
+
     async def _writer(self) -> None:
         wake = self._wake
         assert wake is not None
@@ -229,6 +244,9 @@ class Connection:
                 while outbox:
                     batch = _frames.take_batch(outbox, _call_cost, budget)
                     await self._stream.write(pb.ClientFrame(calls=[slot.call for slot in batch]))
+                if self._cancels:     # after the calls they cancel, which may have been in the same batch
+                    cancels, self._cancels = self._cancels, []
+                    await self._stream.write(pb.ClientFrame(cancels=cancels))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
             log.debug("session writer to %s ended: %s", self.address, exc)
             await self._on_lost(f"write failed: {exc}")

@@ -132,6 +132,18 @@ class CallSlot:
         self._callbacks.append(done)
         return await fut
 
+    def notify(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
+        """Resolve fut (a future of loop, any loop) once the reply is here; from loop's thread."""
+        def settle() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        if self._callbacks is None:
+            self._callbacks = []
+        self._callbacks.append(lambda _reply: loop.call_soon_threadsafe(settle))
+        if self.reply is not None:   # it landed meanwhile (its callbacks may have been taken already)
+            settle()
+
     def value(self) -> Any:
         """The unpickled result (decoded once), or a wrapped error (see raised())."""
         if self._value is _MISSING:

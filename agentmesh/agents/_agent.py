@@ -1,6 +1,7 @@
 """AgentBase: the agent model every distributable agent builds on."""
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Iterable
 
@@ -55,9 +56,17 @@ class AgentBase(metaclass=RpcMeta):
     @async_func
     def __call__(self, x: Any = None, *args: Any, **kwargs: Any) -> Any:
         reply = self.reply(x, *args, **kwargs)
+        if inspect.iscoroutine(reply):         # an ``async def reply``: so is the call (a placeholder stays one)
+            return self._broadcast_when_done(reply)
         if self._audience is not None:
             self._broadcast_to_audience(reply)
         return reply
+
+    async def _broadcast_when_done(self, reply: Any) -> Any:
+        value = await reply
+        if self._audience is not None:
+            self._broadcast_to_audience(value)
+        return value
 
     # -- the audience (AgentScope's names) -------------------------------------
     def reset_audience(self, audience: Iterable[Any]) -> None:

@@ -1,5 +1,5 @@
 """The client side: proxies, placeholders and the decorators that shape calls."""
-from .._result import AsyncResult
+from .._result import AsyncResult, ReplyStream
 from ._meta import RpcMeta
 from ._methods import async_func, sync_func
 from ._proxy import RpcObject
@@ -7,5 +7,5 @@ from .retry_strategy import RetryBase, RetryExponential, RetryFixedTimes
 from .rpc_client import RpcClient
 from .rpc_config import DistConf
 
-__all__ = ["RpcObject", "RpcClient", "AsyncResult", "async_func", "sync_func", "RpcMeta", "DistConf", "RetryBase",
-           "RetryFixedTimes", "RetryExponential"]
+__all__ = ["RpcObject", "RpcClient", "AsyncResult", "ReplyStream", "async_func", "sync_func", "RpcMeta", "DistConf",
+           "RetryBase", "RetryFixedTimes", "RetryExponential"]

@@ -11,6 +11,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _MODE = "_agentmesh_call_mode"
 _ASYNC_BY_DEFAULT = frozenset({"reply", "__call__"})
+#: the mode of a generator method: the proxy returns a ReplyStream at once
+STREAM = "stream"
 
 
 def _marker(mode: str, func: Any, interleave: bool) -> Any:
@@ -44,9 +46,11 @@ def sync_func(func: F | None = None, *, interleave: bool = False) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def method_table(cls: type) -> dict[str, bool]:
-    """Public methods of cls, each mapped to True when it is asynchronous on a proxy (memoised per class)."""
-    table: dict[str, bool] = {}
+def method_table(cls: type) -> dict[str, bool | str]:
+    """Public methods of cls, each mapped to True when it is asynchronous on a proxy (memoised per class):
+    marked @async_func, reply and __call__, and every ``async def`` method; STREAM for a generator (or async
+    generator) method, which returns a ReplyStream."""
+    table: dict[str, bool | str] = {}
     for name in dir(cls):
         if name.startswith("_") and name != "__call__":
             continue
@@ -57,6 +61,9 @@ def method_table(cls: type) -> dict[str, bool]:
             attr = attr.__func__
         if not callable(attr) or isinstance(attr, type):
             continue
+        if inspect.isgeneratorfunction(attr) or inspect.isasyncgenfunction(attr):
+            table[name] = STREAM
+            continue
         mode = getattr(attr, _MODE, None)
-        table[name] = mode == "async" if mode else name in _ASYNC_BY_DEFAULT
+        table[name] = mode == "async" if mode else (name in _ASYNC_BY_DEFAULT or inspect.iscoroutinefunction(attr))
     return table

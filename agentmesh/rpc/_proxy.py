@@ -10,11 +10,11 @@ from .._classes import class_name
 from .._client.slot import CallSlot, raised
 from .._creation import AgentSpec
 from .._placement import choose, counted
-from .._result import AsyncResult
+from .._result import AsyncResult, ReplyStream
 from .._runtime import Runtime, default_runtime
 from ..v1 import agent_server_pb2 as pb
 from ._failover import Binding
-from ._methods import method_table
+from ._methods import STREAM, method_table
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
 from .._ids import new_id
@@ -27,7 +27,7 @@ class _RemoteMethod:
 
     __slots__ = ("_proxy", "_name", "_is_async")
 
-    def __init__(self, proxy: "RpcObject", name: str, is_async: bool) -> None:
+    def __init__(self, proxy: "RpcObject", name: str, is_async: bool | str) -> None:
         self._proxy = proxy
         self._name = name
         self._is_async = is_async
@@ -35,8 +35,12 @@ class _RemoteMethod:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._proxy._call(self._name, args, kwargs, self._is_async)
 
+    def aio(self, *args: Any, **kwargs: Any) -> AsyncResult | ReplyStream:
+        """Call it asynchronously whatever its mode: ``await proxy.method.aio(...)`` from a coroutine."""
+        return self._proxy._call(self._name, args, kwargs, STREAM if self._is_async == STREAM else True)
+
     def __repr__(self) -> str:
-        kind = "async" if self._is_async else "sync"
+        kind = "stream" if self._is_async == STREAM else "async" if self._is_async else "sync"
         return f"<remote {kind} method {self._name} of {self._proxy!r}>"
 
 
@@ -76,14 +80,14 @@ class RpcObject:
         self._setup(made._binding, made._methods, made._timeout, made._retry)
 
     @classmethod
-    def _bound(cls, binding: Binding, methods: dict[str, bool], timeout: float | None = None,
+    def _bound(cls, binding: Binding, methods: dict[str, bool | str], timeout: float | None = None,
                retry: RetryBase | None = None) -> "RpcObject":
         """The proxy of binding's agent (how agentmesh itself makes proxies)."""
         proxy = cls.__new__(cls)
         proxy._setup(binding, methods, timeout, retry)
         return proxy
 
-    def _setup(self, binding: Binding, methods: dict[str, bool], timeout: float | None,
+    def _setup(self, binding: Binding, methods: dict[str, bool | str], timeout: float | None,
                retry: RetryBase | None) -> None:
         self.agent_id = binding.agent_id
         self._binding = binding
@@ -159,7 +163,7 @@ class RpcObject:
             agent.observe(result)
         return result
 
-    def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool, notify: bool = False) -> Any:
+    def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool | str, notify: bool = False) -> Any:
         binding = self._binding
         conn = binding.session()
         try:
@@ -179,6 +183,8 @@ class RpcObject:
             slot.span = tracing.start_call(binding.cls_name, method, self.agent_id, binding.name, slot.call.trace)
         binding.send(slot, conn)
         result = AsyncResult(slot, policy=self._policy)
+        if is_async == STREAM:
+            return ReplyStream(result, method=method)
         if is_async:
             return result
         return result.result()
@@ -228,7 +234,7 @@ class RpcObject:
 
 
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
-                   methods: dict[str, bool], name: str, timeout: float | None = None,
+                   methods: dict[str, bool | str], name: str, timeout: float | None = None,
                    retry: RetryBase | None = None) -> RpcObject:
     binding = Binding(default_runtime(), agent_id=agent_id, cls_name=cls_name, address=address,
                       server_id=server_id, epoch=epoch, name=name)

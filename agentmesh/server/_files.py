@@ -1,8 +1,12 @@
 """A server's file root: the one folder whose files callers may download, path-confined."""
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
-from typing import Iterator
+from typing import AsyncIterator, Iterator
+
+from ..v1 import agent_server_pb2 as pb
 
 #: bytes per streamed chunk: well under any message size limit, large enough to keep the stream busy
 CHUNK_BYTES = 256 * 1024
@@ -37,3 +41,20 @@ class FileRoot:
                 if not data:
                     return
                 yield data
+
+    @classmethod
+    async def serve(cls, path: str, executor: concurrent.futures.Executor) -> AsyncIterator[pb.FileChunk]:
+        """DownloadFile's chunks of path, read on executor's threads; the first carries the size (an empty
+        file answers one empty chunk)."""
+        loop = asyncio.get_running_loop()
+        size = os.path.getsize(path)
+        chunks = cls.chunks(path)
+        first = True
+        while True:
+            data = await loop.run_in_executor(executor, next, chunks, None)
+            if data is None:
+                if first:
+                    yield pb.FileChunk(data=b"", size=0)
+                return
+            yield pb.FileChunk(data=data, size=size if first else 0)
+            first = False

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
+import inspect
 import logging
 import threading
-import traceback
-from typing import Any
+from typing import Any, Callable
 
 from .. import _checkpoint, _codec, _status
 from ..v1 import agent_server_pb2 as pb
@@ -17,7 +18,8 @@ log = logging.getLogger("agentmesh.server")
 class Work:
     """An accepted call: its arguments, the placeholders among them, and the sessions to answer."""
 
-    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay", "interleaved", "received")
+    __slots__ = ("call", "args", "kwargs", "placeholders", "sessions", "replay", "interleaved", "received",
+                 "cancelled")
 
     def __init__(self, call: pb.Call, args: tuple, kwargs: dict, placeholders: list, session: Any,
                  replay: pb.Reply | None = None) -> None:
@@ -31,6 +33,7 @@ class Work:
         #: a call of a method marked interleave=True: it ran beside the others and changed no state
         self.interleaved = False
         self.received = 0.0   # when it arrived (set only while metrics are on)
+        self.cancelled = False   # its caller gave up on it before it started: it is answered, not run
 
 
 def _with_state(reply: pb.Reply, state: bytes) -> pb.Reply:
@@ -105,25 +108,76 @@ class AgentHost:
         name = getattr(self.agent, "name", "")
         return name if isinstance(name, str) else ""
 
-    def execute(self, work: Work, max_message_size: int) -> pb.Reply:
-        """Run one call on the agent (worker thread); the reply says how it went."""
+    def find(self, call_id: str) -> Work | None:
+        """The call call_id if it waits here and has not started (I/O loop)."""
+        with self.lock:
+            for queue in (self.ready, self.waiting):
+                for work in queue or ():
+                    if work.call.call_id == call_id:
+                        return work
+        return None
+
+    def _invoke(self, work: Work) -> tuple[Any, pb.Reply | None]:
+        """Call the method: (its result, None), or (None, the reply saying why not)."""
         call = work.call
         call_id = call.call_id
         try:
             if call.method == "__getattr__":
                 name = work.args[0] if work.args and isinstance(work.args[0], str) else ""
                 if not name or name.startswith("_") or not hasattr(self.agent, name):
-                    return _status.refusal(call_id, pb.UNKNOWN_METHOD,
-                                           f"{self.cls_name} has no public attribute or method {name!r}")
-                result = getattr(self.agent, name)
-            else:
-                method = getattr(self.agent, call.method, None)
-                if method is None or not callable(method):
-                    return _status.refusal(call_id, pb.UNKNOWN_METHOD, f"{self.cls_name} has no method {call.method}()")
-                result = method(*work.args, **work.kwargs)
+                    return None, _status.refusal(call_id, pb.UNKNOWN_METHOD,
+                                                 f"{self.cls_name} has no public attribute or method {name!r}")
+                return getattr(self.agent, name), None
+            method = getattr(self.agent, call.method, None)
+            if method is None or not callable(method):
+                return None, _status.refusal(call_id, pb.UNKNOWN_METHOD,
+                                             f"{self.cls_name} has no method {call.method}()")
+            return method(*work.args, **work.kwargs), None
         except Exception as exc:  # noqa: BLE001 - the agent's own error goes back to the caller
-            return pb.Reply(call_id=call_id, status=pb.ERROR, error_type=type(exc).__qualname__,
-                            error_message=str(exc), traceback=traceback.format_exc())
+            return None, _status.raised(call_id, exc)
+
+    def execute(self, work: Work, max_message_size: int, awaiting: Callable[[Any], Any], streams: Any) -> pb.Reply:
+        """Run one call on the agent (worker thread); the reply says how it went. A method that returns an
+        awaitable (a sync __call__ over an async reply) has it awaited on the agent loop by awaiting(); a
+        generator streams its items (streams.drive)."""
+        result, refused = self._invoke(work)
+        if refused is not None:
+            return refused
+        if inspect.iscoroutine(result):     # not any awaitable: a returned placeholder stays one
+            try:
+                result = awaiting(result)
+            except Exception as exc:  # noqa: BLE001
+                return _status.raised(work.call.call_id, exc)
+        if inspect.isgenerator(result):
+            return streams.drive(work, result, max_message_size)
+        if inspect.isasyncgen(result):
+            return awaiting(streams.drive_async(work, result, max_message_size))
+        return self._encode(work.call, result, max_message_size)
+
+    async def execute_async(self, work: Work, max_message_size: int, streams: Any,
+                            executor: concurrent.futures.Executor) -> pb.Reply:
+        """Run one call on the agent loop, awaiting what the method returns; cancelled: an UNAVAILABLE reply."""
+        result, refused = self._invoke(work)
+        if refused is not None:
+            return refused
+        if inspect.iscoroutine(result):     # not any awaitable: a returned placeholder stays one
+            try:
+                result = await result
+            except asyncio.CancelledError:
+                return _status.refusal(work.call.call_id, pb.UNAVAILABLE, f"{work.call.method}() on agent "
+                                       f"{self.agent_id} was cancelled by its caller", "CancelledError")
+            except Exception as exc:  # noqa: BLE001
+                return _status.raised(work.call.call_id, exc)
+        if inspect.isasyncgen(result):
+            return await streams.drive_async(work, result, max_message_size)
+        if inspect.isgenerator(result):     # a plain generator may block: a worker thread drives it
+            return await asyncio.get_running_loop().run_in_executor(executor, streams.drive, work, result,
+                                                                    max_message_size)
+        return self._encode(work.call, result, max_message_size)
+
+    @staticmethod
+    def _encode(call: pb.Call, result: Any, max_message_size: int) -> pb.Reply:
+        call_id = call.call_id
         try:
             payload = _codec.dumps_plain_first(result)
         except Exception as exc:  # noqa: BLE001

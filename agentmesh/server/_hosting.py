@@ -1,6 +1,7 @@
 """The agents of one server: mailboxes, running calls in order on worker threads, fencing (creation: _building).
 
-Everything here runs on the runtime's I/O loop except ``_run`` (worker threads).
+Everything here runs on the runtime's I/O loop except ``_run`` (worker threads)
+and the coroutine calls of async agents (the agent loop, ``_coroutines``).
 The gRPC service in ``_service.py`` hands calls in and sends replies out.
 """
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import HostedClasses
 from ._building import Builds, Creating, Refusal
+from ._coroutines import AgentLoop
+from ._streams import Streams
+from ._telemetry import serving
 from ._host import AgentHost, Work
 from ._results import ResultStore
 from ._workers import Workers
@@ -63,6 +67,8 @@ class Hosting(Creating):
         self.draining = False
         self.listener: Listener | None = None
         self.executor = Workers(max_workers, "agentmesh-agent")
+        self.coroutines = AgentLoop(self._execute, self._execute_async, self._complete, self.executor)
+        self.streams = Streams(result_ttl, self._send_early)
         self.releasing: list[AgentHost] | None = None   # see release_together
         self.metrics: Any = None   # this process's metrics while they are on
         self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
@@ -77,7 +83,11 @@ class Hosting(Creating):
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = self.streams.io = loop
+
+    def _send_early(self, work: Work, reply: pb.Reply) -> None:
+        """Answer a call before it ends (a stream starts), from any thread."""
+        self.loop.call_soon_threadsafe(lambda: [outbox.send(reply) for outbox in work.sessions])  # type: ignore
 
     # -- fencing -------------------------------------------------------------
     def fence(self, why: str, agent_ids: list[str]) -> int:
@@ -197,7 +207,10 @@ class Hosting(Creating):
         self.results.running.add(call_id)
         if not placeholders and host.agent is not None and interleaves(type(host.agent), call.method):
             work.interleaved = True            # runs now, beside the agent's other calls
-            self.executor.run(self._run_one, (host, work))
+            if self.coroutines.runs(host):
+                self.coroutines.start_one(host, work)
+            else:
+                self.executor.run(self._run_one, (host, work))
             return
         self._enqueue(host, work)
 
@@ -272,7 +285,9 @@ class Hosting(Creating):
 
     def _ready(self, host: AgentHost, work: Work) -> None:
         if host.push_ready(work):
-            if self.releasing is not None:
+            if self.coroutines.runs(host):
+                self.coroutines.start(host)
+            elif self.releasing is not None:
                 self.releasing.append(host)
             else:
                 self.executor.run(self._run, host)
@@ -293,31 +308,48 @@ class Hosting(Creating):
             work = host.next_ready()
             if work is None:
                 return
-            if work.replay is not None:
-                reply, owned = work.replay, host.replayed(work.replay)
-            else:
-                reply = self._execute(host, work)
-                owned = host.checkpointed(reply) if host.checkpoint else None
-            self._finished(host, work, reply, owned)
+            self._complete(host, work, None if work.replay is not None or work.cancelled
+                           else self._execute(host, work))
 
     def _run_one(self, job: tuple[AgentHost, Work]) -> None:
         """Run one interleaving call (worker thread): no checkpoint, it does not count as a state change."""
         host, work = job
-        self._finished(host, work, self._execute(host, work), None)
+        self._complete(host, work, self._execute(host, work))
+
+    def _complete(self, host: AgentHost, work: Work, reply: pb.Reply | None) -> None:
+        """Answer a call that ran (reply), or one replayed or cancelled before it started (None); any thread."""
+        if work.replay is not None:
+            self._finished(host, work, work.replay, host.replayed(work.replay))
+        elif reply is None:
+            work.interleaved = True         # it did not run: no state change to count
+            self._finished(host, work, _status.refusal(work.call.call_id, pb.UNAVAILABLE, (
+                f"{work.call.method}() on agent {host.agent_id} was cancelled by its caller before it started"),
+                "CancelledError"), None)
+        else:
+            owned = host.checkpointed(reply) if host.checkpoint and not work.interleaved else None
+            self._finished(host, work, reply, owned)
 
     def _execute(self, host: AgentHost, work: Work) -> pb.Reply:
         """Run the call (worker thread), inside a server span when the caller traces and so does this process."""
-        tracing = self.runtime.tracing
-        if tracing is None or not work.call.trace:
-            return host.execute(work, self.max_message_size)
-        span, token = tracing.start_serving(work.call.trace, host.cls_name, work.call.method, host.agent_id,
-                                            host.name)
-        reply = pb.Reply()
-        try:
-            reply = host.execute(work, self.max_message_size)
-            return reply
-        finally:
-            tracing.stop_serving(span, token, reply)
+        with serving(self.runtime.tracing, host, work) as done:
+            done.append(host.execute(work, self.max_message_size, self.coroutines.await_here, self.streams))
+        return done[0]
+
+    async def _execute_async(self, host: AgentHost, work: Work) -> pb.Reply:
+        """Run a coroutine call on the agent loop, traced as _execute is."""
+        with serving(self.runtime.tracing, host, work) as done:
+            done.append(await host.execute_async(work, self.max_message_size, self.streams, self.executor))
+        return done[0]
+
+    def cancel(self, cancel: pb.Cancel) -> None:
+        """The caller gave up on a call (I/O loop): not started, it is answered without running; a coroutine
+        call running is cancelled; a plain one that runs finishes (Python cannot stop a thread)."""
+        host = self.agents.get(cancel.agent_id)
+        work = host.find(cancel.call_id) if host is not None else None
+        if work is not None:
+            work.cancelled = True
+        else:
+            self.coroutines.cancel(cancel.call_id)
 
     def _finished(self, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
         """Hand a finished call to the I/O loop, which answers and counts it in batches (worker thread)."""

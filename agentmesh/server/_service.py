@@ -240,6 +240,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         while True:
             await asyncio.sleep(min(30.0, max(1.0, results.ttl / 4)))
             results.sweep()
+            self.hosting.streams.sweep()
 
     # -- unary RPCs -------------------------------------------------------------
     async def Handshake(self, request: pb.HandshakeRequest, context: grpc.aio.ServicerContext) -> pb.HandshakeResponse:
@@ -308,18 +309,17 @@ class AgentServer(pb_grpc.AgentServerServicer):
             path = self.files.resolve(request.path)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id}: {exc}")
-        loop = asyncio.get_running_loop()
-        size = os.path.getsize(path)
-        chunks = FileRoot.chunks(path)
-        first = True
-        while True:
-            data = await loop.run_in_executor(self.hosting.executor, next, chunks, None)
-            if data is None:
-                if first:   # an empty file still answers one (empty) chunk with its size
-                    yield pb.FileChunk(data=b"", size=0)
-                return
-            yield pb.FileChunk(data=data, size=size if first else 0)
-            first = False
+        async for chunk in FileRoot.serve(path, self.hosting.executor):
+            yield chunk
+
+    async def ReadStream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for item in self.hosting.streams.read(request.call_id, self.hosting.results):
+                yield item
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id}: {exc}")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"agent server {self.server_id}: {exc}")
 
     async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
         host = self.agents.get(request.agent_id)
@@ -382,6 +382,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     self.pauses.assess()
                 for call in frame.calls:
                     hosting.dispatch(call, session)
+                for cancel in frame.cancels:
+                    hosting.cancel(cancel)
                 if self.registration is not None:
                     self.registration.load_changed()
                 if not session.room.is_set():

@@ -1,11 +1,13 @@
-"""What a server reports about itself: its live values for a metrics scrape, its memory for GetInfo."""
+"""What a server reports about itself: its live values for a metrics scrape, its memory for GetInfo, its spans."""
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
-from typing import Any
+from typing import Any, Iterator
 
 from .. import _metrics
+from ..v1 import agent_server_pb2 as pb
 
 
 def live_metrics(server: Any) -> dict:
@@ -35,3 +37,17 @@ def resident_mib() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def serving(tracing: Any, host: Any, work: Any) -> Iterator[list[pb.Reply]]:
+    """A list for a call's reply, inside a server span when the caller traces and so does this process."""
+    done: list[pb.Reply] = []
+    if tracing is None or not work.call.trace:
+        yield done
+        return
+    span, token = tracing.start_serving(work.call.trace, host.cls_name, work.call.method, host.agent_id, host.name)
+    try:
+        yield done
+    finally:
+        tracing.stop_serving(span, token, done[0] if done else pb.Reply())

@@ -126,7 +126,7 @@ class Call(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state")
+    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state", "stream")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class Reply(_message.Message):
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     status: ReplyStatus
     payload: bytes
@@ -143,7 +144,8 @@ class Reply(_message.Message):
     traceback: str
     seq: int
     state: bytes
-    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ...) -> None: ...
+    stream: bool
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ("client_nonce", "namespace")
@@ -178,10 +180,20 @@ class Hello(_message.Message):
     def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., max_message_size: _Optional[int] = ..., file_dir: _Optional[str] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
-    __slots__ = ("calls",)
+    __slots__ = ("calls", "cancels")
     CALLS_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_FIELD_NUMBER: _ClassVar[int]
     calls: _containers.RepeatedCompositeFieldContainer[Call]
-    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ...) -> None: ...
+    cancels: _containers.RepeatedCompositeFieldContainer[Cancel]
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., cancels: _Optional[_Iterable[_Union[Cancel, _Mapping]]] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("call_id", "agent_id")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    agent_id: str
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
     __slots__ = ("hello", "replies")
@@ -322,3 +334,19 @@ class FileChunk(_message.Message):
     data: bytes
     size: int
     def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class StreamRequest(_message.Message):
+    __slots__ = ("call_id", "agent_id")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    agent_id: str
+    def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+
+class StreamItem(_message.Message):
+    __slots__ = ("payload", "end")
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    end: Reply
+    def __init__(self, payload: _Optional[bytes] = ..., end: _Optional[_Union[Reply, _Mapping]] = ...) -> None: ...

@@ -89,6 +89,11 @@ class AgentServerStub:
                 request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.FromString,
                 _registered_method=True)
+        self.ReadStream = channel.unary_stream(
+                '/agentmesh.v1.AgentServer/ReadStream',
+                request_serializer=agentmesh_dot_v1_dot_agent__server__pb2.StreamRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.StreamItem.FromString,
+                _registered_method=True)
 
 
 class AgentServerServicer:
@@ -177,6 +182,16 @@ class AgentServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadStream(self, request, context):
+        """The items of a call whose method is a generator (its Reply has stream
+        set), as the agent yields them; the last message says how the stream
+        ended. Waits while the call is queued. One reader per stream: a second
+        gets FAILED_PRECONDITION. The producer waits while the reader lags.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +249,11 @@ def add_AgentServerServicer_to_server(servicer, server):
                     servicer.DownloadFile,
                     request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.SerializeToString,
+            ),
+            'ReadStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadStream,
+                    request_deserializer=agentmesh_dot_v1_dot_agent__server__pb2.StreamRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_agent__server__pb2.StreamItem.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +553,33 @@ class AgentServer:
             '/agentmesh.v1.AgentServer/DownloadFile',
             agentmesh_dot_v1_dot_agent__server__pb2.FileRequest.SerializeToString,
             agentmesh_dot_v1_dot_agent__server__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.v1.AgentServer/ReadStream',
+            agentmesh_dot_v1_dot_agent__server__pb2.StreamRequest.SerializeToString,
+            agentmesh_dot_v1_dot_agent__server__pb2.StreamItem.FromString,
             options,
             channel_credentials,
             insecure,
