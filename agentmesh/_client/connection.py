@@ -266,6 +266,12 @@ class Connection:
                     if slot is None:
                         continue
                     owner = slot.owner
+                    if slot.done():            # a stream's final reply, after its first: only its state is news
+                        if reply.state and owner is not None:
+                            owner.on_checkpoint(reply)
+                        continue
+                    if reply.stream:           # a stream starts: its final reply brings the agent's state
+                        pending[reply.call_id] = slot
                     if reply.state:
                         if owner is not None:
                             owner.on_checkpoint(reply)
@@ -301,7 +307,7 @@ class Connection:
         log.info("session with agent server %s ended: %s", self.address, reason)
         if self._wake is not None:
             self._wake.set()
-        slots = list(self.pending.values())
+        slots = [slot for slot in self.pending.values() if not slot.done()]   # not a stream already answered
         self.pending.clear()
         self._outbox.clear()
         by_owner: dict[CallOwner, list[CallSlot]] = {owner: [] for owner in list(self.owners)} if notify else {}
