@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import Any, Callable, Generator, Mapping, Protocol
 
@@ -245,7 +246,7 @@ class ReplyStream:
     many items had arrived (a stream does not resume).
     """
 
-    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_ended", "items")
+    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_buffer", "_ended", "items")
 
     def __init__(self, result: AsyncResult | None = None, ref: ResultRef | None = None, method: str = "",
                  runtime: Runtime | None = None) -> None:
@@ -255,8 +256,9 @@ class ReplyStream:
         self._runtime = runtime
         self._reader: Any = None   # the ReadStream call, once open
         self._address = ref[1] if ref else ""
-        self._ended = False
-        self.items = 0             # items read so far
+        self._buffer: collections.deque[bytes] = collections.deque()   # items received, not yet taken
+        self._ended: bool | BaseException = False   # True at the end; how it failed, to raise after the items
+        self.items = 0             # items taken so far
 
     def _where(self) -> ResultRef:
         if self._ref is not None:
@@ -286,44 +288,52 @@ class ReplyStream:
         self._reader = conn.stub.ReadStream(pb.StreamRequest(call_id=call_id, agent_id=agent_id),
                                             metadata=conn.metadata)
 
-    async def _next(self, runtime: Runtime) -> tuple[bool, Any]:
-        """(True, the next item) or (False, None) at the end (I/O loop)."""
-        if self._ended:
-            return False, None
+    async def _fill(self, runtime: Runtime) -> None:
+        """Read the next message of the stream into the buffer, or learn how it ended (I/O loop)."""
         if self._reader is None:
             await self._open(runtime)
         agent_id = self._where()[2]
         try:
-            item = await self._reader.read()
+            message = await self._reader.read()
         except grpc.aio.AioRpcError as exc:
             if _status.status_of(exc) is not None or exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise _status.rpc_error(exc, self._address, f"the stream of {self._method}()") from None
-            item = None
-            why = f"{exc.code().name}: {exc.details()}"
+            message, why = None, f"{exc.code().name}: {exc.details()}"
         else:
             why = "it ended without saying how"
-        if item is None or item is grpc.aio.EOF:
-            raise errors.StreamBrokenError(f"the stream of {self._method}() on agent {agent_id} broke after "
-                                           f"{self.items} item(s): agent server {self._address} was lost ({why})",
-                                           self.items)
-        if item.HasField("end"):
-            self._ended = True
-            if item.end.status != pb.OK:
-                raise _status.reply_error(item.end, agent_id, self._method)
-            return False, None
-        self.items += 1
-        value = decode_reply(pb.Reply(status=pb.OK, payload=item.payload), agent_id, self._method)
-        error = raised(value)
-        if error is not None:
-            raise error
-        return True, value
+        if message is None or message is grpc.aio.EOF:
+            self._ended = errors.StreamBrokenError(
+                f"the stream of {self._method}() on agent {agent_id} broke after {self.items + len(self._buffer)} "
+                f"item(s): agent server {self._address} was lost ({why})", self.items + len(self._buffer))
+        elif message.HasField("end"):
+            self._ended = _status.reply_error(message.end, agent_id, self._method) if message.end.status else True
+        else:
+            self._buffer.extend(message.items)
+
+    def _take(self) -> tuple[bool, Any]:
+        """(True, the next item) from the buffer, else (False, None) at the end; raises how a stream failed."""
+        if self._buffer:
+            self.items += 1
+            value = decode_reply(pb.Reply(status=pb.OK, payload=self._buffer.popleft()), self._where()[2],
+                                 self._method)
+            error = raised(value)
+            if error is not None:
+                raise error
+            return True, value
+        if isinstance(self._ended, BaseException):
+            if isinstance(self._ended, errors.StreamBrokenError):
+                self._ended.items = self.items
+            raise self._ended
+        return False, None
 
     def __iter__(self) -> "ReplyStream":
         return self
 
     def __next__(self) -> Any:
-        runtime = self._runtime or default_runtime()
-        more, value = runtime.run(self._next(runtime))
+        if not self._buffer and not self._ended:
+            runtime = self._runtime or default_runtime()
+            runtime.run(self._fill(runtime))
+        more, value = self._take()
         if not more:
             raise StopIteration
         return value
@@ -332,9 +342,10 @@ class ReplyStream:
         return self
 
     async def __anext__(self) -> Any:
-        runtime = self._runtime or default_runtime()
-        more, value = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(runtime),
-                                                                                 runtime.loop.get()))
+        if not self._buffer and not self._ended:
+            runtime = self._runtime or default_runtime()
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._fill(runtime), runtime.loop.get()))
+        more, value = self._take()
         if not more:
             raise StopAsyncIteration
         return value

@@ -216,13 +216,19 @@ def memory(sz: dict) -> dict:
 
 @ray.remote(num_cpus=0)
 class AsyncNoop:
-    """An async actor (its methods run on the actor's event loop), with a streaming generator."""
+    """An async actor: its methods run on the actor's event loop."""
 
     async def aping(self, x=None):
         return x
 
+
+@ray.remote(num_cpus=0)
+class Counter:
+    """A sync actor with a generator method (Ray streams a generator of an async actor only if it is async)."""
+
     def count(self, n):
-        yield from range(n)
+        for i in range(n):
+            yield i
 
 
 def aio(sz: dict) -> dict:
@@ -259,7 +265,7 @@ def stream(sz: dict) -> dict:
     """A streaming generator (``num_returns="streaming"``): time to the first item, items/s."""
     start()
     try:
-        a = AsyncNoop.remote()
+        a = Counter.remote()
         for ref in a.count.options(num_returns="streaming").remote(100):
             ray.get(ref)
         firsts, rates = [], []

@@ -52,7 +52,8 @@ def test_a_slow_reader_holds_the_generator_back_and_the_servers_memory_bounded(s
     held = agent.made_so_far()
     deadline = time.monotonic() + 1.0
     wait_until(lambda: time.monotonic() > deadline or agent.made_so_far() > held + 8)
-    assert agent.made_so_far() <= 40, "the generator ran ahead of its reader"
+    # a window of 16 on the server, a message in the socket and one in the reader's buffer, no more
+    assert agent.made_so_far() <= 64, "the generator ran ahead of its reader"
     assert agent.rss_mib() - before < 100
     assert sum(1 for _ in stream) == 299
 

@@ -312,14 +312,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
         async for chunk in FileRoot.serve(path, self.hosting.executor):
             yield chunk
 
-    async def ReadStream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            async for item in self.hosting.streams.read(request.call_id, self.hosting.results):
-                yield item
-        except LookupError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id}: {exc}")
-        except ValueError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"agent server {self.server_id}: {exc}")
+    async def ReadStream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> None:
+        await self.hosting.streams.serve(request.call_id, self.hosting.results, context,
+                                         _frames.frame_budget(self.max_message_size), self.server_id)
 
     async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
         host = self.agents.get(request.agent_id)
@@ -394,3 +389,4 @@ class AgentServer(pb_grpc.AgentServerServicer):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
             log.warning("session ended by an error", exc_info=True)
+

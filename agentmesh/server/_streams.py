@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import logging
 import threading
 import time
 from typing import Any, AsyncIterator, Callable
 
+import grpc
+
 from .. import _codec, _status
 from ..v1 import agent_server_pb2 as pb
 from ._results import ResultStore
+
+log = logging.getLogger("agentmesh.server")
 
 #: items a stream holds ahead of its reader; the generator waits beyond that
 WINDOW = 16
@@ -94,18 +100,22 @@ class Stream:
             loop.call_soon_threadsafe(lambda fut=fut: fut.done() or fut.set_result(None))
 
     # -- the reader (I/O loop) ----------------------------------------------------------
-    async def read(self) -> AsyncIterator[pb.StreamItem]:
-        """The items as they come, then the end."""
+    async def read(self, budget: int) -> AsyncIterator[pb.StreamItem]:
+        """The items as they come (those waiting go together, up to budget bytes a message), then the end."""
         ended = False
         try:
             while True:
                 self._wake.clear()
+                batch: list[bytes] = []
                 with self._lock:
-                    payload = self._items.popleft() if self._items else None
-                    if payload is not None:
+                    size = 0
+                    while self._items and (not batch or size + len(self._items[0]) <= budget):
+                        size += len(self._items[0])
+                        batch.append(self._items.popleft())
+                    if batch:
                         self._make_room()
-                if payload is not None:
-                    yield pb.StreamItem(payload=payload)
+                if batch:
+                    yield pb.StreamItem(items=batch)
                 elif self.end is not None:
                     ended = True
                     yield pb.StreamItem(end=self.end)
@@ -203,7 +213,7 @@ class Streams:
                 f"of {max_message_size} bytes")))
         return payload
 
-    async def read(self, call_id: str, results: ResultStore) -> AsyncIterator[pb.StreamItem]:
+    async def read(self, call_id: str, results: ResultStore, budget: int) -> AsyncIterator[pb.StreamItem]:
         """The stream of call_id for its one reader, waiting while the call is queued (I/O loop).
 
         LookupError: no such call here; ValueError: it is being read already.
@@ -232,10 +242,27 @@ class Streams:
                              f"read once)")
         stream.read_by = "reader"
         try:
-            async for item in stream.read():
+            async for item in stream.read(budget):
                 yield item
         finally:
             self._open.pop(call_id, None)
+
+
+    async def serve(self, call_id: str, results: ResultStore, context: grpc.aio.ServicerContext, budget: int,
+                    server_id: str) -> None:
+        """ReadStream: write the stream of call_id to its reader; NOT_FOUND / FAILED_PRECONDITION saying why not."""
+        try:
+            async with contextlib.aclosing(self.read(call_id, results, budget)) as messages:
+                async for message in messages:
+                    try:
+                        await context.write(message)
+                    except Exception as exc:  # noqa: BLE001 - grpc raises ExecuteBatchError & co for a gone client
+                        log.debug("stream of call %s: its reader is gone (%s); the generator is closed", call_id, exc)
+                        return
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {server_id}: {exc}")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"agent server {server_id}: {exc}")
 
 
 class _Unpicklable(Exception):

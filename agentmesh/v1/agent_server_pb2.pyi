@@ -344,9 +344,9 @@ class StreamRequest(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class StreamItem(_message.Message):
-    __slots__ = ("payload", "end")
-    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("items", "end")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
-    payload: bytes
+    items: _containers.RepeatedScalarFieldContainer[bytes]
     end: Reply
-    def __init__(self, payload: _Optional[bytes] = ..., end: _Optional[_Union[Reply, _Mapping]] = ...) -> None: ...
+    def __init__(self, items: _Optional[_Iterable[bytes]] = ..., end: _Optional[_Union[Reply, _Mapping]] = ...) -> None: ...
