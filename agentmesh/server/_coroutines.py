@@ -63,6 +63,11 @@ class AgentLoop:
         """Run one interleaving call beside the agent's others (any thread)."""
         self.io.get().call_soon_threadsafe(lambda: asyncio.ensure_future(self._run_one(host, work)))
 
+    def stop(self) -> None:
+        """Stop the loop, if it was started (the server has stopped: nothing runs on it any more)."""
+        if self.io.started:
+            self.io.stop()
+
     def await_here(self, awaitable: Any) -> Any:
         """Await on this loop from a worker thread and wait for the value (a sync method that returned one)."""
         async def wait() -> Any:

@@ -212,6 +212,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if self.runtime.metrics is not None:
             self.runtime.metrics.remove_source(self._live_metrics)
         self.hosting.executor.shutdown(wait=False)
+        self.hosting.coroutines.stop()
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)
 
