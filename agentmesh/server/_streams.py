@@ -85,7 +85,8 @@ class Stream:
 
     def finish(self, end: pb.Reply) -> None:
         """The generator ended (end: OK, or why not); any thread."""
-        self.end = end
+        with self._lock:
+            self.end = end
         self._io.call_soon_threadsafe(self._wake.set)
 
     def abandon(self, why: str) -> None:
@@ -114,11 +115,12 @@ class Stream:
                         batch.append(self._items.popleft())
                     if batch:
                         self._make_room()
+                    end = self.end if not batch else None   # read with the items: none can slip in between
                 if batch:
                     yield pb.StreamItem(items=batch)
-                elif self.end is not None:
+                elif end is not None:
                     ended = True
-                    yield pb.StreamItem(end=self.end)
+                    yield pb.StreamItem(end=end)
                     return
                 else:
                     await self._wake.wait()
