@@ -2,6 +2,7 @@
 import asyncio
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -50,10 +51,11 @@ def test_a_slow_reader_holds_the_generator_back_and_the_servers_memory_bounded(s
     assert len(next(stream)) == 1 << 20
     wait_until(lambda: agent.made_so_far() >= 16)
     held = agent.made_so_far()
+    print(f"slow reader: the generator made {held} of 300 items", file=sys.stderr)
     deadline = time.monotonic() + 1.0
     wait_until(lambda: time.monotonic() > deadline or agent.made_so_far() > held + 8)
-    # a window of 16 on the server, a message in the socket and one in the reader's buffer, no more
-    assert agent.made_so_far() <= 64, "the generator ran ahead of its reader"
+    # a window of 16 on the server, and a few in the sockets and the reader's buffer, no more
+    assert agent.made_so_far() <= 40, "the generator ran ahead of its reader"
     assert agent.rss_mib() - before < 100
     assert sum(1 for _ in stream) == 299
 

@@ -27,6 +27,8 @@ log = logging.getLogger("agentmesh.server")
 
 #: items a stream holds ahead of its reader; the generator waits beyond that
 WINDOW = 16
+#: bytes of waiting items sent together in one message (a bigger item goes alone)
+BATCH_BYTES = 1 << 20
 
 
 class Abandoned(Exception):
@@ -254,7 +256,7 @@ class Streams:
                     server_id: str) -> None:
         """ReadStream: write the stream of call_id to its reader; NOT_FOUND / FAILED_PRECONDITION saying why not."""
         try:
-            async with contextlib.aclosing(self.read(call_id, results, budget)) as messages:
+            async with contextlib.aclosing(self.read(call_id, results, min(budget, BATCH_BYTES))) as messages:
                 async for message in messages:
                     try:
                         await context.write(message)
