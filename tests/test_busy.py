@@ -57,7 +57,7 @@ def test_an_agent_holding_the_gil_for_5_s_moves_nothing_even_past_its_lease(mesh
     held = busy.hold_gil(5.0)
     wait_until(lambda: cpu_seconds(busy_server.pid) - cpu > 1.0, timeout=15)   # the hold is a second in
     assert other.inc() == 2            # called while the GIL is held: answered late, not moved
-    assert held.result(timeout=60) >= 4.5
+    assert held.result(timeout=60) >= 4.0           # one C call: twice the lease ttl, over twice fence_after
     assert moves(caplog, busy_server) == 0
     assert busy.server == other.server == address
     after = server_info(busy_server)
