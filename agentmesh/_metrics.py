@@ -34,7 +34,7 @@ def reason_label(reason: str) -> str:
     for name in REASONS:
         if name in text:
             return name
-    if "closed" in text or "ended" in text or "unavailable" in text or "expired" in text:
+    if any(word in text for word in ("closed", "ended", "unavailable", "expired", "write failed")):
         return "lost"
     return "other"
 

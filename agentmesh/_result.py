@@ -321,8 +321,6 @@ class ReplyStream:
                 raise error
             return True, value
         if isinstance(self._ended, BaseException):
-            if isinstance(self._ended, errors.StreamBrokenError):
-                self._ended.items = self.items
             raise self._ended
         return False, None
 

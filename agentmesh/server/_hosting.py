@@ -87,7 +87,11 @@ class Hosting(Creating):
 
     def _send_early(self, work: Work, reply: pb.Reply) -> None:
         """Answer a call before it ends (a stream starts), from any thread."""
-        self.loop.call_soon_threadsafe(lambda: [outbox.send(reply) for outbox in work.sessions])  # type: ignore
+        def send() -> None:
+            for outbox in work.sessions:
+                outbox.send(reply)
+
+        self.loop.call_soon_threadsafe(send)  # type: ignore[union-attr]
 
     # -- fencing -------------------------------------------------------------
     def fence(self, why: str, agent_ids: list[str]) -> int:
@@ -331,7 +335,10 @@ class Hosting(Creating):
 
     def _execute(self, host: AgentHost, work: Work) -> pb.Reply:
         """Run the call (worker thread), inside a server span when the caller traces and so does this process."""
-        with serving(self.runtime.tracing, host, work) as done:
+        tracing = self.runtime.tracing
+        if tracing is None or not work.call.trace:     # the usual call: no context manager on the hot path
+            return host.execute(work, self.max_message_size, self.coroutines.await_here, self.streams)
+        with serving(tracing, host, work) as done:
             done.append(host.execute(work, self.max_message_size, self.coroutines.await_here, self.streams))
         return done[0]
 

@@ -48,12 +48,12 @@ class Stream:
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self.end: pb.Reply | None = None
-        self.read_by = ""          # who reads it (its first reader), "" while nobody does
+        self.claimed = False       # its one reader has come
         self.abandoned = ""        # why the producer must stop
 
     # -- the producer ---------------------------------------------------------------
     def _full(self) -> bool:
-        if not self.read_by and time.monotonic() > self.deadline:
+        if not self.claimed and time.monotonic() > self.deadline:
             self.abandoned = "nobody read it within the result ttl"
         return len(self._items) >= WINDOW and not self.abandoned
 
@@ -145,7 +145,7 @@ class Streams:
         """Drop the streams that ended and that nobody came to read within the ttl (I/O loop)."""
         now = time.monotonic()
         for call_id, stream in list(self._open.items()):
-            if stream.end is not None and not stream.read_by and now > stream.deadline:
+            if stream.end is not None and not stream.claimed and now > stream.deadline:
                 del self._open[call_id]
 
     def _start(self, work: Any) -> Stream:
@@ -241,10 +241,10 @@ class Streams:
             if not waiting:
                 self._opened.pop(call_id, None)
         stream = self._open[call_id]
-        if stream.read_by:
+        if stream.claimed:
             raise ValueError(f"the stream of call {call_id} is read by another reader already (a stream is "
                              f"read once)")
-        stream.read_by = "reader"
+        stream.claimed = True
         try:
             async for item in stream.read(budget):
                 yield item
