@@ -75,7 +75,9 @@ def test_a_cancelled_call_is_cancelled_on_the_server_too(server):
 
     async def main():
         task = asyncio.ensure_future(agent.think("never", 30))
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0)                     # the task starts awaiting (a task cancelled unstarted never does)
+        while server_info(server).inflight < 1:    # running on the server: cancelled there, not just dropped
+            await asyncio.sleep(0.02)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -75,13 +75,16 @@ class AgentLoop:
 
         return self.io.run(wait())
 
-    def cancel(self, call_id: str) -> bool:
-        """Cancel the coroutine call call_id if it runs here (any thread); True when it did."""
+    def cancel(self, call_id: str) -> None:
+        """Cancel the coroutine call call_id if it runs here (any thread). The lookup happens on this loop,
+        where a runner takes a call and starts its task in one step, so a call just taken is found."""
+        if self.io.started:
+            self.io.get().call_soon_threadsafe(self._cancel_here, call_id)
+
+    def _cancel_here(self, call_id: str) -> None:
         task = self._running.get(call_id)
-        if task is None:
-            return False
-        self.io.get().call_soon_threadsafe(task.cancel)
-        return True
+        if task is not None:
+            task.cancel()
 
     async def _call(self, host: AgentHost, work: Work) -> pb.Reply:
         if not coroutine_method(type(host.agent), work.call.method):
