@@ -44,7 +44,8 @@ class AgentLoop:
         self._finish = finish                 # (host, work, its reply or None: not run) -> answered
         self._executor = executor
         self.io = IoLoop("agentmesh-agents")
-        self._classes: dict[type, bool] = {}
+        self._classes: dict[type, bool] = {}               # class -> has coroutine methods (memo)
+        self._methods: dict[tuple[type, str], bool] = {}   # (class, method) -> is a coroutine method (memo)
         self._running: dict[str, asyncio.Task] = {}   # call_id -> the task awaiting that coroutine call
 
     def runs(self, host: AgentHost) -> bool:
@@ -68,12 +69,9 @@ class AgentLoop:
         if self.io.started:
             self.io.stop()
 
-    def await_here(self, awaitable: Any) -> Any:
-        """Await on this loop from a worker thread and wait for the value (a sync method that returned one)."""
-        async def wait() -> Any:
-            return await awaitable
-
-        return self.io.run(wait())
+    def await_here(self, coroutine: Any) -> Any:
+        """Run a coroutine on this loop from a worker thread and wait for its value (a sync method returned it)."""
+        return self.io.run(coroutine)
 
     def cancel(self, call_id: str) -> None:
         """Cancel the coroutine call call_id if it runs here (any thread). The lookup happens on this loop,
@@ -86,8 +84,15 @@ class AgentLoop:
         if task is not None:
             task.cancel()
 
+    def _is_coroutine(self, host: AgentHost, name: str) -> bool:
+        key = (type(host.agent), name)
+        found = self._methods.get(key)
+        if found is None:
+            found = self._methods[key] = coroutine_method(*key)
+        return found
+
     async def _call(self, host: AgentHost, work: Work) -> pb.Reply:
-        if not coroutine_method(type(host.agent), work.call.method):
+        if not self._is_coroutine(host, work.call.method):
             return await asyncio.wrap_future(self._executor.submit(self._execute, host, work))
         call_id = work.call.call_id
         task = asyncio.ensure_future(self._execute_async(host, work))

@@ -137,8 +137,8 @@ class AgentHost:
             return None, _status.raised(call_id, exc)
 
     def execute(self, work: Work, max_message_size: int, awaiting: Callable[[Any], Any], streams: Any) -> pb.Reply:
-        """Run one call on the agent (worker thread); the reply says how it went. A method that returns an
-        awaitable (a sync __call__ over an async reply) has it awaited on the agent loop by awaiting(); a
+        """Run one call on the agent (worker thread); the reply says how it went. A method that returns a
+        coroutine (a sync __call__ over an async reply) has it run on the agent loop by awaiting(); a
         generator streams its items (streams.drive)."""
         result, refused = self._invoke(work)
         if refused is not None:
