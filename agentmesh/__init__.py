@@ -49,8 +49,9 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
 
     Metrics: ``metrics_port`` serves this process's Prometheus metrics (the
     calls its proxies make, failovers, placements) at
-    ``http://0.0.0.0:PORT/metrics``; 0 picks a free port, which
-    ``metrics_port()`` tells.
+    ``http://127.0.0.1:PORT/metrics``; 0 picks a free port, which
+    ``metrics_port()`` tells. The endpoint has no authentication, so it
+    listens on loopback unless ``metrics_host`` says otherwise (``"0.0.0.0"``).
 
     Tracing: ``tracing=True`` (``AGENTMESH_TRACING=1``) traces every call with
     OpenTelemetry (``pip install 'agentmesh[tracing]'``; spans go to the SDK

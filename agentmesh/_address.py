@@ -24,6 +24,18 @@ def host_of(address: str) -> str:
     return host.strip("[]")
 
 
+def split_address(address: str) -> tuple[str, int | None]:
+    """(host, port) of a "host:port" address (an IPv6 host without brackets); port None when missing or not a number."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    else:
+        host, port = address, ""
+    return host, int(port) if port.isdigit() and len(port) <= 5 else None
+
+
 def is_loopback(host: str) -> bool:
     """True when host only listens on this machine."""
     if host in ("localhost", "ip6-localhost"):

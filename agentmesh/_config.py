@@ -6,11 +6,13 @@ every default limit.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from . import _tls
+from ._tokens import check_token
 
 log = logging.getLogger("agentmesh")
 
@@ -101,6 +103,23 @@ def read_secret(path: str, what: str = "token file") -> str:
         log.warning("agentmesh: %s %s is accessible to group or others (mode %03o); run chmod 600 %s",
                     what, path, mode & 0o777, path)
     return secret
+def check_options(given: Iterable[str], accepted: Iterable[str], kept: Iterable[str], what: str) -> None:
+    """TypeError naming each unknown option of given (with its close match: a typo) and the accepted ones.
+
+    kept: AgentScope's options of the same call, accepted for code ported from it.
+    """
+    accepted, kept = sorted(accepted), sorted(kept)
+    unknown = sorted(set(given) - set(accepted) - set(kept))
+    if not unknown:
+        return
+    names = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, accepted + kept, n=1)
+        names.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{what} got unknown option{'s' if len(unknown) > 1 else ''} {', '.join(names)}; it "
+                    f"accepts {', '.join(accepted)}, and AgentScope's {', '.join(kept)} (kept for porting)")
+
+
 def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """An AGENTMESH_* on/off variable: 1/true/yes is on, 0/false/no or unset is off, anything else a ValueError."""
     value = (env(name, "", environ) or "").strip().lower()
@@ -134,6 +153,8 @@ class Settings:
     insecure: bool = False
     #: where files a reply's Msg.url names on its server are copied; None: a new temporary folder per process
     download_dir: str | None = None
+    #: where a client process serves /metrics (metrics_port=): loopback, as it has no authentication
+    metrics_host: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -144,11 +165,13 @@ class Settings:
         return cls(**_read_secret_files(values, from_env=True))
 
     def replace(self, **options: Any) -> "Settings":
-        """A copy with the known options changed (checked); unknown ones are logged at DEBUG and ignored.
+        """A copy with the known options changed (checked); an unknown one is a TypeError naming it, and
+        AgentScope's ``init`` options (kept for porting) are logged at DEBUG and ignored.
 
         The options ``token_file`` and ``etcd_password_file`` are files read
         now, once, into ``token`` and ``etcd_password``; only the secret is kept.
         """
+        check_options(options, _FIELDS | INIT_ONLY_OPTIONS, AGENTSCOPE_INIT_OPTIONS, "agentmesh.init()")
         known = {key: value for key, value in options.items() if key in _FIELDS}
         for key in sorted(set(options) - set(known)):
             log.debug("agentmesh: option %r is not used by agentmesh", key)
@@ -159,6 +182,7 @@ class Settings:
     def check(self) -> None:
         """ValueError for a registry without a token, a certificate without its key (or the reverse), TLS
         without a CA, unreadable files."""
+        check_token(self.token, "this process (token=, --token(-file), AGENTMESH_TOKEN(_FILE))")
         if self.registry and not self.token:
             raise ValueError("agentmesh: a registry (registry=, AGENTMESH_REGISTRY) needs the namespace token "
                              "(token=, AGENTMESH_TOKEN_FILE or AGENTMESH_TOKEN): registry records are signed with "
@@ -202,6 +226,12 @@ class Settings:
 #: option naming a file -> (the Settings field it is read into, what it is called in messages)
 _SECRET_FILES = {"token_file": ("token", "token file"), "etcd_password_file": ("etcd_password", "etcd password file")}
 _FIELDS = frozenset(field.name for field in dataclasses.fields(Settings)) | frozenset(_SECRET_FILES)
+#: options agentmesh.init() takes itself, beside the settings
+INIT_ONLY_OPTIONS = frozenset({"metrics_port", "tracing"})
+#: AgentScope 0.1.6's init() options: accepted for ported code, unused but save_dir (files go under it)
+AGENTSCOPE_INIT_OPTIONS = frozenset({"model_configs", "project", "name", "disable_saving", "save_dir", "save_log",
+                                     "save_code", "save_api_invoke", "cache_dir", "use_monitor", "logger_level",
+                                     "runtime_id", "agent_configs", "studio_url"})
 _PATHS = ("tls_ca", "tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key")
 
 

@@ -45,6 +45,7 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
         ref = classes.ref(spec.cls, conn.server_id, by_value)
         request = pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
                                         checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
+        check_size(request, conn)
         try:
             response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=spec.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -59,3 +60,22 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
         classes.mark_shipped(conn.server_id, ref.digest)
         return response
     raise errors.AgentCreationError(f"agent server {conn.address} keeps losing class {ref.name}")
+
+
+def check_size(request: pb.CreateAgentRequest, conn: Connection) -> None:
+    """MessageTooLargeError naming the size, the limit and what makes it up, when a creation would not fit.
+
+    Checked here, before sending: gRPC would end the whole session over it, and
+    the caller would take the server for lost and send it again, forever.
+    """
+    size, limit = request.ByteSize(), conn.max_message_size
+    if size <= limit:
+        return
+    parts = ((what, len(blob)) for what, blob in (("class by value", request.cls.blob),
+                                                   ("constructor arguments", request.init_args),
+                                                   ("checkpoint", request.state)))
+    detail = ", ".join(f"{what} {length} bytes" for what, length in parts if length)
+    raise errors.MessageTooLargeError(
+        f"agent {request.agent_id} ({request.cls.name}) cannot be created on agent server {conn.address}: "
+        f"its creation is {size} bytes ({detail}), over the limit of {limit} bytes (max_message_size)",
+        agent_id=request.agent_id, method="__create__")

@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import bisect
 import collections
+import logging
+import socket
+import socketserver
 import threading
 import time
 from typing import Any, Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from prometheus_client.exposition import start_http_server
+
+log = logging.getLogger("agentmesh")
+
+#: a /metrics connection silent this long (s) is closed, so a half-open request holds its thread no longer
+CONNECTION_TIMEOUT_S = 10.0
+#: /metrics connections served at once, a thread each; beyond, a new one is closed at once
+MAX_CONNECTIONS = 32
 
 #: call durations (s): 100 µs (a no-op on loopback) to 5 min (a long LLM call)
 DURATION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -199,9 +209,15 @@ class Metrics:
                 self._live.sources.remove(source)
 
     # -- serving -------------------------------------------------------------------------------
-    def serve(self, port: int = 0, host: str = "0.0.0.0") -> int:
-        """Serve /metrics over HTTP on port (0: a free one) in a daemon thread; the port."""
-        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Serve /metrics over HTTP on host:port (0: a free port) in a daemon thread; the port.
+
+        Connections are bounded: MAX_CONNECTIONS at once, each closed after
+        CONNECTION_TIMEOUT_S of silence (both read now).
+        """
+        httpd = _MetricsServer((host, port), CONNECTION_TIMEOUT_S, MAX_CONNECTIONS)
+        httpd.set_app(make_wsgi_app(self.registry))
+        threading.Thread(target=httpd.serve_forever, name="agentmesh-metrics", daemon=True).start()
         self._servers.append(httpd)
         bound = httpd.server_port
         self.ports.append(bound)
@@ -214,6 +230,49 @@ class Metrics:
             httpd.shutdown()
             httpd.server_close()
         self.ports = []
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """A /metrics request handler that writes no line per request to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the name BaseHTTPRequestHandler uses
+        pass
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The /metrics HTTP server: a thread per connection, at most max_connections of them, each connection's
+    socket timing out after timeout seconds without progress (a half-open request is dropped)."""
+
+    daemon_threads = True
+    request_queue_size = 128     # socketserver's 5 drops the SYNs of a burst: each waits 1 s to retry
+
+    def __init__(self, address: tuple[str, int], timeout: float, max_connections: int) -> None:
+        self.address_family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM,
+                                                 flags=socket.AI_PASSIVE)[0][0]
+        self.connection_timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.debug("agentmesh metrics: %s turned away, all connections are busy", client_address)
+            self.shutdown_request(request)
+            return
+        request.settimeout(self.connection_timeout)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("agentmesh metrics: the connection from %s ended in an error", client_address, exc_info=True)
 
 
 def by_class(hosts: Iterable[Any]) -> list[tuple[dict[str, str], float]]:

@@ -8,7 +8,7 @@ import cloudpickle
 
 from ._config import DEFAULT_CONNECTION_IDLE_S, DEFAULT_MAX_CONCURRENT_STREAMS
 
-PROTOCOL_VERSION = "1"
+PROTOCOL_VERSION = "2"
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_MAJOR = cloudpickle.__version__.split(".")[0]
 SERVICE_NAME = "agentmesh.v1.AgentServer"
@@ -18,6 +18,11 @@ MD_PYTHON = "x-agentmesh-python"
 MD_PICKLE = "x-agentmesh-cloudpickle"
 #: the ticket of a caller that passed the Handshake (see _trust); never the token itself
 MD_AUTH = "x-agentmesh-auth"
+#: the Handshake's challenge rides in metadata, so a server never reads a body before authentication:
+#: the client's nonce (hex), the namespace it claims and the address ("host:port") it dialled
+MD_NONCE = "x-agentmesh-nonce"
+MD_NAMESPACE = "x-agentmesh-namespace"
+MD_ADDRESS = "x-agentmesh-address"
 #: trailing metadata of a refused RPC: the ReplyStatus name that says why (never matched by text)
 MD_STATUS = "x-agentmesh-status"
 
@@ -70,6 +75,11 @@ def server_options(max_message_size: int) -> list[tuple[str, Any]]:
     """Options of every agent server; SO_REUSEPORT off, so a port in use is an error."""
     return [("grpc.so_reuseport", 0), *size_options(max_message_size), *SERVER_KEEPALIVE_OPTIONS,
             *SERVER_LIMIT_OPTIONS]
+
+
+def handshake_metadata(client_nonce: bytes, namespace: str, address: str) -> tuple[tuple[str, str], ...]:
+    """The metadata of a Handshake: versions and the challenge (its body is empty and never read)."""
+    return (*call_metadata(), (MD_NONCE, client_nonce.hex()), (MD_NAMESPACE, namespace), (MD_ADDRESS, address))
 
 
 def call_metadata(ticket: str | None = None) -> tuple[tuple[str, str], ...]:

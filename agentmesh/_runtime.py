@@ -69,7 +69,7 @@ class Runtime:
 
     # -- settings ------------------------------------------------------------
     def configure(self, **options: Any) -> None:
-        """Change settings (unknown options are ignored); sessions opened from now on use them."""
+        """Change settings (an unknown option is a TypeError naming it); sessions opened from now on use them."""
         settings = self.settings.replace(**options)
         if settings.registry:
             parse_registry_url(settings.registry)   # a clear ValueError now (nothing changed), not a hang later
@@ -117,8 +117,13 @@ class Runtime:
                 "etcd_key": s.etcd_key, "etcd_password": s.etcd_password}
 
     # -- metrics -------------------------------------------------------------
-    def serve_metrics(self, port: int = 0, host: str = "0.0.0.0") -> int:
-        """Turn metrics on (once) and serve them at http://host:port/metrics (0: a free port); the port."""
+    def serve_metrics(self, port: int = 0, host: str | None = None) -> int:
+        """Turn metrics on (once) and serve them at http://host:port/metrics (0: a free port); the port.
+
+        host None: the metrics_host setting, loopback unless set (the endpoint has no authentication).
+        """
+        if host is None:
+            host = self.settings.metrics_host
         if self.metrics is None:
             metrics = Metrics()
             metrics.add_source(self._live_metrics)

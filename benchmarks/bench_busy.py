@@ -45,7 +45,7 @@ import _common as C  # noqa: E402
 from bench_agents import Busy  # noqa: E402
 from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
 
-TOKEN = "bench-busy-token"
+TOKEN = "bench-busy-Zq4Xw8Rt1Vn6Km3Jb9Hc2Lp5Gf7Ds0Ay"
 NAMESPACE = "busy"
 MOVED = re.compile(r"^agent server (\S+) lost .*\): (\d+) agent\(s\) moved to")
 

@@ -36,7 +36,7 @@ import _common as C  # noqa: E402
 from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
-TOKEN = "bench-scale-token"
+TOKEN = "bench-scale-Wn5Qz9Xr2Tc7Vm4Kb8Jh1Lp6Gf3Ds0Ay"
 NAMESPACE = "scale"
 
 

@@ -32,7 +32,7 @@ from agentmesh._client.connection import Connection  # noqa: E402
 from agentmesh.testing import default_runtime  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
-TOKEN = "bench-token"
+TOKEN = "bench-Ty6Qn2Zx8Wr4Vc1Km7Jb3Hp9Lg5Fd0Es"
 
 
 def make_certs(folder: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ import _common as C  # noqa: E402
 from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
 from guess import Participant, play_round, setup  # noqa: E402
 
-TOKEN = "bench-simulation-token"
+TOKEN = "bench-sim-Ux7Qz3Wn9Xr5Tc1Vm8Kb4Jh2Lp6Gf0Ds"
 SERVERS = 4
 
 

@@ -35,7 +35,7 @@ def info() -> dict:
 
 
 #: the namespace token of the registry workloads (registry records are signed with it)
-TOKEN = "bench-" + secrets.token_hex(8)
+TOKEN = "bench-" + secrets.token_urlsafe(32)
 
 
 def launch(n: int = 1, classes: tuple = (Noop, WebAgent), into: list | None = None,

@@ -14,7 +14,7 @@ from agentmesh import RpcAgentServerLauncher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: the namespace token of the tests' registry: servers registered by tests and the mesh fixture share it
-MESH_TOKEN = "test-mesh-token"
+MESH_TOKEN = "mesh-Tk7qW9zR2vX5bN8cL4hJ6fD3gS1aP0eYu"
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:

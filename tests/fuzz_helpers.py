@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import time
 
 import grpc
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from wire_helpers import file_writing_pickle
 
 FULL = os.environ.get("AGENTMESH_FUZZ_FULL") == "1"
 TARGET_REQUESTS = 10_000 if FULL else 600
-TOKEN = "fuzz-s3cret-token"
+TOKEN = "fuzz-Vq3Lm8Zr5Tx1Kc9Wb4Nh7Jd2Pf6Gs0Ay"
 LIMIT = 256 * 1024                     # the fuzzed server's message size limit: "near the limit" stays cheap
 GRPC_LIMIT = LIMIT + 64 * 1024         # what gRPC itself accepts on that server
 SERVICE = "/agentmesh.v1.AgentServer/"
@@ -42,14 +43,19 @@ def check_code(code: grpc.StatusCode, details: str, what: str) -> None:
 
 #: the authenticated call metadata of the fuzzed server (set by authenticate_once)
 _AUTH: dict[str, tuple[tuple[str, str], ...]] = {}
+_CHANNEL: dict = {}
 
 
 def authenticate_once(channel) -> None:
-    """Handshake with the fuzzed server once; good_metadata() carries the ticket from then on."""
+    """Handshake with the fuzzed server; good_metadata() carries the ticket from then on (renewed before it
+    expires: a ticket opens RPCs for a minute)."""
     _AUTH["md"] = _wire.authenticate(channel, TOKEN)
+    _CHANNEL["channel"], _CHANNEL["at"] = channel, time.monotonic()
 
 
 def good_metadata() -> list[tuple[str, str]]:
+    if time.monotonic() - _CHANNEL["at"] > 30:
+        authenticate_once(_CHANNEL["channel"])
     return list(_AUTH["md"])
 
 

@@ -15,7 +15,7 @@ from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import PYTHON, ROOT, kill_pid, server_info
 
 
-TOKEN = "netns-test-token-" + uuid.uuid4().hex[:8]
+TOKEN = "netns-" + uuid.uuid4().hex + "-Kq7Zr"
 SUBNETS = ipaddress.ip_network("10.231.0.0/16")   # private, and only ever on this test's veths
 BLACKHOLE_METRIC = 4231
 

@@ -47,7 +47,8 @@ class Rogue(pb_grpc.AgentServerServicer):
 
     def Handshake(self, request, context):
         self._log("Handshake", context, request)
-        return pb.HandshakeResponse(server_id=self.server_id, namespace=request.namespace,
+        namespace = dict(context.invocation_metadata()).get("x-agentmesh-namespace", "")
+        return pb.HandshakeResponse(server_id=self.server_id, namespace=namespace,
                                     server_nonce=os.urandom(32), proof=os.urandom(32))
 
     def Session(self, request_iterator, context):

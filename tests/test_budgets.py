@@ -25,7 +25,7 @@ from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import wait_until
 from raw_session import SESSION_METHOD
 from sample_agents import Echo, Heavy, Recorder, Sleeper
-from wire_helpers import args_payload, call, class_ref, metadata, raw  # noqa: F401  (raw is a fixture)
+from wire_helpers import args_payload, call, class_ref, local_md, metadata, raw  # noqa: F401  (raw is a fixture)
 
 MIB = 1 << 20
 #: what the server may grow by beyond the agent's own state, in MiB
@@ -44,12 +44,12 @@ def rss_mib(pid: int) -> float:
 def create(stub, cls: type, *args, checkpoint: bool = False) -> str:
     agent_id = uuid.uuid4().hex
     stub.CreateAgent(pb.CreateAgentRequest(agent_id=agent_id, cls=class_ref(cls), init_args=args_payload(*args),
-                                           checkpoint=checkpoint), metadata=metadata(None), timeout=10)
+                                           checkpoint=checkpoint), metadata=local_md(stub.port), timeout=10)
     return agent_id
 
 
 def fetch(stub, call_id: str, timeout: float = 10) -> pb.Reply:
-    return stub.FetchResult(pb.FetchRequest(call_id=call_id), metadata=metadata(None), timeout=timeout)
+    return stub.FetchResult(pb.FetchRequest(call_id=call_id), metadata=local_md(stub.port), timeout=timeout)
 
 
 def fetch_error(stub, call_id: str) -> grpc.RpcError:
@@ -75,14 +75,14 @@ def test_an_agent_with_1_mib_of_state_does_not_grow_the_server_by_its_checkpoint
     seq, state = agent._binding.ckpt
     assert seq == 300 and len(state) > MIB      # the caller still got the checkpoint of every call
 
-    session = raw.session(s.port, metadata(None))
+    session = raw.session(s.port, local_md(s.port))
     session.hello()
     last = call(agent.agent_id, "noop", args_payload("last"))
     session.send(last)
     assert len(session.reply(last.call_id).state) > MIB
     _, stub = raw(s.port)
     assert fetch(stub, last.call_id).state == b""
-    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=metadata(None),
+    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=local_md(s.port),
                             timeout=10).deleted
     del agent
     error = fetch_error(stub, last.call_id)
@@ -93,7 +93,7 @@ def test_an_agent_with_1_mib_of_state_does_not_grow_the_server_by_its_checkpoint
 def test_stored_results_keep_no_checkpoint_and_go_with_their_agent(server, raw):
     _, stub = raw(server.port)
     agent_id = create(stub, Heavy, "h", 256 * 1024, checkpoint=True)
-    session = raw.session(server.port, metadata(None))
+    session = raw.session(server.port, local_md(server.port))
     session.hello()
     first = call(agent_id, "noop", args_payload(7))
     session.send(first)
@@ -104,10 +104,10 @@ def test_stored_results_keep_no_checkpoint_and_go_with_their_agent(server, raw):
 
     running = call(agent_id, "nap", args_payload(1.0, "slept"))
     session.send(running)
-    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight >= 1)
-    waiting = stub.FetchResult.future(pb.FetchRequest(call_id=running.call_id), metadata=metadata(None),
+    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=local_md(server.port), timeout=5).inflight >= 1)
+    waiting = stub.FetchResult.future(pb.FetchRequest(call_id=running.call_id), metadata=local_md(server.port),
                                       timeout=10)
-    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id), metadata=metadata(None), timeout=10).deleted
+    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent_id), metadata=local_md(server.port), timeout=10).deleted
     assert _wire.loads(waiting.result().payload) == "slept"     # a waiter still gets the call it waited for
     assert session.reply(running.call_id).status == pb.OK
     for call_id in (first.call_id, running.call_id):           # and then nothing of the agent is kept
@@ -120,7 +120,7 @@ def test_the_result_store_has_a_byte_budget(servers, raw):
     s = servers(capacity=4, max_result_bytes=MIB)
     _, stub = raw(s.port)
     agent_id = create(stub, Heavy, "h", 0)
-    session = raw.session(s.port, metadata(None))
+    session = raw.session(s.port, local_md(s.port))
     session.hello()
     calls = [call(agent_id, "make", args_payload(300_000)) for _ in range(6)]
     for c in calls:
@@ -154,7 +154,7 @@ class StalledSession:
         self._calls: queue.Queue = queue.Queue()
         method = self.channel.stream_stream(SESSION_METHOD, request_serializer=pb.ClientFrame.SerializeToString,
                                             response_deserializer=pb.ServerFrame.FromString)
-        self.responses = method(iter(self._calls.get, None), metadata=metadata(None), timeout=120)
+        self.responses = method(iter(self._calls.get, None), metadata=local_md(port), timeout=120)
         assert next(self.responses).HasField("hello")
 
     def send(self, calls: list[pb.Call]) -> None:
@@ -196,7 +196,7 @@ def test_a_client_that_stops_reading_is_held_back_not_buffered(servers, raw):
     s = servers(capacity=4, session_backlog_bytes=4 * MIB, max_result_bytes=4 * MIB)
     _, stub = raw(s.port)
     agent_id = create(stub, Heavy, "h", 0)
-    probe = raw.session(s.port, metadata(None))
+    probe = raw.session(s.port, local_md(s.port))
     probe.hello()
 
     def made() -> int:
@@ -229,18 +229,18 @@ def test_waiting_result_fetches_are_capped(servers, raw):
     s = servers(capacity=4, max_fetch_waiters=4)
     _, stub = raw(s.port)
     agent_id = create(stub, Heavy, "h", 0)
-    session = raw.session(s.port, metadata(None))
+    session = raw.session(s.port, local_md(s.port))
     session.hello()
     running = call(agent_id, "nap", args_payload(2.5, "done"))
     session.send(running)
-    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight >= 1)
+    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=local_md(s.port), timeout=5).inflight >= 1)
     request = pb.FetchRequest(call_id=running.call_id, agent_id=agent_id)
-    waiters = [stub.FetchResult.future(request, metadata=metadata(None), timeout=20) for _ in range(4)]
+    waiters = [stub.FetchResult.future(request, metadata=local_md(s.port), timeout=20) for _ in range(4)]
     refusals: list[grpc.RpcError] = []
 
     def refused() -> bool:
         try:
-            stub.FetchResult(request, metadata=metadata(None), timeout=0.3)
+            stub.FetchResult(request, metadata=local_md(s.port), timeout=0.3)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 refusals.append(exc)
@@ -271,7 +271,7 @@ def test_the_class_cache_is_bounded_and_an_evicted_class_is_sent_again(servers, 
     digest_only = pb.ClassRef(name=class_ref(Echo).name, digest=class_ref(Echo).digest)
     with pytest.raises(grpc.RpcError) as info:
         stub.CreateAgent(pb.CreateAgentRequest(agent_id=uuid.uuid4().hex, cls=digest_only,
-                                               init_args=args_payload("x")), metadata=metadata(None), timeout=10)
+                                               init_args=args_payload("x")), metadata=local_md(s.port), timeout=10)
     assert status_in(info.value) == "CLASS_NOT_SENT"
     assert first.ping(2) == 2                          # its agent never needed the cache
     second = Echo("second").to_dist(host="127.0.0.1", port=s.port)   # this client sends the digest only
@@ -299,7 +299,7 @@ def test_a_replayed_call_brings_the_state_it_left_when_it_was_the_last(server, r
     """A session dropped before its reply arrived: the replay on a new session carries a fresh checkpoint."""
     _, stub = raw(server.port)
     agent_id = create(stub, Heavy, "h", 1024, checkpoint=True)
-    first_session = raw.session(server.port, metadata(None))
+    first_session = raw.session(server.port, local_md(server.port))
     first_session.hello()
     first, second = call(agent_id, "noop", args_payload(1)), call(agent_id, "noop", args_payload(2))
     first_session.send(first)
@@ -308,11 +308,11 @@ def test_a_replayed_call_brings_the_state_it_left_when_it_was_the_last(server, r
     original = first_session.reply(second.call_id)
     assert original.seq == 2 and original.state
 
-    again = raw.session(server.port, metadata(None))       # the caller lost its session and replays both
+    again = raw.session(server.port, local_md(server.port))       # the caller lost its session and replays both
     again.hello()
     again.send(first)
     again.send(second)
     stale, latest = again.reply(first.call_id), again.reply(second.call_id)
     assert stale.seq == 1 and stale.state == b""           # a later call completed: no state older than it
     assert latest.seq == 2 and latest.state == original.state and _wire.loads(latest.payload) == 2
-    assert stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight == 0   # nothing re-ran
+    assert stub.GetInfo(pb.InfoRequest(), metadata=local_md(server.port), timeout=5).inflight == 0   # nothing re-ran

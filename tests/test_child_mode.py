@@ -232,14 +232,13 @@ def test_child_mode_agent_output_is_shown_and_never_blocks(procs):
 
 
 def test_a_roster_left_by_a_killed_process_is_removed_by_the_next():
-    import tempfile
-
+    from agentmesh._userdir import user_dir
     from agentmesh.testing import fresh_runtime
 
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()                                    # a pid that no longer runs
-    stale = os.path.join(tempfile.gettempdir(), f"agentmesh-children-{dead.pid}-left")
-    live = os.path.join(tempfile.gettempdir(), f"agentmesh-children-{os.getpid()}-mine")
+    stale = os.path.join(user_dir(), f"children-{dead.pid}-left")
+    live = os.path.join(user_dir(), f"children-{os.getpid()}-mine")
     os.makedirs(stale, exist_ok=True)
     os.makedirs(live, exist_ok=True)
     try:

@@ -2,6 +2,8 @@
 import asyncio
 import base64
 import json
+import os
+import re
 import signal
 import stat
 import subprocess
@@ -157,3 +159,91 @@ def test_registry_up_prints_the_exports_once_and_they_work(tmp_path, procs):
     finally:
         if etcd_pid is not None:
             kill_pid(etcd_pid)
+
+
+# -- a data directory others can write to, or symlinks in it, are refused ------------------------
+def refused(folder, match: str) -> str:
+    """start_dev_registry(folder) raises a ValueError matching match; a registry started anyway is stopped."""
+    try:
+        registry = start_dev_registry(folder)
+    except ValueError as exc:
+        assert re.search(match, str(exc)), exc
+        return str(exc)
+    registry.stop()
+    raise AssertionError(f"a registry started on {folder}")
+
+
+def test_registry_up_refuses_a_data_dir_others_can_write_and_adopts_nothing(tmp_path, procs):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    planted = shared / "namespace.token"
+    planted.write_text("planted-by-someone-else\n")
+    proc = procs([PYTHON, "-m", "agentmesh.cli", "registry", "up", "--data-dir", str(shared)],
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    wait_until(lambda: proc.poll() is not None or any("AGENTMESH_TOKEN_FILE" in line for line in lines), timeout=30)
+    if proc.poll() is None:          # it started: stop it (and its etcd) before failing
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+        raise AssertionError("registry up started on a world-writable directory: " + "".join(lines))
+    wait_until(lambda: lines, timeout=5)
+    output = "".join(lines)
+    assert proc.returncode != 0, output
+    assert str(shared) in output and "group or others may write to it (mode 777)" in output
+    assert sorted(p.name for p in shared.iterdir()) == ["namespace.token"]   # no password made, no etcd data
+    assert planted.read_text() == "planted-by-someone-else\n"
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777          # reported, not silently changed
+
+    os.chmod(shared, 0o770)                                       # group-writable is as bad
+    refused(shared, r"group or others may write to it \(mode 770\)")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_data_dir_of_another_user_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    refused(theirs, f"{theirs}.*belongs to uid 65534")
+    assert list(theirs.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["namespace.token", "root.password"])
+def test_a_symlink_in_place_of_a_secret_file_is_refused_and_its_target_untouched(tmp_path, name):
+    target = tmp_path / "someone-elses-file"
+    target.write_text("not a token\n")
+    os.chmod(target, 0o644)
+    folder = tmp_path / "registry"
+    folder.mkdir(mode=0o700)
+    (folder / name).symlink_to(target)
+    refused(folder, f"{folder / name}: it is a symbolic link")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert target.read_text() == "not a token\n"
+    assert not (folder / "etcd-data").exists()
+
+
+def test_a_symlink_in_place_of_the_etcd_data_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder = tmp_path / "registry"
+    folder.mkdir(mode=0o700)
+    (folder / "etcd-data").symlink_to(elsewhere)
+    refused(folder, "etcd-data/ directory .*it is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_fresh_private_data_dir_works_and_a_loose_secret_is_made_private(tmp_path):
+    folder = tmp_path / "fresh"
+    registry = start_dev_registry(folder)
+    try:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert stat.S_IMODE(registry.token_file.stat().st_mode) == 0o600
+    finally:
+        registry.stop()
+    os.chmod(registry.token_file, 0o644)     # the owner's own file, loosened: tightened again, not refused
+    again = start_dev_registry(folder)
+    try:
+        assert stat.S_IMODE(again.token_file.stat().st_mode) == 0o600
+    finally:
+        again.stop()

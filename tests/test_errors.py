@@ -37,6 +37,7 @@ from wire_helpers import (  # noqa: F401  (raw is a fixture)
     call,
     class_ref,
     file_writing_pickle,
+    local_md,
     metadata,
     proxy,
     raw,
@@ -50,7 +51,7 @@ def test_bad_calls_get_clear_replies_and_hurt_no_one(server, raw, tmp_path):
     assert bystander.reply(Msg("u", 1)).content["count"] == 1
     assert bystander.reply(Msg("u", 2)).content["count"] == 2
 
-    session = raw.session(server.port, metadata(None))
+    session = raw.session(server.port, local_md(server.port))
     hello = session.hello()
     assert hello.max_message_size == _wire.DEFAULT_MAX_MESSAGE_SIZE
 
@@ -100,7 +101,7 @@ def test_bad_calls_get_clear_replies_and_hurt_no_one(server, raw, tmp_path):
 # -- bad CreateAgent requests -----------------------------------------------------------
 def test_bad_create_requests_are_refused_clearly(server, raw):
     _, stub = raw(server.port)
-    md = metadata(None)
+    md = local_md(server.port)
     garbage = b"\x80\x05garbage"
 
     def refused(request) -> grpc.RpcError:
@@ -150,7 +151,7 @@ def test_class_importable_here_but_not_on_the_server(server, raw, tmp_path, monk
         with pytest.raises(grpc.RpcError) as info:
             stub.CreateAgent(pb.CreateAgentRequest(agent_id=uuid.uuid4().hex, cls=by_reference,
                                                    init_args=args_payload("L")),
-                             metadata=metadata(None), timeout=10)
+                             metadata=local_md(server.port), timeout=10)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert f"{module}:Local cannot be loaded" in info.value.details()
         assert "ModuleNotFoundError" in info.value.details()
@@ -198,7 +199,7 @@ def test_oversized_messages_name_the_limit_and_the_size(servers, raw):
     assert agent.ping(1) == 1
 
     # The server enforces its limit itself (a caller that ignores the Hello).
-    session = raw.session(s.port, metadata(None))
+    session = raw.session(s.port, local_md(s.port))
     assert session.hello().max_message_size == limit
     over = call(agent.agent_id, "ping", b"\x02" * (limit + 10_000))
     session.send(over)
@@ -207,7 +208,7 @@ def test_oversized_messages_name_the_limit_and_the_size(servers, raw):
     assert f"{limit}" in r.error_message and f"{limit + 10_000}" in r.error_message
 
     # A frame over even gRPC's own limit ends that stream with RESOURCE_EXHAUSTED, nothing more.
-    huge = raw.session(s.port, metadata(None))
+    huge = raw.session(s.port, local_md(s.port))
     huge.hello()
     huge.send(call(agent.agent_id, "ping", b"\x03" * (2 * limit)))
     error = huge.wait_end()
@@ -230,7 +231,7 @@ def test_deleted_agent_is_an_unknown_agent_error(server, raw):
     other = proxy(Echo, "O", server)
     assert agent.ping(1) == 1
     _, stub = raw(server.port)
-    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=metadata(None),
+    assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=local_md(server.port),
                             timeout=10).deleted
     with pytest.raises(UnknownAgentError) as info:
         agent.get_count()
@@ -273,7 +274,7 @@ def test_result_expires_after_its_ttl(servers, raw):
     def fetch_refused() -> bool:
         try:
             reply = stub.FetchResult(pb.FetchRequest(call_id=pending.call_id, agent_id=agent.agent_id),
-                                     metadata=metadata(None), timeout=5)
+                                     metadata=local_md(s.port), timeout=5)
         except grpc.RpcError as exc:
             assert exc.code() == grpc.StatusCode.NOT_FOUND, exc
             return True

@@ -29,6 +29,7 @@ from agentmesh import Msg
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
+from test_flood import rss_mib
 from fuzz_helpers import (
     FULL, TARGET_REQUESTS, TOKEN, authenticate_once, LIMIT, GRPC_LIMIT, SERVICE, UNARY_METHODS, SAFE_METHODS,
     REPLY_TIMEOUT, check_code, good_metadata, with_digest, Stats, ascii_text, any_text, scalars,
@@ -39,6 +40,9 @@ from sample_agents import Echo
 from wire_helpers import class_ref, file_writing_pickle
 
 INSIDE = b"inside the file root " * 30_000   # several chunks
+#: how much the fuzzed server may grow (its stored results and shipped classes are bounded; what
+#: unauthenticated callers send is never read)
+FUZZ_RSS_BOUND_MIB = 200
 
 
 class Fuzzer:
@@ -89,6 +93,34 @@ class Fuzzer:
         assert not os.path.exists(self.marker), "a payload from an unauthenticated caller was unpickled"
 
     # -- actions -------------------------------------------------------------------------
+    def handshake(self, data) -> None:
+        """Handshakes with random challenges (nonce, namespace, address) and bodies: answered or refused."""
+        md = dict(_wire.call_metadata())
+        nonce = data.draw(st.one_of(st.binary(min_size=16, max_size=16).map(bytes.hex), ascii_text,
+                                    st.binary(max_size=40).map(bytes.hex)), label="nonce")
+        address = data.draw(st.one_of(st.just(f"127.0.0.1:{self.port}"), st.just(f"localhost:{self.port}"),
+                                      ascii_text, st.just(f"127.0.0.1:{self.port + 1}")), label="address")
+        namespace = data.draw(st.one_of(st.just("default"), ascii_text), label="namespace")
+        for key, value in ((_wire.MD_NONCE, nonce), (_wire.MD_ADDRESS, address), (_wire.MD_NAMESPACE, namespace)):
+            if value and data.draw(st.integers(0, 5), label=f"drop {key}"):
+                md[key] = value
+        body = data.draw(st.one_of(st.just(b""), st.binary(max_size=300)), label="handshake body")
+        code, answer = self._unary("Handshake", body, list(md.items()), "handshake")
+        if code == grpc.StatusCode.OK:
+            assert answer is not None and pb.HandshakeResponse.FromString(answer).proof, "an answer without proof"
+            assert md.get(_wire.MD_ADDRESS) in (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
+        else:
+            assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED), code
+
+    def unauthenticated_large(self, data) -> None:
+        """Bodies up to gRPC's limit from callers without a ticket, to every method: none is read."""
+        md, authentic = draw_metadata(data, authentic_allowed=False)
+        method = data.draw(st.sampled_from([m for m in UNARY_METHODS if m != "Handshake"]), label="method")
+        size = data.draw(st.integers(GRPC_LIMIT // 2, GRPC_LIMIT - 1024), label="large size")
+        body = file_writing_pickle(self.marker) * (size // 64)
+        code, _ = self._unary(method, body[:size], md, "unauthenticated large")
+        assert code == grpc.StatusCode.UNAUTHENTICATED, code
+
     def raw_unary(self, data) -> None:
         method = data.draw(st.sampled_from(UNARY_METHODS), label="method")
         md, _ = draw_metadata(data, authentic_allowed=True) if data.draw(st.integers(0, 3)) == 0 \
@@ -284,7 +316,8 @@ class Fuzzer:
 
     ACTIONS = ("session_frames", "session_frames", "session_frames", "session_frames", "raw_unary",
                "raw_unary", "create_agent", "create_agent", "unauthenticated", "unauthenticated",
-               "raw_session", "delete_created", "fetch", "get_state", "download")
+               "raw_session", "delete_created", "fetch", "get_state", "download", "handshake", "handshake",
+               "unauthenticated_large")
 
 
 @pytest.mark.timeout(3600 if FULL else 120)
@@ -304,7 +337,7 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
     marker = tmp_path / "unpickled-without-authentication"
     fuzzer = Fuzzer(server.port, pid, target.agent_id, sentinel.agent_id, str(marker))
     fuzzer.file_root = os.path.realpath(root)
-    started = time.monotonic()
+    started, rss_before = time.monotonic(), rss_mib(pid)
 
     @hsettings(max_examples=150 if not FULL else 2000, deadline=None, database=None,
                phases=[Phase.generate], suppress_health_check=list(HealthCheck))
@@ -317,7 +350,7 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
     try:
         while fuzzer.stats.requests < TARGET_REQUESTS:
             fuzz_once()
-        took = time.monotonic() - started
+        took, rss_after = time.monotonic() - started, rss_mib(pid)
 
         # The same process serves a normal proxy call; the untouched agent kept its state.
         fuzzer.check_alive()
@@ -344,6 +377,8 @@ def test_fuzz_a_real_server(servers, tmp_path, capsys, runtime):
         fuzzer.close()
     stats = fuzzer.stats
     with capsys.disabled():
-        print(f"\n{stats.summary()}; {took:.1f} s", file=sys.stderr)
+        print(f"\n{stats.summary()}; {took:.1f} s; server RSS {rss_before:.0f} -> {rss_after:.0f} MiB",
+              file=sys.stderr)
+    assert rss_after - rss_before < FUZZ_RSS_BOUND_MIB, (rss_before, rss_after)
     assert stats.requests >= TARGET_REQUESTS
     assert len(stats.codes) >= 5 and len(stats.statuses) >= 5

@@ -10,6 +10,7 @@ import agentmesh
 from agentmesh.rpc import AsyncResult, DistConf, RetryBase, RetryExponential, RetryFixedTimes
 from agentmesh.rpc import retry_strategy, rpc_config
 from sample_agents import Echo
+from conftest import MESH_TOKEN
 
 
 def test_the_exception_module_has_agentscopes_names():
@@ -136,9 +137,9 @@ def test_a_registry_url_that_is_not_etcd_is_refused_at_once(runtime):
     before = runtime.settings
     for bad in ("http://nonsense", "nonsense", "etcd://", "etcd://host:99999"):
         with pytest.raises(ValueError, match="registry URL"):
-            agentmesh.init(registry=bad, token="t")
+            agentmesh.init(registry=bad, token=MESH_TOKEN)
         with pytest.raises(ValueError, match="registry URL"):
-            agentmesh.RpcAgentServerLauncher(host="127.0.0.1", registry=bad, token="t")
+            agentmesh.RpcAgentServerLauncher(host="127.0.0.1", registry=bad, token=MESH_TOKEN)
     assert runtime.settings == before
 
 

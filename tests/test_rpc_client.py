@@ -102,7 +102,7 @@ def test_rpc_client_authenticates_over_mutual_tls(servers, tls_settings, certs):
     client = RpcClient("127.0.0.1", launcher.port)
     assert client.is_alive() and client.get_server_info()["id"] == launcher.server_id
     with fresh_runtime(tls_ca=certs["ca.crt"], tls_cert=certs["client.crt"], tls_key=certs["client.key"],
-                       token="not-the-token") as wrong:
+                       token="not-Qz8Xw2Ev5Rb9Tn3Ym6Uk1Ic4Oh7Pl0As") as wrong:
         impostor = RpcClient("127.0.0.1", launcher.port, runtime=wrong)
         assert not impostor.is_alive()
         with pytest.raises(AuthenticationError):
@@ -179,7 +179,7 @@ def test_downloading_needs_the_token(servers, file_root):
     with grpc.insecure_channel(f"127.0.0.1:{launcher.port}") as channel:
         stub = pb_grpc.AgentServerStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            list(stub.DownloadFile(pb.FileRequest(path="image.png"), metadata=_wire.authenticate(channel, None),
+            list(stub.DownloadFile(pb.FileRequest(path="image.png"), metadata=_wire.call_metadata(),
                                    timeout=5))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         chunks = list(stub.DownloadFile(pb.FileRequest(path="image.png"),

@@ -15,7 +15,8 @@ from agentmesh.discovery import keys
 from conftest import PYTHON, etcd_get_prefix, wait_until
 from sample_agents import Echo
 
-TOKEN = "tok-" + "x" * 40
+TOKEN = "tok-Wm4Zq8Xr1Tc6Vb3Nk9Jh2Lf5Gd7Sp0Ay"
+PLAIN = "plain-Jx2Qw7Zr4Vn9Tk1Ub6Mc3Lh8Gp5Fd0Es"
 
 
 def secret_file(folder, text: str, mode: int = 0o600, name: str = "token") -> str:
@@ -86,10 +87,10 @@ def test_settings_and_init_take_a_token_file(tmp_path, runtime):
     assert Settings().replace(etcd_password_file=path).etcd_options() == {"password": TOKEN}
     agentmesh.init(token_file=path)
     assert runtime.settings.token == TOKEN
-    agentmesh.init(token="plain")        # a token given later replaces the file's
-    assert runtime.settings.token == "plain"
+    agentmesh.init(token=PLAIN)        # a token given later replaces the file's
+    assert runtime.settings.token == PLAIN
     with pytest.raises(ValueError, match="token= and token_file="):
-        agentmesh.init(token="plain", token_file=path)
+        agentmesh.init(token=PLAIN, token_file=path)
     with pytest.raises(ValueError, match="empty"):
         agentmesh.init(token_file=secret_file(tmp_path, "\n", name="empty"))
 
@@ -99,7 +100,7 @@ def test_settings_and_init_take_a_token_file(tmp_path, runtime):
 def test_launcher_token_file_reaches_the_server_process_over_its_pipe(tmp_path, runtime):
     path = secret_file(tmp_path, TOKEN + "\n")
     with pytest.raises(ValueError, match="token= and token_file="):
-        RpcAgentServerLauncher(host="127.0.0.1", token="x", token_file=path)
+        RpcAgentServerLauncher(host="127.0.0.1", token=PLAIN, token_file=path)
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=2, token_file=path)
     assert launcher.token == TOKEN
     launcher.launch(in_subprocess=True)

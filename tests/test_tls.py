@@ -119,7 +119,7 @@ def test_mutual_tls_with_a_token(servers, tls_settings, certs):
     assert agent.reply(Msg("u", 1)).content["count"] == 1
     tls_settings(token=None)         # a fresh connection without the token: refused
     secure2 = tls_server(servers, certs, mutual=True, token=TOKEN)
-    with pytest.raises(agentmesh.errors.AuthenticationError, match="missing token"):
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="did not prove it holds the token"):
         Echo("E").to_dist(host="127.0.0.1", port=secure2.port)
 
 
@@ -174,7 +174,7 @@ def test_wildcard_address_with_mutual_tls_and_no_token_starts(servers, tls_setti
                       tls_client_ca=certs["ca.crt"])
     assert Echo("E").to_dist(host="127.0.0.1", port=exposed.port).ping("mtls") == "mtls"
 
-    for kwargs, words in (({}, "without a token or mutual TLS"),
+    for kwargs, words in (({}, "without TLS"),
                           ({"tls_cert": certs["server.crt"], "tls_key": certs["server.key"]},
                            "neither a token nor a client CA")):
         launcher = RpcAgentServerLauncher(host="0.0.0.0", capacity=4, **{"tls_cert": "", **kwargs})

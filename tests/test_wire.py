@@ -28,13 +28,14 @@ from wire_helpers import (  # noqa: F401  (raw is a fixture)
     class_ref,
     evil_create_request,
     file_writing_pickle,
+    local_md,
     metadata,
     ticket_made_with,
     proxy,
     raw,
 )
 
-TOKEN = "s3cret"
+TOKEN = "wire-Bc5Nx9Zq2Wr7Tm4Yk8Uh1Jp6Lg3Fd0Es"
 
 
 # -- version gate ----------------------------------------------------------------
@@ -55,9 +56,9 @@ MISMATCHES = {
 @pytest.mark.parametrize("case", sorted(MISMATCHES))
 def test_version_mismatch_is_refused_before_anything_is_unpickled(case, server, raw, tmp_path):
     overrides, expected = MISMATCHES[case]
-    bad_md = metadata(None, **overrides)
     target = proxy(Echo, "target", server)       # a real agent, so a call to it would be unpickled
-    _, stub = raw(server.port)
+    channel, stub = raw(server.port)
+    bad_md = metadata(ticket_made_with(channel, server.token), **overrides)   # authenticated, other versions
 
     created = tmp_path / "created-by-CreateAgent"
     with pytest.raises(grpc.RpcError) as info:
@@ -80,9 +81,25 @@ def test_version_mismatch_is_refused_before_anything_is_unpickled(case, server, 
     assert not created.exists() and not called.exists()
     control = tmp_path / "control"
     with pytest.raises(grpc.RpcError):
-        stub.CreateAgent(evil_create_request(control), metadata=metadata(None), timeout=10)
+        stub.CreateAgent(evil_create_request(control), metadata=metadata(ticket_made_with(channel, server.token)),
+                         timeout=10)
     assert control.exists()
     assert target.get_count() == 0
+
+
+@pytest.mark.parametrize("case", sorted(MISMATCHES))
+def test_an_unauthenticated_caller_is_told_unauthenticated_and_no_versions(case, server, raw, tmp_path):
+    overrides, _ = MISMATCHES[case]
+    _, stub = raw(server.port)
+    for ticket in (None, "0" * 40, "not.a.ticket.at-all"):
+        with pytest.raises(grpc.RpcError) as info:
+            stub.CreateAgent(evil_create_request(tmp_path / "ran"), metadata=metadata(ticket, **overrides),
+                             timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+        told = info.value.details()
+        assert not any(version in told for version in (_wire.PYTHON_VERSION, _wire.PROTOCOL_VERSION + ",",
+                                                       "cloudpickle", "Python", "protocol")), told
+    assert not (tmp_path / "ran").exists()
 
 
 # -- token gate ----------------------------------------------------------------------
@@ -149,14 +166,14 @@ def test_token_is_required_and_checked_before_unpickling(servers, raw, tmp_path)
 
 def test_client_api_reports_a_missing_or_wrong_token(servers, runtime):
     s = servers(capacity=8, token=TOKEN)
-    runtime.configure(token=None)      # no token: the server refuses us
-    with pytest.raises(agentmesh.errors.AuthenticationError, match="missing token"):
+    runtime.configure(token=None)      # no token: this user's local token, which the server does not hold
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="did not prove it holds the token"):
         Echo("x").to_dist(host="127.0.0.1", port=s.port)
     runtime.configure(token="not-" + TOKEN)   # another token: we refuse the server, whose proof does not verify
     with pytest.raises(agentmesh.errors.AuthenticationError, match="did not prove it holds the token"):
         Echo("x").to_dist(host="127.0.0.1", port=s.port)
     runtime.configure(token=TOKEN, namespace="elsewhere")   # the right token, another namespace
-    with pytest.raises(agentmesh.errors.AuthenticationError, match="serves namespace 'default'"):
+    with pytest.raises(agentmesh.errors.AuthenticationError, match="serves another namespace than 'elsewhere'"):
         Echo("x").to_dist(host="127.0.0.1", port=s.port)
     runtime.configure(namespace="default")
     assert Echo("x").to_dist(host="127.0.0.1", port=s.port).ping(1) == 1
@@ -167,7 +184,7 @@ def test_replies_that_together_exceed_the_limit_are_each_delivered(servers, raw)
     limit = 1_000_000
     s = servers(capacity=8, max_message_size=limit)
     agent = proxy(Fragile, "F", s)
-    session = raw.session(s.port, metadata(None))
+    session = raw.session(s.port, local_md(s.port))
     session.hello()
     size = int(limit * 0.9)
     calls = [call(agent.agent_id, "blob", args_payload(size)) for _ in range(3)]
@@ -175,7 +192,7 @@ def test_replies_that_together_exceed_the_limit_are_each_delivered(servers, raw)
         session.send(c)
         assert session.reply(c.call_id).status == pb.OK
     # Replays of finished calls (as after a reconnect) are answered at once, all together.
-    replay = raw.session(s.port, metadata(None))
+    replay = raw.session(s.port, local_md(s.port))
     replay.hello()
     replay.send(*[pb.Call(call_id=c.call_id, agent_id=c.agent_id, method=c.method) for c in calls])
     for c in calls:
@@ -217,13 +234,13 @@ def test_class_blob_is_sent_once_per_server(servers, raw, runtime):
     _, stub1 = raw(s1.port)
     response = stub1.CreateAgent(pb.CreateAgentRequest(agent_id=uuid.uuid4().hex, cls=ref,
                                                        init_args=args_payload("c", 7)),
-                                 metadata=metadata(None), timeout=10)
+                                 metadata=local_md(s1.port), timeout=10)
     assert response.name == "c"
     _, stub2 = raw(s2.port)
     with pytest.raises(grpc.RpcError) as info:
         stub2.CreateAgent(pb.CreateAgentRequest(agent_id=uuid.uuid4().hex, cls=ref,
                                                 init_args=args_payload("d", 1)),
-                          metadata=metadata(None), timeout=10)
+                          metadata=local_md(s2.port), timeout=10)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "unknown class digest" in info.value.details()
     third = Tally("e", 3).to_dist(host="127.0.0.1", port=s2.port)
@@ -234,11 +251,11 @@ def test_class_blob_is_sent_once_per_server(servers, raw, runtime):
 def test_client_disconnect_during_a_call(server, raw):
     agent = proxy(Fragile, "F", server)
     _, stub = raw(server.port)
-    session = raw.session(server.port, metadata(None))
+    session = raw.session(server.port, local_md(server.port))
     session.hello()
     slow = call(agent.agent_id, "slow_add", args_payload(1.0, 5))
     session.send(slow)
-    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight >= 1,
+    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=local_md(server.port), timeout=5).inflight >= 1,
                timeout=5)
     session.close()
     assert session.wait_end() is not None     # cancelled on our side
@@ -247,9 +264,9 @@ def test_client_disconnect_during_a_call(server, raw):
     assert agent.get_count() == 5             # queued behind the slow call: it completed
     assert agent.reply(Msg("u", "after")).content == {"count": 6, "got": "after"}
     fetched = stub.FetchResult(pb.FetchRequest(call_id=slow.call_id, agent_id=agent.agent_id),
-                               metadata=metadata(None), timeout=10)
+                               metadata=local_md(server.port), timeout=10)
     assert fetched.status == pb.OK and _wire.loads(fetched.payload) == 5
-    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=metadata(None), timeout=5).inflight == 0,
+    wait_until(lambda: stub.GetInfo(pb.InfoRequest(), metadata=local_md(server.port), timeout=5).inflight == 0,
                timeout=5)
 
 

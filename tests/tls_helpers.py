@@ -18,7 +18,7 @@ from agentmesh import RpcAgentServerLauncher
 from agentmesh.testing import fresh_runtime
 from conftest import ROOT
 
-TOKEN = "tls-test-token"
+TOKEN = "tls-Rx3Kq8Zn1Wv6Tb9Ym4Uc7Jh2Lp5Gf0Da"
 
 
 def make_ca(folder: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ and closes them at the end; test modules import it by name.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import uuid
 
@@ -15,6 +14,7 @@ import grpc
 import pytest
 
 from agentmesh.testing import wire as _wire
+from agentmesh._tokens import local_token
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
 from raw_session import RawSession
@@ -36,10 +36,15 @@ def file_writing_pickle(path) -> bytes:
 
 def ticket_made_with(channel: grpc.Channel, token: str, namespace: str = "default") -> str:
     """A ticket from a real handshake with the server, made with token (which may be the wrong one)."""
-    nonce = os.urandom(16)
-    answer = pb_grpc.AgentServerStub(channel).Handshake(
-        pb.HandshakeRequest(client_nonce=nonce, namespace=namespace), metadata=_wire.call_metadata(), timeout=10)
-    return _wire.ticket_for(token, namespace, answer, nonce)
+    answer, challenge = _wire.handshake(channel, namespace, timeout=10)
+    return _wire.ticket_for(token, namespace, answer, challenge)
+
+
+def local_md(port: int, **overrides: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata with a fresh ticket for the server at 127.0.0.1:port, made with this user's local token
+    (the token of a server given none), with some keys replaced as metadata() does."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return metadata(ticket_made_with(channel, local_token()), **overrides)
 
 
 def metadata(ticket: str | None = None, **overrides: str | None) -> tuple[tuple[str, str], ...]:
@@ -85,7 +90,9 @@ def raw():
     def open_channel(port: int):
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         opened.append(channel)
-        return channel, pb_grpc.AgentServerStub(channel)
+        stub = pb_grpc.AgentServerStub(channel)
+        stub.port = port    # what local_md(stub.port) authenticates to
+        return channel, stub
 
     def session(port: int, md) -> RawSession:
         channel, _ = open_channel(port)

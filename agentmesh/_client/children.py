@@ -6,23 +6,31 @@ lists its port in a private folder of its parent's (the roster), so the
 parent and the other children know to dial it in plaintext, while every
 other address gets TLS when the process has it. The roster is written before
 the child reports ready, so it never lags behind a placement.
+
+Rosters live in the user's private folder (``_userdir.user_dir()``), never in
+the shared temp folder, where any user of the machine could plant entries.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from typing import Any, Callable
 
 from .._address import host_of, is_loopback
 from .._process import ServerProcess
+from .._userdir import user_dir
 
 log = logging.getLogger("agentmesh")
 
 
-_ROSTER_PREFIX = "agentmesh-children-"
+#: a roster's name in the user's folder: the prefix, its owner's pid, "-", a random part
+_ROSTER_PREFIX = "children-"
+#: pids above this are no process's (Linux allows 2**22; this leaves room for other systems)
+_MAX_PID = 2**31 - 1
 
 
 def _alive(pid: int) -> bool:
@@ -35,18 +43,37 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_rosters() -> None:
-    """Remove the rosters of processes that died without cleaning up (SIGKILL): their pid is in the name."""
-    folder = tempfile.gettempdir()
+def _remove_stale_rosters(folder: str) -> None:
+    """Remove the rosters in folder of processes that died without cleaning up (SIGKILL): their pid is in the
+    name. Whatever else is there (a name that does not parse, a link, a file) is left alone, never a crash."""
     for name in os.listdir(folder):
         if not name.startswith(_ROSTER_PREFIX):
             continue
         pid = name[len(_ROSTER_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
-            continue
         path = os.path.join(folder, name)
-        if os.stat(path).st_uid == os.getuid():
-            shutil.rmtree(path, ignore_errors=True)
+        try:
+            if not pid.isdigit() or not 0 < int(pid) <= _MAX_PID:
+                raise ValueError(f"{pid!r} is not a pid")
+            if _alive(int(pid)):
+                continue
+            info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                raise ValueError("not a folder of this user's")
+        except (ValueError, OSError) as exc:
+            log.debug("agentmesh: %s is not a roster of child servers (%s); left alone", path, exc)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _make_roster() -> str:
+    """A new roster folder (0700) in the user's private folder; a private temporary one if that is refused."""
+    try:
+        folder = user_dir()
+        _remove_stale_rosters(folder)
+    except OSError as exc:
+        log.warning("agentmesh: child servers list their ports in a temporary folder instead (%s)", exc)
+        return tempfile.mkdtemp(prefix=f"agentmesh-{_ROSTER_PREFIX}")
+    return tempfile.mkdtemp(prefix=f"{_ROSTER_PREFIX}{os.getpid()}-", dir=folder)
 
 
 class ChildPool:
@@ -72,8 +99,7 @@ class ChildPool:
         """The private folder (0700) where this pool's children list their ports; made on first use."""
         with self._roster_lock:
             if self._roster is None:
-                _remove_stale_rosters()
-                self._roster = tempfile.mkdtemp(prefix=f"{_ROSTER_PREFIX}{os.getpid()}-")
+                self._roster = _make_roster()
                 log.debug("child servers list their ports in %s", self._roster)
             return self._roster
 

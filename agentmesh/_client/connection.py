@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .. import _frames, _metrics, _protocol, _status, _tls, _trust, errors
 from .._address import host_of, is_loopback
+from .._tokens import local_token
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
@@ -53,14 +54,22 @@ class Dialing:
         """True when this process speaks TLS to agent servers."""
         return bool(self.tls_ca or self.tls_cert)
 
-    def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes | None]:
-        """The namespace to claim at address and the key its server must prove it holds (None: no token)."""
+    def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes]:
+        """The namespace to claim at address and the key its server must prove it holds (given no token,
+        this user's local token's)."""
         child = self.child_credentials(address)
         if child is not None:
             child_namespace, child_token = child
-            return child_namespace, _namespace_key(child_token, child_namespace) if child_token else None
+            return child_namespace, _namespace_key(child_token or local_token(), child_namespace)
         namespace = namespace or self.namespace
-        return namespace, _namespace_key(self.token, namespace) if self.token else None
+        return namespace, _namespace_key(self.token or local_token(), namespace)
+
+    def proof_optional(self, address: str) -> bool:
+        """True when a server at address may answer without a proof: this process has no token, and speaks
+        TLS there (the server's certificate proves it: a mutual-TLS server without a token has no key) or
+        was told insecure=True (an open development server)."""
+        return self.token is None and self.child_credentials(address) is None and (
+            self.insecure or (self.tls and not self.plaintext(address)))
 
     def channel(self, address: str) -> grpc.aio.Channel:
         """An aio channel to address with agentmesh's options: TLS when configured, plaintext only where allowed."""
@@ -94,36 +103,48 @@ class UnprovenServerError(errors.AuthenticationError, errors.ServerUnavailableEr
     """
 
 
-async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes | None, namespace: str,
-                    expect: str = "", timeout: float = 5.0) -> tuple[pb.HandshakeResponse, tuple[tuple[str, str], ...]]:
+async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes, namespace: str,
+                    expect: str = "", timeout: float = 5.0, proof_optional: bool = False,
+                    ) -> tuple[pb.HandshakeResponse, tuple[tuple[str, str], ...]]:
     """Prove the server at address holds the namespace key, then make our ticket; (its answer, call metadata).
 
-    Nothing derived from the key leaves this process unless the server's proof
-    is right and, given expect, it is that server.
+    The challenge names address, the address dialled: a server proves itself
+    only for an address that reaches it, so a relay there gets nothing it can
+    use. Nothing derived from the key leaves this process unless the server's
+    proof is right and, given expect, it is that server.
     """
-    client_nonce = os.urandom(_trust.NONCE_SIZE)
+    challenge = _trust.Challenge(os.urandom(_trust.NONCE_SIZE), namespace, address)
     try:
-        answer = await stub.Handshake(pb.HandshakeRequest(client_nonce=client_nonce, namespace=namespace),
-                                      metadata=_protocol.call_metadata(), timeout=timeout)
+        answer = await stub.Handshake(pb.HandshakeRequest(), timeout=timeout, metadata=_protocol.handshake_metadata(
+            challenge.client_nonce, namespace, address))
     except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise UnprovenServerError(f"the server at {address} is not an agentmesh server of this protocol "
-                                      f"version (it has no Handshake); nothing was sent to it") from None
+        if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
+            raise UnprovenServerError(f"the server at {address} failed the handshake ({exc.code().name}: "
+                                      f"{exc.details()}): it is not an agentmesh server of this protocol version, "
+                                      f"or a broken one; nothing was sent to it") from None
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise UnprovenServerError(f"agent server {address} refused the handshake: {exc.details()}; nothing "
+                                      f"was sent to it") from None
         raise _status.rpc_error(exc, address, "the handshake") from None
+    if not isinstance(answer, pb.HandshakeResponse):
+        raise UnprovenServerError(f"the server at {address} answered the handshake with something that is not a "
+                                  f"handshake answer (not an agentmesh server, or a broken one); nothing was sent "
+                                  f"to it")
     if expect and answer.server_id != expect:
         raise ServerMismatchError(f"the agent server at {address} is {answer.server_id or 'anonymous'}, not "
                                   f"{expect} (the server chosen is gone); nothing was sent to it")
-    if key is None:
-        return answer, _protocol.call_metadata()
+    if not answer.proof and proof_optional:
+        return answer, _protocol.call_metadata()   # a mutual-TLS server without a token: its certificate proved it
     if not answer.proof:
         raise UnprovenServerError(f"agent server {address} has no token, so it cannot prove it is one of "
                                   f"ours; nothing was sent to it")
-    expected = _trust.server_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
+    expected = _trust.server_proof(key, challenge, answer.server_nonce, answer.server_id)
     if not hmac.compare_digest(answer.proof, expected):
         raise UnprovenServerError(f"agent server {address} did not prove it holds the token of namespace "
-                                  f"{namespace!r} (an impostor, or another token); nothing was sent to it")
-    proof = _trust.client_proof(key, client_nonce, answer.server_nonce, answer.server_id, namespace)
-    return answer, _protocol.call_metadata(_trust.ticket(client_nonce, answer.server_nonce, proof))
+                                  f"{namespace!r} for the address {address} (an impostor, a relay to another "
+                                  f"server, or another token); nothing was sent to it")
+    proof = _trust.client_proof(key, challenge, answer.server_nonce, answer.server_id)
+    return answer, _protocol.call_metadata(_trust.ticket(challenge, answer.server_nonce, proof))
 
 
 def fail(loop: IoLoop, slot: CallSlot, status: int, message: str) -> None:
@@ -143,6 +164,7 @@ class Connection:
         self.max_message_size = dialing.max_message_size
         self.file_dir = ""   # the server's file root (Hello), whose files a reply's Msg.url may name
         self.namespace, self._key = dialing.credentials(address, namespace)
+        self._proof_optional = dialing.proof_optional(address)
         self.expect = expect
         self.metadata = _protocol.call_metadata()
         self.closed = False
@@ -174,7 +196,7 @@ class Connection:
         self._wake = asyncio.Event()
         try:
             answer, self.metadata = await handshake(self._stub, self.address, self._key, self.namespace,
-                                                    self.expect, timeout)
+                                                    self.expect, timeout, self._proof_optional)
         except BaseException:
             await self._channel.close()
             raise
@@ -201,12 +223,18 @@ class Connection:
 
     # -- calls --------------------------------------------------------------
     def submit(self, slot: CallSlot) -> None:
-        """Queue a call from any thread; the writer sends everything queued in one frame."""
+        """Queue a call from any thread; the writer sends everything queued in one frame. A call over the size
+        limit fails alone (TOO_LARGE), unsent: gRPC would end the session over it, as if the server were lost."""
         if self.closed:
             if slot.owner is not None:   # told later, on the loop: the caller may hold its owner's locks
                 self._loop.get().call_soon_threadsafe(slot.owner.on_lost, self, [slot], "the session had ended")
             else:
                 self._lost_one(slot, "the connection is closed")
+            return
+        call, limit = slot.call, self.max_message_size
+        if len(call.payload) > limit:
+            fail(self._loop, slot, pb.TOO_LARGE, f"{call.method}() on agent {call.agent_id} is {len(call.payload)} "
+                 f"bytes, over the limit of {limit} bytes (max_message_size) of agent server {self.address}; not sent")
             return
         slot.conn = self
         if self.metrics is not None and not slot.sent:   # a replay keeps its first send: the caller's wait
@@ -325,7 +353,8 @@ class Connection:
         """Follow the server's health: NOT_SERVING means it drains, so its agents move now."""
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
-            async for response in stub.Watch(health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME)):
+            async for response in stub.Watch(health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME),
+                                             metadata=self.metadata):
                 if response.status == health_pb2.HealthCheckResponse.NOT_SERVING and not self.draining:
                     self.draining = True
                     log.info("agent server %s is draining; moving its agents", self.address)
@@ -339,7 +368,8 @@ class Connection:
         """Ask the server's health once: False when it does not answer (then the session is lost)."""
         try:
             response = await health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), timeout=timeout)
+                health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), metadata=self.metadata,
+                timeout=timeout)
         except grpc.aio.AioRpcError:
             if self._channel.get_state() == grpc.ChannelConnectivity.READY:
                 # gRPC's threads still answer our keepalive pings without the GIL: the server is busy (an

@@ -11,6 +11,7 @@ from typing import Sequence
 from .. import _tls
 from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT, env
 from .._runtime import Runtime, set_default_runtime
+from .._tokens import new_token
 from .._version import __version__
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ._args import (_add_registry_args, _capacity_arg, _folder_arg, _labels, _metrics_port_arg, _port_arg,
@@ -159,7 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="directory for etcd's data, the root password and the namespace token; reused when "
                          "started again (default: a temporary dir)")
     up.set_defaults(func=cmd_registry_up)
+    token = sub.add_parser("token", help="namespace tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    new = token_sub.add_parser("new", help="make a new random token (256 bits): into a new 0600 file with "
+                                           "--output FILE, else on standard output")
+    new.add_argument("--output", default=None, metavar="FILE",
+                     help="a new file to write it to, made 0600 (an existing file is refused)")
+    new.set_defaults(func=cmd_token_new)
     return parser
+
+
+def cmd_token_new(args: argparse.Namespace) -> int:
+    """Make a token that is a key: into a new private file, or printed."""
+    token = new_token()
+    if args.output is None:
+        sys.stdout.write(token + "\n")
+        return 0
+    try:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise SystemExit(f"agentmesh token new: cannot make {args.output}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

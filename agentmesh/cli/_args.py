@@ -8,6 +8,7 @@ from typing import Sequence
 
 from .._address import check_port
 from .._config import ENVIRONMENT, Settings, check_capacity, env
+from ..discovery.records import check_labels, printable
 from ..etcd import parse_registry_url, redact_url
 
 log = logging.getLogger("agentmesh")
@@ -52,13 +53,17 @@ def _registry_arg(value: str) -> str:
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
+    """The --label KEY=VALUE pairs as a dict, each checked (records.check_labels); a bad one ends the command."""
     labels = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--label wants key=value, got {pair!r}")
+            raise SystemExit(f"--label wants key=value, got {printable(repr(pair))}")
         labels[key] = value
-    return labels
+    try:
+        return check_labels(labels)
+    except ValueError as exc:
+        raise SystemExit(f"agentmesh server: bad --label: {exc}") from None
 
 
 def _settings(args: argparse.Namespace, **options: object) -> Settings:
@@ -71,7 +76,8 @@ def _settings(args: argparse.Namespace, **options: object) -> Settings:
         return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
                                            etcd_password_file=args.etcd_password_file, **options)
     except ValueError as exc:
-        raise SystemExit(f"agentmesh: {exc}") from None
+        message = str(exc)
+        raise SystemExit(message if message.startswith("agentmesh") else f"agentmesh: {message}") from None
 
 
 def _add_registry_args(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import threading
 import time
@@ -16,12 +15,11 @@ from .. import _tls, _trust
 from .._config import Settings
 from ..discovery import keys
 from ..discovery._view import ServerView
+from ..discovery.records import RecordWarnings, agent_record, printable, server_record
 from ..discovery.prometheus import write_from_registry
 from ..etcd import EtcdClient, EtcdError, redact_url
 from ..testing import start_dev_registry
 from ._args import _settings
-
-log = logging.getLogger("agentmesh")
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -32,7 +30,8 @@ def _registry_url(args: argparse.Namespace) -> str:
 
 
 async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> list[dict]:
-    """The records under prefix that are signed with the namespace's token; the others are reported and skipped."""
+    """The valid records under prefix (records.py: verified, bound to their lease, fresh, matching the schema);
+    the others are reported, one warning each, and skipped."""
     if not settings.token:
         raise SystemExit("agentmesh: reading the registry needs the namespace token (AGENTMESH_TOKEN_FILE or "
                          "AGENTMESH_TOKEN) to verify its records")
@@ -44,14 +43,15 @@ async def _read_records(url: str, prefix: str, settings: Settings, namespace: st
         raise SystemExit(f"registry {redact_url(url)}: {exc}") from None
     finally:
         await client.close()
+    read = server_record if prefix == keys.servers_prefix(namespace) else agent_record
+    warnings = RecordWarnings(url)
     records = []
     for kv in kvs:
-        record = _trust.verify_record(key, kv.key.decode(errors="replace"), kv.value) if kv.lease else None
-        if record is None:
-            log.warning("ignoring %s: unsigned, forged, signed with another token, or without a lease",
-                        kv.key.decode(errors="replace"))
-        else:
-            records.append(record)
+        path = kv.key.decode("utf-8", "surrogateescape")
+        try:
+            records.append(read(key, path, kv.value, kv.lease))
+        except _trust.BadRecord as exc:
+            warnings.skip(path, str(exc))
     return records
 
 
@@ -77,7 +77,9 @@ def _age(started_at: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: list[list[object]]) -> str:
+    """Rows under headers, in columns; every cell printable (a record's text never reaches the terminal raw)."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .. import _trust
 from .._metrics import DURATION_BUCKETS
 from ..discovery._view import ServerView
+from ..discovery.records import printable
 from ..etcd import EtcdError, redact_url
 from ._args import _settings
 
@@ -99,6 +100,8 @@ def _fmt_seconds(value: float | None) -> str:
 
 
 def render(rows: list[dict], title: str) -> Any:
+    """The rows as a rich table; a record's text is shown as text (no control characters, no rich markup)."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -106,7 +109,8 @@ def render(rows: list[dict], title: str) -> Any:
                  "SESSIONS", "MOVED IN"):
         table.add_column(name, justify="left" if name in ("SERVER", "ADDRESS", "STATUS") else "right")
     for r in rows:
-        table.add_row(r["server_id"], r["address"], r["status"], f"{r['agents']}/{r['capacity']}",
+        table.add_row(*(escape(printable(r[name])) for name in ("server_id", "address", "status")),
+                      f"{r['agents']}/{r['capacity']}",
                       f"{r['calls_per_s']:.1f}" if "calls_per_s" in r else "-",
                       f"{r['errors_per_s']:.1f}" if "errors_per_s" in r else "-",
                       _fmt_seconds(r.get("p50_s")), _fmt_seconds(r.get("p99_s")),
@@ -137,10 +141,10 @@ def cmd_top(args: argparse.Namespace) -> int:
     async def show() -> int:
         loop = asyncio.get_running_loop()
         await view.ensure_started()
-        rows, scrapes = await loop.run_in_executor(None, sample, list(view.servers.values()), None)
+        rows, scrapes = await loop.run_in_executor(None, sample, view.current(), None)
         if args.once:
             await asyncio.sleep(args.interval)
-            rows, _ = await loop.run_in_executor(None, sample, list(view.servers.values()), scrapes)
+            rows, _ = await loop.run_in_executor(None, sample, view.current(), scrapes)
             if args.json:
                 print(json.dumps(rows, indent=2, sort_keys=True))
             else:
@@ -153,7 +157,7 @@ def cmd_top(args: argparse.Namespace) -> int:
                 await asyncio.sleep(args.interval)
                 if not view.ready:
                     await view.ensure_started()
-                rows, scrapes = await loop.run_in_executor(None, sample, list(view.servers.values()), scrapes)
+                rows, scrapes = await loop.run_in_executor(None, sample, view.current(), scrapes)
                 live.update(render(rows, f"{title} — {time.strftime('%H:%M:%S')}"))
 
     try:

@@ -11,9 +11,11 @@ import random
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
-from .. import _protocol, _trust
+from .. import _protocol
+from .._trust import BadRecord
 from ..etcd import EtcdClient, EtcdError, redact_url
 from . import keys
+from .records import RecordWarnings, agent_record, server_record, staleness
 
 log = logging.getLogger("agentmesh.discovery")
 
@@ -24,8 +26,9 @@ _PLACED_MEMORY = 1.0
 class ServerView:
     """Server records of a namespace, kept current by a watch (lives on the I/O loop).
 
-    Only records signed with the namespace key and attached to a lease count;
-    anything else in etcd is ignored (and logged once per key).
+    Only records that verify with the namespace key under the lease they are
+    attached to, match the schema and are fresh count (records.py); anything
+    else in etcd is ignored, logged once per key.
     """
 
     def __init__(self, url: str, namespace: str, timeout: float = 2.0, etcd_options: dict[str, Any] | None = None,
@@ -35,7 +38,7 @@ class ServerView:
                              f"AGENTMESH_TOKEN_FILE or AGENTMESH_TOKEN), which verifies its records")
         self.url = url
         self.key = key
-        self._ignored: set[str] = set()
+        self.warnings = RecordWarnings(url)
         self.namespace = namespace
         self.timeout = timeout
         self.servers: dict[str, dict[str, Any]] = {}
@@ -68,29 +71,21 @@ class ServerView:
         kvs, revision = await self.client.get_prefix(prefix)
         self.servers = {}
         for kv in kvs:
-            self._put(kv.key.decode(), kv.value, kv.lease)
+            self._put(kv.key.decode("utf-8", "surrogateescape"), kv.value, kv.lease)
         self._watch = self.client.watch_prefix(prefix, start_revision=revision + 1)
         await self._watch.start()
         self._task = asyncio.ensure_future(self._follow())
         self.ready = True
 
-    def verified(self, key: str, value: bytes, lease: int) -> dict[str, Any] | None:
-        """The record at key if it is signed with the namespace key and has a lease; else None, logged once."""
-        record = _trust.verify_record(self.key, key, value) if lease else None
-        if record is None and key not in self._ignored:
-            if len(self._ignored) < 10_000:
-                self._ignored.add(key)
-            log.warning("registry %s: ignoring %s: %s", redact_url(self.url), key,
-                        "it has no lease" if not lease else "its signature does not verify with this namespace's "
-                                                            "token (forged, or written with another token)")
-        return record
-
     def _put(self, key: str, value: bytes, lease: int) -> None:
         server_id = key.rsplit("/", 1)[-1]
-        record = self.verified(key, value, lease)
-        if record is None or record.get("server_id") != server_id:
+        try:
+            record = server_record(self.key, key, value, lease)
+        except BadRecord as exc:
+            self.warnings.skip(key, str(exc))
             self._gone(server_id)
             return
+        self.warnings.good(key)
         old = self.servers.get(server_id)
         if old is not None and time.monotonic() - old.get("_placed_at", 0.0) < _PLACED_MEMORY:
             # our own recent placements may not be in the server's record yet (it writes every 0.2 s)
@@ -122,8 +117,8 @@ class ServerView:
 
     def _fitting(self, labels: dict[str, str] | None, cls_name: str | None,
                  exclude: set[str] | frozenset) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(free room, record) of each server that fits and has room."""
-        for record in list(self.servers.values()):
+        """(free room, record) of each fresh server that fits and has room."""
+        for record in self.current():
             if record.get("status", "SERVING") != "SERVING" or record.get("server_id") in exclude:
                 continue
             if record.get("python") != _protocol.PYTHON_VERSION:
@@ -136,6 +131,18 @@ class ServerView:
             free = int(record.get("capacity", 0)) - int(record.get("agents", 0))
             if free > 0:
                 yield free, record
+
+    def current(self) -> list[dict[str, Any]]:
+        """The servers' records that are still fresh (a server rewrites its record every few seconds)."""
+        now = time.time()
+        fresh = []
+        for record in list(self.servers.values()):
+            stale = staleness(record, now)
+            if stale:
+                self.warnings.skip(keys.server_key(self.namespace, record["server_id"]), stale)
+            else:
+                fresh.append(record)
+        return fresh
 
     def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
                    exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
@@ -178,11 +185,14 @@ class ServerView:
                 kv = await self.client.get(path)
             except EtcdError:
                 kv = None
-            record = self.verified(path, kv.value, kv.lease) if kv is not None else None
-            if record is not None:
-                address = record.get("address")
-                if address and address != avoid and isinstance(address, str):
-                    return str(record.get("server_id", "")), address
+            record = None
+            if kv is not None:
+                try:
+                    record = agent_record(self.key, path, kv.value, kv.lease)
+                except BadRecord as exc:
+                    self.warnings.skip(path, str(exc))
+            if record is not None and record["address"] != avoid:
+                return record["server_id"], record["address"]
             if time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(0.05)

@@ -22,7 +22,8 @@ log = logging.getLogger("agentmesh.discovery")
 
 
 def targets_of(records: Iterable[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
-    """file_sd entries: one per server that serves metrics, labelled with its id, namespace and labels."""
+    """file_sd entries: one per server that serves metrics, labelled with its id, namespace and labels (a label
+    ``k`` as ``label_k``: records carry only keys that are Prometheus label names, so no two collide)."""
     out = []
     for record in sorted(records, key=lambda r: r.get("server_id", "")):
         address = record.get("metrics")
@@ -30,9 +31,7 @@ def targets_of(records: Iterable[dict[str, Any]], namespace: str) -> list[dict[s
             continue
         labels = {"namespace": namespace, "server_id": str(record.get("server_id", "")),
                   "agent_address": str(record.get("address", ""))}
-        for key, value in (record.get("labels") or {}).items():
-            name = "label_" + "".join(c if c.isalnum() or c == "_" else "_" for c in str(key))
-            labels[name] = str(value)
+        labels.update({f"label_{key}": value for key, value in record["labels"].items()})
         out.append({"targets": [address], "labels": labels})
     return out
 
@@ -59,7 +58,7 @@ async def write_from_registry(view: ServerView, path: str, watch: bool = False, 
     await view.ensure_started()
     written: list[dict[str, Any]] | None = None
     while True:
-        targets = targets_of(list(view.servers.values()), view.namespace)
+        targets = targets_of(view.current(), view.namespace)
         if targets != written:
             write_targets(path, targets)
             if written is not None:

@@ -1,14 +1,18 @@
 """A server's registration in etcd: its record and its agents' records, under a lease.
 
 The record holds address, capacity and live load; it is rewritten when the
-load changes (at most every ``min_interval`` s) and vanishes with the lease
-when the server stops renewing it. A lost lease (etcd outage, a long pause)
-is replaced by a new one and everything is written again under the same
-keys: no duplicate, and the old keys die with the old lease, so no ghost.
+load changes (at most every ``min_interval`` s), signed again at least every
+``records.REFRESH_EVERY`` s when nothing changes (readers ignore stale ones),
+written back at once when someone else overwrites or deletes it, and it
+vanishes with the lease when the server stops renewing it. Every record is
+bound to the lease it is written under. A lost lease (etcd outage, a long
+pause) is replaced by a new one and everything is written again under the
+same keys: no duplicate, and the old keys die with the old lease, so no ghost.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -18,8 +22,9 @@ from typing import Any, Mapping, Protocol
 from .. import _protocol, _trust
 from .._address import advertised_host
 from .._version import __version__
-from ..etcd import EtcdAuthError, EtcdClient, EtcdError, Lease, redact_url
+from ..etcd import EtcdAuthError, EtcdClient, EtcdError, Lease, Watch, redact_url
 from . import keys
+from .records import REFRESH_EVERY, agent_record, check_labels, printable
 
 log = logging.getLogger("agentmesh.discovery")
 
@@ -60,7 +65,7 @@ class Registration:
         self.signing_key = key
         self.url = url
         self.namespace = namespace
-        self.labels = dict(labels or {})
+        self.labels = check_labels(labels)
         self.ttl = ttl
         self.min_interval = min_interval
         self.host = advertise_host or advertised_host(server.host)
@@ -74,6 +79,9 @@ class Registration:
         self._stopping = False
         self._lost = asyncio.Event()
         self._auth_problem = ""
+        self._written: collections.deque[bytes] = collections.deque(maxlen=8)   # our latest server records
+        self._overwritten = False     # someone else wrote or deleted our record (warned once per lease)
+        self._signed_at = 0.0         # when we last wrote our record (monotonic)
         #: registry errors by operation, and the renewals of leases given up (for metrics)
         self.errors: dict[str, int] = {}
         self._past_renewals = [0, 0]
@@ -128,9 +136,12 @@ class Registration:
         """Register in the background; with wait, wait up to that long for the first registration."""
         self._task = asyncio.ensure_future(self._run())
         if wait:
+            registered = asyncio.ensure_future(self.registered.wait())
             try:
-                await asyncio.wait_for(asyncio.shield(self.registered.wait()), wait)
-            except asyncio.TimeoutError:
+                await asyncio.wait((registered,), timeout=wait)
+            finally:
+                registered.cancel()      # never left pending (an unregistered server would leak it at exit)
+            if not self.registered.is_set():
                 log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id,
                             redact_url(self.url))
 
@@ -174,6 +185,8 @@ class Registration:
                 await old.stop()
             await self.drop_moved("it was cut off from the registry")
         self.lease = await self.client.lease(self.ttl, on_lost=self._lost.set)
+        self._written.clear()
+        self._overwritten = False
         agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
                         "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
                   for aid, h in self.server.agents.items()}
@@ -189,37 +202,56 @@ class Registration:
         kvs, _ = await self.client.get_prefix(keys.agents_prefix(self.namespace))
         elsewhere = set()
         for kv in kvs:
-            record = _trust.verify_record(self.signing_key, kv.key.decode(), kv.value) if kv.lease else None
-            if record is None:
-                continue      # unsigned, forged or lease-less: it moves nothing
-            if record.get("server_id") != self.server.server_id:
-                elsewhere.add(record.get("agent_id"))
+            try:
+                record = agent_record(self.signing_key, kv.key.decode("utf-8", "surrogateescape"), kv.value,
+                                      kv.lease)
+            except _trust.BadRecord:
+                continue      # unsigned, forged, replayed, lease-less or malformed: it moves nothing
+            if record["server_id"] != self.server.server_id:
+                elsewhere.add(record["agent_id"])
         moved = [aid for aid in self.server.agents if aid in elsewhere]
         return self.server.fence(f"{why}, their registry records named another server", moved) if moved else 0
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
         lease_id = self.lease.id if self.lease else 0
         sign = self.signing_key
-        puts = [(self.key, _trust.sign_record(sign, self.key, self.record()), lease_id)]
+        own = _trust.sign_record(sign, self.key, self.record(), lease_id)
+        self._written.append(own)
+        puts = [(self.key, own, lease_id)]
         deletes = []
         for agent_id, rec in agents.items():
             path = keys.agent_key(self.namespace, agent_id)
             if rec is None:
                 deletes.append(path)
             else:
-                puts.append((path, _trust.sign_record(sign, path, rec), lease_id))
+                puts.append((path, _trust.sign_record(sign, path, rec, lease_id), lease_id))
         await self.client.put_many(puts, deletes)
+        self._signed_at = time.monotonic()
 
     async def _update_until_lost(self) -> None:
+        """Write the record when the load changes, when REFRESH_EVERY s passed, or when someone else wrote it."""
         lost = asyncio.ensure_future(self._lost.wait())
+        watch = self.client.watch_prefix(self.key)
+        guard: asyncio.Future | None = None
         try:
+            await watch.start()
+            guard = asyncio.ensure_future(self._guard(watch))
+            current = await self.client.get(self.key)      # written over before the watch began?
+            if current is None or current.value not in self._written:
+                self._written_by_someone_else("overwritten or deleted")
             while not self._stopping:
                 dirty = asyncio.ensure_future(self._dirty.wait())
-                await asyncio.wait((dirty, lost), return_when=asyncio.FIRST_COMPLETED)
-                dirty.cancel()
+                try:
+                    await asyncio.wait((dirty, lost, guard), return_when=asyncio.FIRST_COMPLETED,
+                                       timeout=max(0.0, self._signed_at + REFRESH_EVERY - time.monotonic()))
+                finally:
+                    dirty.cancel()
                 if lost.done():
                     log.warning("server %s: registry lease lost; registering again", self.server.server_id)
                     return
+                if guard.done():
+                    guard.result()
+                    raise EtcdError("the watch on this server's own record ended")
                 self._dirty.clear()
                 changed, self._agents_changed = self._agents_changed, {}
                 try:
@@ -232,6 +264,30 @@ class Registration:
                 await asyncio.sleep(self.min_interval)
         finally:
             lost.cancel()
+            if guard is not None:
+                guard.cancel()
+                await asyncio.gather(guard, return_exceptions=True)
+            await watch.aclose()
+
+    async def _guard(self, watch: Watch) -> None:
+        """Follow our own key: a value we did not write under our lease, or a deletion, is written over at once."""
+        async for event in watch:
+            if event.type == "RESYNC":      # history was compacted: write ours once more, to be sure
+                self._dirty.set()
+                continue
+            if event.key != self.key:
+                continue      # a longer server id sharing our key as its prefix
+            lease = self.lease.id if self.lease else 0
+            if event.type == "PUT" and event.lease == lease and event.value in self._written:
+                continue
+            self._written_by_someone_else("deleted" if event.type == "DELETE" else "overwritten")
+
+    def _written_by_someone_else(self, how: str) -> None:
+        if not self._overwritten:     # once per lease: an attacker rewriting it in a loop gets one line
+            self._overwritten = True
+            log.warning("server %s: its registry record %s was %s by another writer; writing it back",
+                        self.server.server_id, printable(self.key), how)
+        self._dirty.set()
 
     async def stop(self) -> None:
         """Withdraw at once: revoking the lease deletes the server's and its agents' records."""

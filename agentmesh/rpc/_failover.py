@@ -16,7 +16,7 @@ from typing import Any
 from .. import errors
 from .._client.connection import fail
 from .._client.slot import CallSlot, Transport
-from .._creation import AgentSpec, create_on
+from .._creation import AgentSpec, check_size, create_on
 from .._placement import place
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
@@ -49,6 +49,7 @@ class Binding:
         self.ckpt: tuple[int, bytes] = (0, b"")  # (calls completed, state) after the last reply
         self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
         self.ended = ""                          # why the agent is gone for good (its server shut down)
+        self.refused = ""                        # why it can never be created (its creation is too large)
         self._stale = (0, 0.0)                   # stale-epoch refusals in a row, and when the first came
         self._move_lock = threading.Lock()
 
@@ -83,17 +84,25 @@ class Binding:
         assert spec is not None
         classes = self.runtime.classes
         ref = classes.ref(spec.cls, conn.server_id)
-        classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
         request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=spec.init_blob,
                                         checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
-        slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__",
-                                payload=request.SerializeToString()), self)
+        slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__"),
+                        self)
         self.creation = slot
+        try:
+            check_size(request, conn)
+        except errors.MessageTooLargeError as exc:
+            self._refuse(str(exc), [slot])
+            return
+        classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
+        slot.call.payload = request.SerializeToString()
         conn.submit(slot)
 
     def send(self, slot: CallSlot, conn: Any) -> None:
         """Send a call on conn (this binding's session), or hold it while the agent moves."""
-        if self.held is None or not self._hold(slot):
+        if self.refused:
+            fail(self.runtime.loop, slot, pb.TOO_LARGE, self.refused)
+        elif self.held is None or not self._hold(slot):
             conn.submit(slot)
 
     # -- CallOwner -------------------------------------------------------------
@@ -120,6 +129,9 @@ class Binding:
 
     def on_lost(self, conn: Transport, slots: list[CallSlot], reason: str, refused: int = 0) -> None:
         """The server behind conn is gone, hung, fenced or draining: move the agent, replay slots."""
+        if self.refused:                       # never created: nothing to move
+            self._refuse(self.refused, slots, again=True)
+            return
         with self._move_lock:
             if self.held is not None:          # already moving: these calls go along
                 self.held.extend(slots)
@@ -185,7 +197,10 @@ class Binding:
             held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
             for slot in held:
                 slot.call.epoch = self.epoch
-                conn.submit(slot)
+                if self.refused:     # its checkpoint made the creation too large: they fail with why
+                    fail(self.runtime.loop, slot, pb.TOO_LARGE, self.refused)
+                else:
+                    conn.submit(slot)
             self.held = None
         if self.agent_id in self.runtime.owned:
             self.runtime.owned[self.agent_id] = conn.address
@@ -219,6 +234,16 @@ class Binding:
             self.held.append(slot)
             return True
 
+    def _refuse(self, message: str, slots: list[CallSlot], again: bool = False) -> None:
+        """The agent's creation is over the message size limit, so no server can build it: slots and every
+        later call fail at once with message (a MessageTooLargeError), and nothing of it is sent."""
+        if not again:
+            self.refused = message
+            self.runtime.owned.pop(self.agent_id, None)
+            log.warning("%s; nothing was sent, its calls fail", message)
+        for slot in slots:
+            fail(self.runtime.loop, slot, pb.TOO_LARGE, message)
+
     def _fail_held(self, message: str) -> None:
         with self._move_lock:
             held, self.held = self.held or [], None
@@ -243,10 +268,15 @@ class Binding:
             if target is None:
                 target, how = self._relocate(lost)
         except Exception as exc:  # noqa: BLE001 - every held call must learn why
-            log.info("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
-                     self.cls_name, lost.address, exc)
-            self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
-                            f"not be moved: {exc}")
+            if isinstance(exc, errors.MessageTooLargeError):   # no server can take it: refused for good
+                with self._move_lock:
+                    held, self.held = self.held or [], None
+                self._refuse(str(exc), held)
+            else:
+                log.info("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
+                         self.cls_name, lost.address, exc)
+                self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
+                                f"not be moved: {exc}")
             if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
                 self.runtime.moves.finish(lost, None)
             return

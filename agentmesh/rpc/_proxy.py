@@ -7,6 +7,7 @@ from typing import Any
 from .. import _codec, _status, errors
 from .._address import format_address, host_of
 from .._classes import class_name
+from .._config import check_options
 from .._client.slot import CallSlot, raised
 from .._creation import AgentSpec
 from .._placement import choose, counted
@@ -20,6 +21,11 @@ from .rpc_client import RpcClient
 from .._ids import new_id
 
 log = logging.getLogger("agentmesh.rpc")
+#: what to_dist() takes (as keywords, or in its dict / DistConf)
+TO_DIST_OPTIONS = frozenset({"host", "port", "labels", "registry", "namespace", "checkpoint", "max_timeout_seconds",
+                             "retry_strategy", "agent_id"})
+#: AgentScope 0.1.6's to_dist() / DistConf options that set nothing here, accepted for ported code
+AGENTSCOPE_TO_DIST_OPTIONS = frozenset({"max_pool_size", "max_expire_time", "local_mode", "lazy_launch"})
 
 
 class _RemoteMethod:
@@ -255,8 +261,9 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     ``labels`` constrain it), else a child server of this process. The
     creation travels ahead of the first calls on the same session, so this
     does not wait for the constructor; if it fails, the first use raises
-    AgentCreationError.
+    AgentCreationError. An unknown option is a TypeError naming it: nothing is placed.
     """
+    check_options(options, TO_DIST_OPTIONS, AGENTSCOPE_TO_DIST_OPTIONS, f"{cls.__name__}.to_dist()")
     runtime = runtime or default_runtime()
     timeout = options.get("max_timeout_seconds")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):

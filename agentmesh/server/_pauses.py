@@ -30,7 +30,11 @@ STOPPED_BELOW = 0.25
 
 
 class PauseWatch:
-    """Beats on its own thread; assess() classifies a gap longer than after seconds (any thread)."""
+    """Beats on its own thread; assess() classifies a gap longer than after seconds (any thread).
+
+    Gaps count from start(): what the server did before it (binding, waiting for the registry at start-up) is
+    no pause of a running server, so it is never reported as a stop.
+    """
 
     def __init__(self, after: float, on_stop: Callable[[float], None], finished: threading.Event) -> None:
         self.after = after
@@ -38,10 +42,15 @@ class PauseWatch:
         self._finished = finished
         self._lock = threading.Lock()
         self._mark = (time.monotonic(), time.process_time())
+        self._started = False
         self.busy_gaps = 0               # gaps over `after` that were work, not a stop
         self.longest_busy = 0.0          # the longest of them (s)
 
     def start(self) -> None:
+        """Begin watching: the first gap runs from now."""
+        with self._lock:
+            self._mark = (time.monotonic(), time.process_time())
+            self._started = True
         threading.Thread(target=self._beat, name="agentmesh-pause-watch", daemon=True).start()
 
     def _beat(self) -> None:
@@ -50,11 +59,13 @@ class PauseWatch:
 
     def overdue(self) -> bool:
         """True when the last beat is older than `after`: a gap to assess before trusting local state."""
-        return time.monotonic() - self._mark[0] > self.after
+        return self._started and time.monotonic() - self._mark[0] > self.after
 
     def assess(self) -> None:
-        """Close the current gap: report it if it was a stop."""
+        """Close the current gap: report it if it was a stop (nothing before start())."""
         with self._lock:
+            if not self._started:
+                return
             wall, cpu = time.monotonic(), time.process_time()
             gap, used = wall - self._mark[0], cpu - self._mark[1]
             self._mark = (wall, cpu)

@@ -15,22 +15,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .. import _frames, _protocol, _status
-from .._address import format_address
+from .._address import format_address, is_loopback
 from .._config import (DEFAULT_MAX_CLASS_BYTES, DEFAULT_MAX_CLASSES, DEFAULT_MAX_FETCH_WAITERS,
                        DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_RESULT_BYTES,
                        DEFAULT_MAX_RESULTS, DEFAULT_RESULT_TTL, DEFAULT_SESSION_BACKLOG_BYTES)
 from .._runtime import Runtime
 from .._tls import ServerTLS
+from .._tokens import check_token, local_token
 from .._version import __version__
 from ..discovery.registration import Registration
 from ..etcd import redact_url
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
+from ._addresses import AddressBook
 from ._auth import Credentials, Gate
 from ._classes import HostedClasses, classes_in_folder
 from ._files import FileRoot
 from ._host import AgentHost
 from ._hosting import Hosting, Refusal
+from ._open_health import OpenHealth
 from ._outbox import Session as _Session, entry_cost
 from ._pauses import PauseWatch
 from ._telemetry import live_metrics, resident_mib
@@ -80,11 +83,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.metrics_port = metrics_port   # None: no /metrics; 0: a free port, set once it serves
         self.host = host
         self.port = port
-        self.token = token
         self.max_message_size = max_message_size
         self.server_id = server_id or uuid.uuid4().hex[:12]
         self.namespace = namespace
-        self.credentials = Credentials(self.server_id, namespace, token)
         given = list(custom_agent_classes or ()) + (classes_in_folder(agent_dir) if agent_dir else [])
         classes = HostedClasses(given, allow_shipped_classes, max_classes, max_class_bytes)
         self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity, classes=classes,
@@ -99,6 +100,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
             raise ValueError(f"agent server: a registry ({redact_url(registry)}) needs the namespace token "
                              f"(token=, --token-file or AGENTMESH_TOKEN_FILE): its records are signed with it, "
                              f"and readers ignore records they cannot verify")
+        check_token(token, f"agent server {self.server_id}")
+        if token is None and is_loopback(host) and not (tls is not None and tls.mutual):
+            token = local_token()   # given none on loopback: only this user's processes may call it
+        self.credentials = Credentials(self.server_id, namespace, token, AddressBook(host, advertise_host))
+        self.open_health = OpenHealth()   # what unauthenticated probes are told
         self.registry_options = (
             dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host,
                  etcd_options=runtime.settings.etcd_options(), key=self.credentials.key)
@@ -155,7 +161,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
     async def start(self) -> int:
         """Bind and serve; returns the port. A port in use is an error, never a second listener."""
         self.hosting.bind_loop(asyncio.get_running_loop())
-        server = grpc.aio.server(interceptors=[Gate(self.credentials)],
+        server = grpc.aio.server(interceptors=[Gate(self.credentials, self.open_health)],
                                  options=_protocol.server_options(self.max_message_size))
         pb_grpc.add_AgentServerServicer_to_server(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -169,10 +175,12 @@ class AgentServer(pb_grpc.AgentServerServicer):
             raise OSError(f"agentmesh: cannot listen on {self.host}:{self.port}: the port is in use "
                           f"or the address is not local ({exc})") from None
         self.port = port
+        await self.credentials.addresses.start(port)
         await server.start()
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(_protocol.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        self.open_health.set(health_pb2.HealthCheckResponse.SERVING)
         self.runtime.pool.local_servers[self.server_id] = self
         if self.metrics_port is not None:
             self.metrics_port = self.runtime.serve_metrics(self.metrics_port, self.host or "0.0.0.0")
@@ -195,6 +203,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if self._server is None or self.hosting.draining:
             return
         self.hosting.draining = True
+        self.open_health.set(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._health.enter_graceful_shutdown()
         if self.registration is not None:
             await self.registration.stop()
@@ -244,13 +253,6 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self.hosting.streams.sweep()
 
     # -- unary RPCs -------------------------------------------------------------
-    async def Handshake(self, request: pb.HandshakeRequest, context: grpc.aio.ServicerContext) -> pb.HandshakeResponse:
-        answer = self.credentials.answer(request)
-        if isinstance(answer, tuple):
-            status, message = answer
-            await context.abort(_status.TABLE[status].code, message, _status.trailing(status))
-        return answer
-
     async def CreateAgent(self, request: pb.CreateAgentRequest, context: grpc.aio.ServicerContext) -> pb.CreateAgentResponse:
         try:
             begun = self.hosting.begin_create(request)
@@ -307,10 +309,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id} serves no files "
                                                            f"(it was started without file_dir / --file-dir)")
         try:
-            path = self.files.resolve(request.path)
+            handle = self.files.open(request.path)
         except LookupError as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"agent server {self.server_id}: {exc}")
-        async for chunk in FileRoot.serve(path, self.hosting.executor):
+        async for chunk in FileRoot.serve(handle, self.hosting.executor):
             yield chunk
 
     async def ReadStream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> None:
@@ -346,6 +348,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         session = _Session(self.session_backlog_bytes)
         self._sessions.add(session)
+        ticket = dict(context.invocation_metadata() or ()).get(_protocol.MD_AUTH, "")
+        self.credentials.session_opened(ticket)   # the caller's other RPCs ride on it while the session lasts
         await context.write(pb.ServerFrame(hello=pb.Hello(
             server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size,
             file_dir=self.files.path if self.files else "")))
@@ -368,6 +372,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         finally:
             session.closed = True
             self._sessions.discard(session)
+            self.credentials.session_closed(ticket)
             reader.cancel()
 
     async def _read_session(self, request_iterator: Any, session: _Session) -> None:

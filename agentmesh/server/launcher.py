@@ -11,7 +11,9 @@ from .. import _tls
 from .._address import check_port, format_address, is_loopback
 from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, check_capacity, read_secret
 from .._process import ServerProcess
+from .._tokens import check_token, local_token
 from .._runtime import default_runtime
+from ..discovery.records import check_labels
 from ..etcd import parse_registry_url
 from ._files import FileRoot
 from ._service import AgentServer
@@ -120,6 +122,7 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
     siblings); etcd_password: the password of the registry URL's user.
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
+    options["labels"] = check_labels(options.get("labels"))   # a ValueError naming the label, before it listens
     runtime = default_runtime()   # this process is the server: its runtime serves it
     own_calls_token = dial_token if roster is not None else token   # a child's own token is for its siblings
     runtime.configure(**_process_settings(
@@ -191,15 +194,18 @@ class RpcAgentServerLauncher:
         if self.registry:
             parse_registry_url(self.registry)     # a ValueError naming the URL (redacted) before anything starts
         self.namespace = namespace or settings.namespace
-        self.labels = dict(labels or {})
+        self.labels = check_labels(labels)     # a ValueError naming the bad label, before anything starts
         if token is not None and token_file is not None:
             raise ValueError("both token= and token_file= were given to RpcAgentServerLauncher; give one")
         self.token = read_secret(token_file) if token_file is not None else (
             token if token is not None else settings.token)
+        check_token(self.token, "RpcAgentServerLauncher (token=, token_file=)")
         self.insecure = insecure
         if tls_cert is None and tls_key is None:
             tls_cert, tls_key = settings.tls_cert, settings.tls_key
         self.tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
+        if self.token is None and is_loopback(host) and not self.registry and not (self.tls and self.tls.mutual):
+            self.token = local_token()    # given none on loopback: only this user's processes may call it
         self.max_message_size = max_message_size
         self.grace = grace
         self.options = {k: v for k, v in options.items() if k in _SERVER_OPTIONS}

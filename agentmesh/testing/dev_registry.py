@@ -19,7 +19,9 @@ What it guards against on a shared machine or next to a browser:
 It also writes a random namespace token to ``namespace.token`` (0600) for
 servers and clients (``AGENTMESH_TOKEN_FILE``). The directory (0700) holds
 ``etcd-data/`` too; started again on the same directory, the registry keeps
-its data, password and token.
+its data, password and token. A directory someone else could write to (not
+yours, group- or world-writable) is refused, and so is a symlink in place
+of a secret file or of ``etcd-data/``: they are never followed or adopted.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -50,16 +53,57 @@ def hardening_args(port: int) -> list[str]:
             "--cors", f"http://127.0.0.1:{port}"]
 
 
-def _secret_file(path: Path) -> tuple[str, bool]:
-    """The secret in ``path``, made (random, mode 0600) if missing; and whether it was just made."""
+def _check_private(path: Path, what: str) -> None:
+    """ValueError naming path and what is wrong when someone else could plant or swap files in it.
+
+    A directory of the registry must be a real directory (not a symlink), be
+    the user's own and be writable by nobody else; one that does not exist yet passes.
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    problems = []
+    if stat.S_ISLNK(info.st_mode):
+        problems.append("it is a symbolic link")
+    elif not stat.S_ISDIR(info.st_mode):
+        problems.append("it is not a directory")
+    if os.name == "posix" and info.st_uid != os.geteuid():
+        problems.append(f"it belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})")
+    if info.st_mode & 0o022 and not stat.S_ISLNK(info.st_mode):
+        problems.append(f"group or others may write to it (mode {stat.S_IMODE(info.st_mode):03o})")
+    if problems:
+        raise ValueError(f"refusing the registry's {what} {path}: {'; '.join(problems)}, so someone else could "
+                         f"plant or replace its secrets and data. Give a new directory (it is made 0700), or one "
+                         f"that is yours and only you can write (chmod 700) if all in it is yours")
+
+
+def _secret_file(path: Path) -> tuple[str, bool]:
+    """The secret in ``path``, made (random, mode 0600) if missing; and whether it was just made.
+
+    Never through a symlink: an existing file must be a regular file of the user's
+    (opened with O_NOFOLLOW; its mode is fixed on that descriptor).
+    """
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
     except FileExistsError:
-        secret = path.read_text().strip()
+        try:
+            fd = os.open(path, os.O_RDONLY | nofollow)
+        except OSError as exc:
+            why = "it is a symbolic link" if path.is_symlink() else exc.strerror
+            raise ValueError(f"refusing the registry's secret file {path}: {why}; remove it (and the "
+                             f"registry's {DATA_DIR}/ if it is not yours) to start afresh") from None
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode) or (os.name == "posix" and info.st_uid != os.geteuid()):
+                raise ValueError(f"refusing the registry's secret file {path}: it is not a regular file of "
+                                 f"yours; remove it (and the registry's {DATA_DIR}/) to start afresh")
+            if os.name == "posix" and info.st_mode & 0o077:
+                os.fchmod(fh.fileno(), 0o600)
+            secret = fh.read().decode("utf-8", errors="replace").strip()
         if not secret:
             raise ValueError(f"{path} is empty; delete it and the registry's {DATA_DIR}/ to start afresh") from None
-        if os.name == "posix":
-            os.chmod(path, 0o600)
         return secret, False
     secret = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as fh:
@@ -130,7 +174,9 @@ def start_dev_registry(directory: str | os.PathLike[str] | None = None, port: in
     owned = directory is None
     folder = Path(tempfile.mkdtemp(prefix="agentmesh-registry-") if owned else directory).resolve()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(folder, "directory")
     data_dir = folder / DATA_DIR
+    _check_private(data_dir, f"{DATA_DIR}/ directory")
     had_data = (data_dir / "member").exists()
     password, new_password = _secret_file(folder / PASSWORD_FILE)
     _secret_file(folder / TOKEN_FILE)

@@ -11,13 +11,15 @@ from .._runtime import Runtime, default_runtime, set_default_runtime
 
 @contextlib.contextmanager
 def settings_changed(**options: Any) -> Iterator[Runtime]:
-    """The default runtime with options set, and its settings as they were afterwards."""
+    """The default runtime with options set; afterwards its settings as they were, and nothing the block
+    opened (sessions, agents, child servers) left to act later under other settings."""
     runtime = default_runtime()
     saved = runtime.settings
     runtime.configure(**options)
     try:
         yield runtime
     finally:
+        runtime.close()
         runtime.configure(**dataclasses.asdict(saved))
 
 

@@ -148,12 +148,8 @@ class Reply(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
-    __slots__ = ("client_nonce", "namespace")
-    CLIENT_NONCE_FIELD_NUMBER: _ClassVar[int]
-    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
-    client_nonce: bytes
-    namespace: str
-    def __init__(self, client_nonce: _Optional[bytes] = ..., namespace: _Optional[str] = ...) -> None: ...
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class HandshakeResponse(_message.Message):
     __slots__ = ("server_id", "namespace", "server_nonce", "proof")
