@@ -1,6 +1,6 @@
 """agentmesh: run the agents of one application across processes and machines.
 
-A small public API over private modules; see README.md and SPEC.md.
+A small public API over private modules; see README.md and docs/.
 """
 from ._grpc_tuning import tune_grpc as _tune_grpc
 
@@ -28,8 +28,10 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
 
     With no arguments the ``AGENTMESH_REGISTRY``, ``AGENTMESH_NAMESPACE`` and
     ``AGENTMESH_TOKEN`` (or ``AGENTMESH_TOKEN_FILE``) environment variables
-    apply; with none of those, agents go to child servers. Unknown options are
-    accepted (for code written for AgentScope's ``init``) and logged at DEBUG.
+    apply; with none of those, agents go to child servers. An unknown option is
+    a TypeError naming it; AgentScope's ``init`` options are accepted (for code
+    ported from it) and do nothing. A token must be a key (estimated 128 bits or
+    more: ``agentmesh token new``); with none, this user's local token is used.
 
     Secrets: ``token_file`` names a file holding the token (read once, now;
     its trailing newline stripped), so the token stays out of code and argv;
