@@ -63,6 +63,11 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     by replies (``Msg.url`` under a server's ``file_dir``) are copied; default
     ``save_dir``/files when AgentScope's ``save_dir`` is given (the folder is
     made), else a temporary folder per process.
+
+    Code: ``py_modules=[module, ...]`` (modules or their names) ships those
+    modules' functions, classes and constants with every class this process
+    sends to a server, which then needs no copy of them (``to_dist`` takes it
+    too, for one class).
     """
     save_dir = options.get("save_dir")
     if save_dir:   # AgentScope's run folder: made now; files that replies name are copied under it

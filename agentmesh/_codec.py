@@ -43,17 +43,21 @@ def dumps_plain_first(obj: Any) -> bytes:
     return blob
 
 
-def dumps_by_value(obj: Any, module_name: str) -> bytes:
-    """Pickle obj with its module's code included, for a server that cannot import the module."""
-    module = sys.modules.get(module_name)
-    if module is None or module_name in ("__main__", "builtins"):
+def dumps_by_value(obj: Any, module_name: str, *more: str) -> bytes:
+    """Pickle obj with the code of its module (and of the modules named in more) included, for a server that
+    cannot import them: their functions, classes and constants that obj's code uses travel in the pickle."""
+    modules = [sys.modules[name] for name in dict.fromkeys((module_name, *more))
+               if name in sys.modules and name not in ("__main__", "builtins") and name not in _BY_VALUE_MODULES]
+    if not modules:
         return dumps(obj)
     with _by_value_lock:
-        cloudpickle.register_pickle_by_value(module)
+        for module in modules:
+            cloudpickle.register_pickle_by_value(module)
         try:
             return dumps(obj)
         finally:
-            cloudpickle.unregister_pickle_by_value(module)
+            for module in modules:
+                cloudpickle.unregister_pickle_by_value(module)
 
 
 loads = cloudpickle.loads

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import logging
 import os
+import types
 from typing import Any, Iterable, Mapping
 
 from . import _tls
@@ -120,6 +122,27 @@ def check_options(given: Iterable[str], accepted: Iterable[str], kept: Iterable[
                     f"accepts {', '.join(accepted)}, and AgentScope's {', '.join(kept)} (kept for porting)")
 
 
+def check_py_modules(modules: object, what: str) -> tuple[str, ...]:
+    """The names of the modules given as py_modules= (a list of modules, or of names of modules importable
+    here), checked: a TypeError or ValueError naming what is wrong. Their code is shipped with the classes."""
+    if modules is None:
+        return ()
+    if not isinstance(modules, (list, tuple)):
+        raise TypeError(f"{what}: py_modules takes a list of modules (or of their names), not {modules!r}")
+    names: list[str] = []
+    for module in modules:
+        if isinstance(module, str):
+            try:
+                module = importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"{what}: py_modules names a module that cannot be imported here: {exc}") from None
+        if not isinstance(module, types.ModuleType):
+            raise TypeError(f"{what}: py_modules holds {module!r}, which is neither a module nor a module's name")
+        if module.__name__ not in names:
+            names.append(module.__name__)
+    return tuple(names)
+
+
 def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
     """An AGENTMESH_* on/off variable: 1/true/yes is on, 0/false/no or unset is off, anything else a ValueError."""
     value = (env(name, "", environ) or "").strip().lower()
@@ -155,6 +178,8 @@ class Settings:
     download_dir: str | None = None
     #: where a client process serves /metrics (metrics_port=): loopback, as it has no authentication
     metrics_host: str = "127.0.0.1"
+    #: modules (by name) whose code travels with every class shipped to a server (py_modules=)
+    py_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -173,6 +198,8 @@ class Settings:
         """
         check_options(options, _FIELDS | INIT_ONLY_OPTIONS, AGENTSCOPE_INIT_OPTIONS, "agentmesh.init()")
         known = {key: value for key, value in options.items() if key in _FIELDS}
+        if "py_modules" in known:
+            known["py_modules"] = check_py_modules(known["py_modules"], "agentmesh.init()")
         for key in sorted(set(options) - set(known)):
             log.debug("agentmesh: option %r is not used by agentmesh", key)
         updated = dataclasses.replace(self, **_read_secret_files(known, from_env=False))

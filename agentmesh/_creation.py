@@ -7,6 +7,7 @@ from typing import Any
 import grpc
 
 from . import _status, errors
+from ._classes import py_modules_hint
 from ._client.connection import Connection
 from ._runtime import Runtime
 from .v1 import agent_server_pb2 as pb
@@ -40,7 +41,7 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
     the status of its refusal (CLASS_NOT_SENT, CLASS_NOT_FOUND), never by text.
     """
     classes = runtime.classes
-    by_value = False
+    by_value = classes.by_value(spec.cls)
     for _ in range(4):
         ref = classes.ref(spec.cls, conn.server_id, by_value)
         request = pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
@@ -56,7 +57,10 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
             if status == pb.CLASS_NOT_FOUND and not by_value:
                 by_value = True
                 continue
-            raise _status.rpc_error(exc, conn.address, "agent creation") from None
+            error = _status.rpc_error(exc, conn.address, "agent creation")
+            if status == pb.CLASS_NOT_FOUND:
+                error = type(error)(f"{error}{py_modules_hint(str(error))}")
+            raise error from None
         classes.mark_shipped(conn.server_id, ref.digest)
         return response
     raise errors.AgentCreationError(f"agent server {conn.address} keeps losing class {ref.name}")

@@ -13,6 +13,14 @@ GRPC_EXPERIMENTS itself, when AGENTMESH_GRPC_EVENT_ENGINE=1, or for a grpcio
 release this was not measured with. The variable is only set while grpc is
 imported, so child processes do not inherit it (agentmesh's own child
 servers apply it again on import).
+
+gRPC's C core also logs at INFO through absl unless told otherwise: lines
+such as ``I1207 ... ssl_transport_security.cc:2563] Handshake failed`` or
+``chttp2_transport.cc:1403] ... Got goaway`` reach stderr of every client and
+server, although agentmesh reports what they mean in its own errors. So grpc
+is imported with ``GRPC_VERBOSITY=ERROR`` (read once, on import, in grpcio
+1.85) unless the process set ``GRPC_VERBOSITY`` or ``GRPC_TRACE`` itself,
+which asks for gRPC's own logging; it, too, is set only while grpc is imported.
 """
 from __future__ import annotations
 
@@ -39,15 +47,27 @@ def _grpcio_version() -> tuple[int, int] | None:
         return None
 
 
+def _import_settings() -> dict[str, str]:
+    """The gRPC variables to set while grpc is imported (see the module docstring); {} when none."""
+    settings = {}
+    if "GRPC_VERBOSITY" not in os.environ and "GRPC_TRACE" not in os.environ:
+        settings["GRPC_VERBOSITY"] = "ERROR"
+    if ("GRPC_EXPERIMENTS" not in os.environ
+            and os.environ.get("AGENTMESH_GRPC_EVENT_ENGINE", "") in ("", "0")
+            and _grpcio_version() in _TESTED):
+        settings["GRPC_EXPERIMENTS"] = _EXPERIMENTS
+    return settings
+
+
 def tune_grpc() -> bool:
-    """Import grpc with the classic polling engine; False when left as it was."""
-    if ("grpc" in sys.modules or "GRPC_EXPERIMENTS" in os.environ
-            or os.environ.get("AGENTMESH_GRPC_EVENT_ENGINE", "") not in ("", "0")
-            or _grpcio_version() not in _TESTED):
+    """Import grpc with the classic polling engine and its C core's INFO lines off; False when left as it was."""
+    settings = {} if "grpc" in sys.modules else _import_settings()
+    if not settings:
         return False
-    os.environ["GRPC_EXPERIMENTS"] = _EXPERIMENTS
+    os.environ.update(settings)
     try:
-        import grpc  # noqa: F401 - reads GRPC_EXPERIMENTS now
+        import grpc  # noqa: F401 - reads GRPC_EXPERIMENTS and GRPC_VERBOSITY now
     finally:
-        del os.environ["GRPC_EXPERIMENTS"]
+        for name in settings:
+            del os.environ[name]
     return True

@@ -24,10 +24,12 @@ from ._config import ENVIRONMENT
 log = logging.getLogger("agentmesh.server")
 
 READY_PREFIX = "AGENTMESH_READY"
-#: variables a server process takes from its configuration instead (secrets, TLS files, insecure)
-_CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("token", "token_file", "tls_ca", "tls_cert", "tls_key",
-                                                            "etcd_ca", "etcd_cert", "etcd_key", "etcd_password_file",
-                                                            "insecure"))
+#: variables a server process takes from its configuration instead (registry, namespace, secrets, TLS files,
+#: insecure): its parent sends the settings and the credentials that go with them together, so a registry
+#: inherited from the environment never arrives without its token
+_CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("registry", "namespace", "token", "token_file", "tls_ca",
+                                                            "tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key",
+                                                            "etcd_password_file", "insecure"))
 ERROR_PREFIX = "AGENTMESH_ERROR"
 
 

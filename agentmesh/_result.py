@@ -246,7 +246,7 @@ class ReplyStream:
     many items had arrived (a stream does not resume).
     """
 
-    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_buffer", "_ended", "items")
+    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_buffer", "_ended", "items", "_name")
 
     def __init__(self, result: AsyncResult | None = None, ref: ResultRef | None = None, method: str = "",
                  runtime: Runtime | None = None) -> None:
@@ -259,6 +259,7 @@ class ReplyStream:
         self._buffer: collections.deque[bytes] = collections.deque()   # items received, not yet taken
         self._ended: bool | BaseException = False   # True at the end; how it failed, to raise after the items
         self.items = 0             # items taken so far
+        self._name = getattr(result._slot.owner, "name", "") if result is not None else ""   # errors name the agent
 
     def _where(self) -> ResultRef:
         if self._ref is not None:
@@ -302,11 +303,12 @@ class ReplyStream:
         else:
             why = "it ended without saying how"
         if message is None or message is grpc.aio.EOF:
-            self._ended = errors.StreamBrokenError(
-                f"the stream of {self._method}() on agent {agent_id} broke after {self.items + len(self._buffer)} "
-                f"item(s): agent server {self._address} was lost ({why})", self.items + len(self._buffer))
+            label, items = errors.agent_label(agent_id, self._name), self.items + len(self._buffer)
+            self._ended = errors.StreamBrokenError(f"the stream of {self._method}() on {label} broke after {items} "
+                                                   f"item(s): agent server {self._address} was lost ({why})", items)
         elif message.HasField("end"):
-            self._ended = _status.reply_error(message.end, agent_id, self._method) if message.end.status else True
+            self._ended = (_status.reply_error(message.end, agent_id, self._method, self._name)
+                           if message.end.status else True)
         else:
             self._buffer.extend(message.items)
 
@@ -315,7 +317,7 @@ class ReplyStream:
         if self._buffer:
             self.items += 1
             value = decode_reply(pb.Reply(status=pb.OK, payload=self._buffer.popleft()), self._where()[2],
-                                 self._method)
+                                 self._method, self._name)
             error = raised(value)
             if error is not None:
                 raise error

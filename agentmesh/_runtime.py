@@ -19,7 +19,7 @@ from typing import Any
 from . import _trust
 from ._classes import ClassCache
 from ._client.children import ChildPool
-from ._client.connection import Dialing
+from ._client.dialing import Dialing
 from ._client.files import Downloads
 from ._client.moves import MoveLog
 from ._client.pool import Pool
@@ -98,14 +98,16 @@ class Runtime:
         A child serves no certificate (this process's may be a client-only one):
         it lists its port in the pool's roster, so this process and its other
         children dial it in plaintext, and dials everyone else as we do, with
-        our CA and our certificate as its client certificate.
+        our CA and our certificate as its client certificate. Its own calls
+        follow our registry (it does not register there) with our token and etcd
+        credentials, whether our settings came from init() or the environment.
         """
         s = self.settings.absolute()
         config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
                                   "namespace": s.namespace,
                                   "max_message_size": s.max_message_size, "lifeline": True,
-                                  "roster": self.children.roster(), "tls_ca": s.tls_ca, "insecure": s.insecure,
-                                  "dial_token": s.token}
+                                  "roster": self.children.roster(), **self.process_options(),
+                                  "dial_token": s.token, "dial_registry": s.registry}
         if s.tls_cert and s.tls_key:
             config.update(client_cert=s.tls_cert, client_key=s.tls_key)
         return config
@@ -177,11 +179,14 @@ class Runtime:
         view = self._views.get((url, namespace))
         return view if view is not None and view.ready else None
 
-    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> tuple[str, str] | None:
-        """(server_id, address) of agent_id per its signed registry record, waiting up to timeout to leave avoid."""
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0,
+                     avoid_server: str = "") -> tuple[str, str] | None:
+        """(server_id, address) of agent_id per its signed registry record, waiting up to timeout to leave the
+        address avoid and the server avoid_server; EtcdError when the registry cannot be read."""
         if not self.settings.registry:
             return None
-        return await self.view(self.settings.registry, self.settings.namespace).locate(agent_id, avoid, timeout)
+        view = self.view(self.settings.registry, self.settings.namespace)
+        return await view.locate(agent_id, avoid, timeout, avoid_server)
 
     # -- the end ---------------------------------------------------------------
     def close(self) -> None:

@@ -86,36 +86,66 @@ def status_of(exc: grpc.RpcError) -> int | None:
     return None
 
 
-def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "") -> errors.AgentMeshError:
-    """The exception a failed reply stands for."""
+def reply_error(reply: pb.Reply, agent_id: str = "", method: str = "", name: str = "") -> errors.AgentMeshError:
+    """The exception a failed reply stands for; the message names the agent by name (when known) and id."""
     cls = TABLE.get(reply.status, TABLE[pb.ERROR]).error
     if not issubclass(cls, errors.AgentCallError):    # the agent was never created
-        return cls(f"agent {agent_id} could not be created: {reply.error_message}")
+        return cls(f"{errors.agent_label(agent_id, name)} could not be created: {reply.error_message}")
     if reply.status == pb.ERROR:
         message = f"{reply.error_type}: {reply.error_message}" if reply.error_message else reply.error_type
         if method:
-            message = f"{method}() on agent {agent_id} raised {message}"
+            message = f"{method}() on {errors.agent_label(agent_id, name)} raised {message}"
     else:
         message = reply.error_message or name(reply.status)
     return cls(message, remote_type=reply.error_type, remote_traceback=reply.traceback,
                agent_id=agent_id, method=method)
 
 
-def _tls_hint(detail: str) -> str:
-    """What a failed connection's detail most likely means for TLS, or ""."""
+def creation_status(exc: BaseException) -> int:
+    """The reply status of a creation that failed with exc, so that the calls waiting for it raise the same
+    exception (ClassNotFoundError: CLASS_NOT_FOUND); UNAVAILABLE for an error that is not a creation's."""
+    if isinstance(exc, errors.AgentCreationError):
+        for status, row in TABLE.items():
+            if type(exc) is row.error:
+                return status
+    return pb.UNAVAILABLE
+
+
+def _tls_hint(detail: str, tls: bool | None = None, client_cert: bool = False) -> str:
+    """What a failed connection's detail most likely means for TLS, or "". tls: whether this side dialled
+    with TLS (None: not known), client_cert: with a client certificate. A server that ends the connection
+    during the handshake ("Socket closed") looks the same to a plaintext client of a TLS server and to a
+    TLS client without the certificate a mutual-TLS server requires: only this side's TLS tells them apart."""
     if "unsupported certificate purpose" in detail:
         return (" (its certificate is not a server certificate: it lacks extendedKeyUsage serverAuth, e.g. "
                 "a client certificate; serve with a server certificate such as make-local-ca's server.crt)")
     if "Hostname Verification" in detail:
         return (" (its certificate does not name the address dialled: issue it for that host, e.g. "
                 "scripts/make-local-ca --host NAME)")
-    if "Socket closed" in detail or "handshake" in detail.lower():
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return " (its certificate does not chain to the CA this client trusts: tls_ca, AGENTMESH_TLS_CA)"
+    if "Socket closed" not in detail and "handshake" not in detail.lower():
+        return ""
+    if tls is None:
         return " (does one side use TLS and the other not? see tls_ca / tls_cert)"
-    return ""
+    if not tls:
+        return (" (this client dials in plaintext: if the server uses TLS, give the CA its certificate chains to "
+                "with tls_ca or AGENTMESH_TLS_CA)")
+    if "WRONG_VERSION_NUMBER" in detail:
+        return " (this client uses TLS and the server answered in plaintext: serve TLS there with --tls-cert)"
+    if "Socket closed" not in detail:
+        return ""
+    if not client_cert:
+        return (" (the server may require a client certificate (mutual TLS), and this client has none: give "
+                "tls_cert and tls_key, or AGENTMESH_TLS_CERT and AGENTMESH_TLS_KEY)")
+    return (" (the server may not accept this client certificate: is it signed by the CA the server trusts "
+            "for clients (--tls-client-ca), with extendedKeyUsage clientAuth?)")
 
 
-def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> errors.AgentMeshError:
-    """The agentmesh error an RPC failure means: the server's status if it gave one, else the transport's."""
+def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str, tls: bool | None = None,
+              client_cert: bool = False) -> errors.AgentMeshError:
+    """The agentmesh error an RPC failure means: the server's status if it gave one, else the transport's (with
+    what it likely means for TLS, given whether this side dialled with TLS and a client certificate)."""
     code = exc.code()
     detail = exc.details() or code.name
     status = status_of(exc)
@@ -134,7 +164,7 @@ def rpc_error(exc: grpc.aio.AioRpcError, address: str, what: str) -> errors.Agen
         return cls(f"agent server {address}: {detail}")
     if code in _TRANSPORT:
         return errors.ServerUnavailableError(f"agent server {address} is unreachable ({what}): {detail}"
-                                             f"{_tls_hint(detail)}")
+                                             f"{_tls_hint(detail, tls, client_cert)}")
     if code == S.RESOURCE_EXHAUSTED:     # gRPC's own message size limit
         return errors.MessageTooLargeError(f"agent server {address}: {detail}")
     return errors.AgentMeshError(f"agent server {address} ({what}): {code.name}: {detail}")

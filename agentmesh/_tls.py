@@ -64,6 +64,46 @@ def check_pair(cert: str, key: str) -> None:
                          f"(keys must be unencrypted PEM)") from None
 
 
+#: OpenSSL's X509_V_ERR_INVALID_PURPOSE: a certificate not meant for what it is used for
+_INVALID_PURPOSE = 26
+
+
+def check_serves(cert: str, key: str) -> None:
+    """The certificate may serve TLS: clients refuse one whose extendedKeyUsage lacks serverAuth (a client
+    certificate), so such a server would start and register, and only its callers would fail, later.
+
+    Checked with a TLS handshake in memory in which the certificate is its own
+    trust anchor, so OpenSSL applies the purpose check a client applies. Any
+    other failure of that handshake is left for the real clients to report.
+    """
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key, password=_no_password)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cafile=cert)
+    client.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    ends = (client.wrap_bio(to_client, to_server), server.wrap_bio(to_server, to_client, server_side=True))
+    for _ in range(8):
+        for end in ends:
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                continue
+            except ssl.SSLCertVerificationError as exc:
+                if exc.verify_code == _INVALID_PURPOSE:
+                    raise ValueError(
+                        f"agentmesh TLS: certificate {cert} cannot serve: it is not a server certificate (its "
+                        f"extendedKeyUsage lacks serverAuth, e.g. a client certificate), so every client would "
+                        f"refuse this server; serve with a server certificate, such as make-local-ca's "
+                        f"server.crt") from None
+                return
+            except ssl.SSLError:
+                return
+        if all(end.version() for end in ends):
+            return
+
+
 def check_ca(path: str, what: str) -> None:
     """The file holds at least one CA certificate the ssl module accepts."""
     read_pem(path, what)
@@ -129,6 +169,7 @@ class ServerTLS:
         tls = cls(os.path.abspath(cert), os.path.abspath(key),  # type: ignore[arg-type]
                   os.path.abspath(client_ca) if client_ca else None)
         check_pair(tls.cert, tls.key)
+        check_serves(tls.cert, tls.key)
         if tls.client_ca:
             check_ca(tls.client_ca, "client CA")
         return tls

@@ -119,6 +119,11 @@ class BadRecord(ValueError):
     """A registry record that is not one of ours; the message says why (readers log it once)."""
 
 
+class UnverifiedRecord(BadRecord):
+    """A record whose signature does not verify with this namespace's token: forged, or signed with another token
+    (when none verifies, the reader's token is most likely not the servers')."""
+
+
 def _record_mac(key: bytes, path: str, record: dict[str, Any]) -> str:
     body = json.dumps(record, sort_keys=True, separators=(",", ":"))
     message = b"agentmesh/v1 record\0" + path.encode("utf-8", "surrogateescape") + b"\0" + body.encode()
@@ -151,8 +156,8 @@ def verify_record(key: bytes | None, path: str, value: bytes, lease: int) -> dic
         raise BadRecord("it is not a JSON object")
     mac = record.pop(MAC_FIELD, None)
     if not isinstance(mac, str) or not hmac.compare_digest(mac, _record_mac(key, path, record)):
-        raise BadRecord("its signature does not verify with this namespace's token (forged, or written with "
-                        "another token)")
+        raise UnverifiedRecord("its signature does not verify with this namespace's token (forged, or written "
+                               "with another token)")
     if type(record.get(LEASE_FIELD)) is not int or record[LEASE_FIELD] != lease:
         raise BadRecord(f"it was signed for another lease than the one it is attached to ({lease:x}): an old "
                         f"record written back")

@@ -2,6 +2,15 @@
 from __future__ import annotations
 
 
+def agent_label(agent_id: str, name: str = "", cls_name: str = "") -> str:
+    """How a message names an agent: by its name, with its class and id after it ("agent 'Writer'
+    (mymodule:Writer, e68d...)"), so a reader knows which one; by its id when its name is not known."""
+    detail = ", ".join(part for part in (cls_name, agent_id) if part)
+    if name:
+        return f"agent {name!r} ({detail})"
+    return f"agent {agent_id} ({cls_name})" if cls_name else f"agent {agent_id}"
+
+
 class AgentMeshError(Exception):
     """Base class of every agentmesh error."""
 

@@ -354,3 +354,35 @@ class Streamer(AgentBase):
 
     async def consume_async(self, stream) -> list:
         return [item async for item in stream]
+
+
+class Prodder(AgentBase):
+    """Changes another agent from its own server: replies to it and messages it observes."""
+
+    def prod(self, target, replies: int, observations: int) -> int:
+        for i in range(replies):
+            target.reply(Msg(self.name, f"prod {i}")).content   # wait for each: the change is done
+        for i in range(observations):
+            target.observe(Msg(self.name, f"note {i}"))
+        return target.get_count()
+
+
+class Forwarding(AgentBase):
+    """Calls another agent for its caller (a third party to that agent)."""
+
+    def add(self, target, tag):
+        return target.reply(Msg(self.name, tag)).content["count"]
+
+    def note(self, target, tag) -> None:
+        target.observe(Msg(self.name, tag))
+
+
+class TeamMember(AgentBase):
+    """Remembers what it is told and hears; answers with how much it remembers."""
+
+    def reply(self, x=None):
+        if x is not None:
+            self.memory.add(x)
+        answer = Msg(self.name, f"{self.name} heard {self.memory.size()}")
+        self.memory.add(answer)
+        return answer

@@ -18,18 +18,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentmesh.testing import wire as _wire
 from conftest import MESH_TOKEN
 from sample_agents import Echo
+from test_budgets import rss_mib
 
 FLOOD_BOUND_MIB = 100
 BIG = 60 * 1024 * 1024
 SERVICE = "/agentmesh.v1.AgentServer/"
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 class PeakWatch:

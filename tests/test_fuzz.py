@@ -29,7 +29,7 @@ from agentmesh import Msg
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import pid_alive
-from test_flood import rss_mib
+from test_budgets import rss_mib
 from fuzz_helpers import (
     FULL, TARGET_REQUESTS, TOKEN, authenticate_once, LIMIT, GRPC_LIMIT, SERVICE, UNARY_METHODS, SAFE_METHODS,
     REPLY_TIMEOUT, check_code, good_metadata, with_digest, Stats, ascii_text, any_text, scalars,

@@ -55,6 +55,19 @@ def test_retry_strategies_retry_then_give_up_with_timeout_error():
     assert backoff.retry(Flaky(4), 7) == 7
 
 
+def test_an_exponential_pause_never_exceeds_max_delay():
+    """The cap comes after the jitter, as AgentScope's: its test_retry_strategy bounds (3.5-6.5 s) always hold."""
+    backoff = RetryExponential(max_retries=3, base_delay=1, max_delay=2)
+    totals = []
+    for _ in range(20_000):
+        pauses = [backoff.delay_before(attempt) for attempt in (1, 2, 3)]
+        assert all(pause <= 2 for pause in pauses), pauses
+        assert 0.5 <= pauses[0] <= 1.5 and 1 <= pauses[1] <= 2 and pauses[2] == 2, pauses
+        totals.append(sum(pauses))
+    assert 3.5 <= min(totals) and max(totals) <= 6.5, (min(totals), max(totals))
+    assert max(totals) - min(totals) > 1.5          # still jittered: the first two pauses spread out
+
+
 def test_retry_strategies_from_their_dict_form():
     spec = {"type": "exponential", "max_retries": 2, "base_delay": 1, "max_delay": 4}
     strategy = RetryBase.load_dict(spec)

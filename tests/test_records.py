@@ -3,7 +3,6 @@ at server start; nothing from a record reaches the terminal raw; a server cut of
 stops without false alarms."""
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -16,22 +15,11 @@ import pytest
 
 from agentmesh import RpcAgentServerLauncher, _trust
 from agentmesh.discovery import keys
-from agentmesh.etcd import EtcdClient
 from agentmesh.testing import free_port
 from agentmesh.testing import wire as _wire
 from conftest import MESH_TOKEN, PYTHON, ROOT, wait_until
 from sample_agents import Echo
-
-
-def _etcd(url: str, action):
-    async def run():
-        client = EtcdClient.from_url(url)
-        try:
-            return await action(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(run())
+from test_trust import _etcd
 
 
 def raw_get(url: str, key: str) -> bytes | None:

@@ -177,4 +177,4 @@ def test_registry_password_never_reaches_the_logs_of_a_server_start(dev_registry
     captured = capfd.readouterr()
     for text in (cli_logs, captured.out, captured.err, caplog.text):
         assert password not in text
-    assert "root:***@" in caplog.text and "not reachable yet" in caplog.text
+    assert "root:***@" in caplog.text and "refused authentication" in caplog.text

@@ -16,13 +16,13 @@ import pytest
 
 from agentmesh import Msg, RpcAgentServerLauncher
 from agentmesh._address import is_loopback
-from agentmesh._client.connection import Dialing
+from agentmesh._client.dialing import Dialing
 from agentmesh._tls import channel_credentials
 from agentmesh.errors import ServerUnavailableError
 from agentmesh.testing import fresh_runtime
 from conftest import PYTHON
 from sample_agents import Echo
-from tls_helpers import TOKEN, certs, issue, tls_server, tls_settings  # noqa: F401 - fixtures
+from tls_helpers import TOKEN, certs, issue, raw_tls_server, tls_server, tls_settings  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -31,12 +31,16 @@ PLAIN = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,
 
 
 # -- who may serve --------------------------------------------------------------------------------
-def test_a_server_presenting_the_client_certificate_is_refused(servers, tls_settings, certs):
+def test_a_server_presenting_the_client_certificate_is_refused(tls_settings, certs):
+    """By the server itself, at start; and by clients, when anyone else serves with it."""
+    with pytest.raises(ValueError, match="cannot serve: it is not a server certificate"):
+        RpcAgentServerLauncher(host="127.0.0.1", tls_cert=certs["client.crt"], tls_key=certs["client.key"],
+                               tls_ca=certs["ca.crt"])
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
-    impostor = tls_server(servers, certs, tls_cert=certs["client.crt"], tls_key=certs["client.key"])
-    with pytest.raises(ServerUnavailableError) as info:
-        Echo("E").to_dist(host="127.0.0.1", port=impostor.port)
-    assert f"127.0.0.1:{impostor.port}" in str(info.value)
+    with raw_tls_server(certs["client.crt"], certs["client.key"]) as port:
+        with pytest.raises(ServerUnavailableError) as info:
+            Echo("E").to_dist(host="127.0.0.1", port=port)
+    assert f"127.0.0.1:{port}" in str(info.value)
 
 
 def test_the_client_checks_the_server_certificate_purpose(servers, tls_settings, certs, tmp_path):
@@ -44,9 +48,9 @@ def test_the_client_checks_the_server_certificate_purpose(servers, tls_settings,
     tls_settings(tls_ca=certs["ca.crt"], tls_cert=None, tls_key=None)
     client_only = issue(certs, tmp_path, "client-only", PLAIN + "extendedKeyUsage=clientAuth\n" + NAMES)
     for_serving = issue(certs, tmp_path, "for-serving", PLAIN + "extendedKeyUsage=serverAuth\n" + NAMES)
-    refused = tls_server(servers, certs, tls_cert=client_only, tls_key=certs["client.key"])
-    with pytest.raises(ServerUnavailableError, match="unsupported certificate purpose") as info:
-        Echo("E").to_dist(host="127.0.0.1", port=refused.port)
+    with raw_tls_server(client_only, certs["client.key"]) as port:    # agentmesh's own server would not start
+        with pytest.raises(ServerUnavailableError, match="unsupported certificate purpose") as info:
+            Echo("E").to_dist(host="127.0.0.1", port=port)
     assert "not a server certificate" in str(info.value)     # and the hint says what that means
     accepted = tls_server(servers, certs, tls_cert=for_serving, tls_key=certs["client.key"])
     assert Echo("E").to_dist(host="127.0.0.1", port=accepted.port).ping("ok") == "ok"

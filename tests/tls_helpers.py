@@ -6,12 +6,16 @@ test modules import the fixtures by name.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from concurrent import futures
 from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
+from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh import RpcAgentServerLauncher
@@ -93,3 +97,17 @@ def health(port: int, credentials: grpc.ChannelCredentials | None) -> str:
 def read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+@contextlib.contextmanager
+def raw_tls_server(cert: str, key: str) -> Iterator[int]:
+    """A plain gRPC server in this process (health only, no agentmesh) serving TLS with cert and key: an
+    impostor with a certificate agentmesh's own servers refuse to serve with. Yields its port; stopped after."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    health_pb2_grpc.add_HealthServicer_to_server(grpc_health.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(read(key), read(cert))]))
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0).wait()

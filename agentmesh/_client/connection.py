@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import functools
 import hmac
 import logging
 import os
@@ -14,12 +12,11 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .. import _frames, _metrics, _protocol, _status, _tls, _trust, errors
-from .._address import host_of, is_loopback
-from .._tokens import local_token
+from .. import _frames, _metrics, _protocol, _status, _trust, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
+from .dialing import Dialing
 from .slot import CallOwner, CallSlot
 
 log = logging.getLogger("agentmesh.rpc")
@@ -29,66 +26,6 @@ _REFUSED = (pb.CAPACITY, pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT)
 
 def _call_cost(slot: CallSlot) -> int:
     return len(slot.call.payload)
-
-
-@dataclasses.dataclass(frozen=True)
-class Dialing:
-    """How this process dials agent servers: its credentials, limits and TLS (from its settings)."""
-
-    token: str | None
-    max_message_size: int
-    connect_timeout: float
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    #: addresses dialled in plaintext even so: this process's child servers and their siblings (loopback)
-    plaintext: Callable[[str], bool] = lambda address: False
-    #: plaintext to network (non-loopback) addresses is allowed; otherwise it is refused
-    insecure: bool = False
-    namespace: str = "default"
-    #: (namespace, token) of this process's child server (or, in a child, sibling) at an address; None: not one
-    child_credentials: Callable[[str], "tuple[str, str | None] | None"] = lambda address: None
-
-    @property
-    def tls(self) -> bool:
-        """True when this process speaks TLS to agent servers."""
-        return bool(self.tls_ca or self.tls_cert)
-
-    def credentials(self, address: str, namespace: str | None) -> tuple[str, bytes]:
-        """The namespace to claim at address and the key its server must prove it holds (given no token,
-        this user's local token's)."""
-        child = self.child_credentials(address)
-        if child is not None:
-            child_namespace, child_token = child
-            return child_namespace, _namespace_key(child_token or local_token(), child_namespace)
-        namespace = namespace or self.namespace
-        return namespace, _namespace_key(self.token or local_token(), namespace)
-
-    def proof_optional(self, address: str) -> bool:
-        """True when a server at address may answer without a proof: this process has no token, and speaks
-        TLS there (the server's certificate proves it: a mutual-TLS server without a token has no key) or
-        was told insecure=True (an open development server)."""
-        return self.token is None and self.child_credentials(address) is None and (
-            self.insecure or (self.tls and not self.plaintext(address)))
-
-    def channel(self, address: str) -> grpc.aio.Channel:
-        """An aio channel to address with agentmesh's options: TLS when configured, plaintext only where allowed."""
-        options = _protocol.channel_options(self.max_message_size)
-        if self.tls and not self.plaintext(address):
-            credentials = _tls.channel_credentials(self.tls_ca, self.tls_cert, self.tls_key)
-            return grpc.aio.secure_channel(address, credentials, options=options)
-        if not self.insecure and not is_loopback(host_of(address)):
-            raise ValueError(
-                f"agentmesh: refusing to dial agent server {address} in plaintext: it is not a loopback address, "
-                f"so the calls would cross the network unencrypted to a server nobody verified. Use TLS "
-                f"(tls_ca=, AGENTMESH_TLS_CA, with a TLS server there), or insecure=True "
-                f"(AGENTMESH_INSECURE=1) if you really mean it")
-        return grpc.aio.insecure_channel(address, options=options)
-
-
-@functools.lru_cache(maxsize=64)
-def _namespace_key(token: str, namespace: str) -> bytes:
-    return _trust.namespace_key(token, namespace)
 
 
 class ServerMismatchError(errors.ServerUnavailableError):
@@ -105,8 +42,10 @@ class UnprovenServerError(errors.AuthenticationError, errors.ServerUnavailableEr
 
 async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes, namespace: str,
                     expect: str = "", timeout: float = 5.0, proof_optional: bool = False,
+                    tls: bool | None = None, client_cert: bool = False,
                     ) -> tuple[pb.HandshakeResponse, tuple[tuple[str, str], ...]]:
     """Prove the server at address holds the namespace key, then make our ticket; (its answer, call metadata).
+    tls and client_cert: how address was dialled, so that a failed connection says what it likely means.
 
     The challenge names address, the address dialled: a server proves itself
     only for an address that reaches it, so a relay there gets nothing it can
@@ -125,7 +64,7 @@ async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes, nam
         if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
             raise UnprovenServerError(f"agent server {address} refused the handshake: {exc.details()}; nothing "
                                       f"was sent to it") from None
-        raise _status.rpc_error(exc, address, "the handshake") from None
+        raise _status.rpc_error(exc, address, "the handshake", tls, client_cert) from None
     if not isinstance(answer, pb.HandshakeResponse):
         raise UnprovenServerError(f"the server at {address} answered the handshake with something that is not a "
                                   f"handshake answer (not an agentmesh server, or a broken one); nothing was sent "
@@ -170,7 +109,10 @@ class Connection:
         self.closed = False
         self.draining = False
         self.owners: weakref.WeakSet[CallOwner] = weakref.WeakSet()   # owners whose agent lives on this server
+        #: the proxies that created their agent here, by agent id: checkpoints pushed by the server go to them
+        self.creators: weakref.WeakValueDictionary[str, CallOwner] = weakref.WeakValueDictionary()
         self.pending: dict[str, CallSlot] = {}
+        self.fetching = 0   # fetches of results in flight on this session's channel (Pool.fetch)
         self._dialing = dialing
         self._on_closed = on_closed
         self._loop = loop
@@ -195,8 +137,10 @@ class Connection:
         self._stub = pb_grpc.AgentServerStub(self._channel)
         self._wake = asyncio.Event()
         try:
+            tls = self._dialing.tls and not self._dialing.plaintext(self.address)
             answer, self.metadata = await handshake(self._stub, self.address, self._key, self.namespace,
-                                                    self.expect, timeout, self._proof_optional)
+                                                    self.expect, timeout, self._proof_optional, tls,
+                                                    tls and bool(self._dialing.tls_cert))
         except BaseException:
             await self._channel.close()
             raise
@@ -291,19 +235,23 @@ class Connection:
                 pending = self.pending
                 for reply in frame.replies:
                     slot = pending.pop(reply.call_id, None)
-                    if slot is None:
+                    if slot is None:           # a checkpoint after someone else's call, pushed to its creator
+                        creator = self.creators.get(reply.agent_id) if reply.agent_id else None
+                        if creator is not None:
+                            creator.on_checkpoint(reply)
                         continue
                     owner = slot.owner
-                    if slot.done():            # a stream's final reply, after its first: only its state is news
-                        if reply.state and owner is not None:
-                            owner.on_checkpoint(reply)
+                    if reply.state:            # the state goes to the agent's creator (else the caller)
+                        holder = self.creators.get(slot.call.agent_id, owner)
+                        if holder is not None:
+                            holder.on_checkpoint(reply)
+                        if slot.done():        # a stream's final reply, after its first: only its state is news
+                            continue
+                        reply.ClearField("state")
+                    elif slot.done():
                         continue
                     if reply.stream:           # a stream starts: its final reply brings the agent's state
                         pending[reply.call_id] = slot
-                    if reply.state:
-                        if owner is not None:
-                            owner.on_checkpoint(reply)
-                        reply.ClearField("state")
                     if owner is not None and reply.status != pb.OK:
                         if reply.status == pb.STALE_EPOCH:
                             owner.on_lost(self, [slot], f"fenced ({reply.error_message})", pb.STALE_EPOCH)
@@ -315,6 +263,8 @@ class Connection:
                     if self.metrics is not None and slot.sent:
                         self._count(slot, reply)
                     slot.set(reply)
+                if self.draining and not pending:   # the last reply a draining server owed us: it may stop now
+                    self.close_if_unused()
         except grpc.aio.AioRpcError as exc:
             reason = f"{exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
@@ -384,8 +334,8 @@ class Connection:
         return True
 
     def close_if_unused(self) -> None:
-        """Close a draining session once no owner and no call needs it (any thread)."""
-        if self.draining and not self.closed and not self.owners and not self.pending:
+        """Close a draining session once no owner, no call and no fetch needs it (any thread)."""
+        if self.draining and not self.closed and not self.owners and not self.pending and not self.fetching:
             self._loop.get().call_soon_threadsafe(lambda: asyncio.ensure_future(self.close()))
 
     def _lost_one(self, slot: CallSlot, reason: str) -> None:

@@ -11,7 +11,8 @@ import grpc
 from .. import _status, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
-from .connection import Connection, Dialing, ServerMismatchError
+from .connection import Connection, ServerMismatchError
+from .dialing import Dialing
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -125,7 +126,10 @@ class Pool:
             reply = await self._fetch_from(server_id, address, agent_id, call_id, trace)
             if reply.status != pb.UNAVAILABLE or self.locator is None:
                 return reply
-            moved_to = await self.locator(agent_id, address)
+            try:
+                moved_to = await self.locator(agent_id, address)
+            except errors.RegistryError:    # the registry cannot be read: the refusal stands
+                return reply
             if not moved_to:
                 return reply
             server_id, address = moved_to
@@ -138,8 +142,13 @@ class Pool:
         try:
             conn = await self.get(address, expect=server_id)
             metadata = conn.metadata + tuple(trace.items()) if trace else conn.metadata
-            return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
-                                               metadata=metadata)
+            conn.fetching += 1   # a draining server's session stays open until the value it owes us is here
+            try:
+                return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
+                                                   metadata=metadata)
+            finally:
+                conn.fetching -= 1
+                conn.close_if_unused()
         except grpc.aio.AioRpcError as exc:
             status = _status.status_of(exc)
             if status in (pb.EXPIRED, pb.OVERLOADED):   # gone, or too many fetches waiting there: say so

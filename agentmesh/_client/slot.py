@@ -14,6 +14,8 @@ _MISSING = object()
 class CallOwner(Protocol):
     """What a connection tells whoever made a call (a proxy's binding to its agent's server)."""
 
+    name: str   # the agent's name ("" until known): errors about its calls name it
+
     def on_checkpoint(self, reply: pb.Reply) -> None:
         """A reply carried the agent's state after that call (I/O loop)."""
 
@@ -51,15 +53,16 @@ class _Raised:
         self.error = error
 
 
-def decode_reply(reply: pb.Reply, agent_id: str, method: str) -> Any:
-    """Unpickle an OK reply; a failed one becomes the exception to raise on use."""
+def decode_reply(reply: pb.Reply, agent_id: str, method: str, name: str = "") -> Any:
+    """Unpickle an OK reply; a failed one becomes the exception to raise on use (naming the agent by name,
+    when known, and id)."""
     if reply.status != pb.OK:
-        return _Raised(_status.reply_error(reply, agent_id, method))
+        return _Raised(_status.reply_error(reply, agent_id, method, name))
     try:
         return _codec.loads(reply.payload)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a payload error
         return _Raised(errors.PayloadError(
-            f"result of {method}() on agent {agent_id} could not be unpickled here: "
+            f"result of {method}() on {errors.agent_label(agent_id, name)} could not be unpickled here: "
             f"{type(exc).__name__}: {exc}", agent_id=agent_id, method=method))
 
 
@@ -112,7 +115,8 @@ class CallSlot:
             return reply
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(
-                f"agentmesh: {self.call.method}() on agent {self.call.agent_id} "
+                f"agentmesh: {self.call.method}() on "
+                f"{errors.agent_label(self.call.agent_id, getattr(self.owner, 'name', ''))} "
                 f"gave no result within {timeout} s")
         self._lock.release()
         return self.reply  # type: ignore[return-value]
@@ -150,5 +154,5 @@ class CallSlot:
             with self._value_lock:
                 if self._value is _MISSING:
                     self._value = decode_reply(self.reply, self.call.agent_id,  # type: ignore[arg-type]
-                                               self.call.method)
+                                               self.call.method, getattr(self.owner, "name", ""))
         return self._value

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -13,9 +14,11 @@ from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL,
 from .._runtime import Runtime, set_default_runtime
 from .._tokens import new_token
 from .._version import __version__
+from ..rpc import RpcMeta
+from ..server._classes import classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
-from ._args import (_add_registry_args, _capacity_arg, _folder_arg, _labels, _metrics_port_arg, _port_arg,
-                    _settings)
+from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
+                    _metrics_port_arg, _port_arg, _settings, command_error)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
 from ._top import cmd_top
 
@@ -39,6 +42,9 @@ def _load_class(spec: str) -> type:
             raise SystemExit(f"--agent-class {spec}: {module_name} has no {qualname}") from None
     if not isinstance(obj, type):
         raise SystemExit(f"--agent-class {spec} is not a class")
+    if not isinstance(obj, RpcMeta):    # AgentBase's subclasses have it too
+        raise SystemExit(f"--agent-class {spec} is not an agent class: give a subclass of agentmesh.AgentBase, "
+                         f"or a class whose metaclass is agentmesh.rpc.RpcMeta")
     return obj
 
 
@@ -62,8 +68,13 @@ def cmd_server(args: argparse.Namespace) -> int:
         if tls is not None:
             require_dial_ca(tls.cert, args.tls_ca or tls.client_ca)
     except ValueError as exc:
-        raise SystemExit(f"agentmesh server: {exc}") from None
+        raise command_error("server", exc) from None
     classes = [_load_class(spec) for spec in args.agent_class]
+    if args.agent_dir:
+        try:
+            classes += classes_in_folder(args.agent_dir)
+        except ValueError as exc:   # a file that fails to import: named, with how to keep it out
+            raise command_error("server", exc) from None
     return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
                          custom_agent_classes=classes, token=token, grace=args.grace,
                          max_message_size=args.max_message_size, registry=args.registry,
@@ -71,7 +82,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                          advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
                          tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
                          etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                         etcd_password=settings.etcd_password, file_dir=args.file_dir, agent_dir=args.agent_dir,
+                         etcd_password=settings.etcd_password, file_dir=args.file_dir,
                          metrics_port=args.metrics_port,
                          **({"server_id": args.server_id} if args.server_id else {}))
 
@@ -92,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--agent-class", action="append", default=[], metavar="MODULE:CLASS",
                         help="a class this server hosts (repeatable)")
     _add_registry_args(server)
-    server.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    server.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a label of this server in the registry, for placement constraints "
+                             "(to_dist(labels={KEY: VALUE})) (repeatable)")
     server.add_argument("--ttl", type=int, default=3, help="registry lease TTL in seconds (default 3)")
     server.add_argument("--advertise-host", default=None,
                         help="host others dial (default: --host, or this machine's address for 0.0.0.0)")
@@ -118,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "this server's own calls may then use plaintext to network addresses too")
     server.add_argument("--server-id", default=None, help="this server's id (default: a random one)")
     server.add_argument("--agent-dir", type=_folder_arg, default=None, metavar="DIR",
-                        help="also host the agent classes defined in DIR's .py files (as AgentScope's --agent-dir)")
+                        help="also host the agent classes defined in DIR's .py files (as AgentScope's --agent-dir); "
+                             "files named _*.py are skipped, and one that fails to import stops the server")
     server.add_argument("--file-dir", type=_folder_arg, default=None, metavar="DIR",
                         help="serve the files under DIR to authenticated callers (a reply's Msg.url there "
                              "arrives as a local copy); default: no files")
@@ -129,13 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)
 
-    servers = sub.add_parser("servers", help="the servers registered in the registry")
+    servers = sub.add_parser("servers", help="the servers registered in the registry",
+                             description="The servers registered in the registry, with their health. " + TOKEN_NEEDED)
     _add_registry_args(servers)
+    _add_tls_client_args(servers)
     servers.add_argument("--json", action="store_true", help="JSON instead of a table")
     servers.set_defaults(func=cmd_servers)
 
-    agents = sub.add_parser("agents", help="where each agent lives")
+    agents = sub.add_parser("agents", help="where each agent lives",
+                            description="Where each agent lives, from the registry. " + TOKEN_NEEDED)
     _add_registry_args(agents)
+    agents.add_argument("--server", default=None, metavar="ID", help="only the agents of this server")
+    agents.add_argument("--class", dest="cls", default=None, metavar="NAME",
+                        help="only the agents of this class (module:Class, or the class name alone)")
+    agents.add_argument("--name", default=None, metavar="GLOB", help="only the agents whose name matches "
+                                                                     "this shell pattern (Writer*)")
     agents.add_argument("--json", action="store_true", help="JSON instead of a table")
     agents.set_defaults(func=cmd_agents)
 
@@ -146,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--watch", action="store_true", help="keep following the registry, rewriting FILE")
     targets.add_argument("--interval", type=float, default=1.0, help="with --watch: seconds between checks")
     targets.set_defaults(func=cmd_prometheus_targets)
-    top = sub.add_parser("top", help="the servers live: agents, calls/s, p50/p99, in-flight, queued")
+    top = sub.add_parser("top", help="the servers live: agents, calls/s, p50/p99, in-flight, queued",
+                         description="The servers live, from their registry records and /metrics (servers need "
+                                     "--metrics-port). " + TOKEN_NEEDED)
     _add_registry_args(top)
     top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     top.add_argument("--once", action="store_true", help="one sample (two scrapes --interval apart), then exit")
@@ -193,4 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if getattr(args, "label", None) is not None:
         args.labels = _labels(args.label)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()          # here, where a reader that went away is handled, not at exit
+        return code
+    except ValueError as exc:       # a setting or file that is wrong, said by its message: no traceback
+        log.debug("agentmesh %s: %s", args.command, exc, exc_info=True)
+        raise command_error(args.command, exc) from None
+    except BrokenPipeError:         # the reader went away (agentmesh agents | head): end as quietly as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so exit's own flush cannot fail again
+        return 128 + signal.SIGPIPE

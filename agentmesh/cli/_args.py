@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from typing import Sequence
 
 from .._address import check_port
@@ -12,6 +13,19 @@ from ..discovery.records import check_labels, printable
 from ..etcd import parse_registry_url, redact_url
 
 log = logging.getLogger("agentmesh")
+
+#: the prefix a message made elsewhere may carry already ("agentmesh: ", "agentmesh server: ", "agentmesh TLS: ")
+_PREFIX = re.compile(r"^agentmesh(?: [A-Za-z][A-Za-z-]*)*: ")
+
+#: what every command that reads the registry needs, for its help
+TOKEN_NEEDED = ("Needs the namespace token the servers were given (AGENTMESH_TOKEN_FILE, else AGENTMESH_TOKEN): "
+                "the registry's records are signed with it, and records that do not verify are skipped.")
+
+
+def command_error(command: str, problem: object) -> SystemExit:
+    """The exit of `agentmesh COMMAND` for problem (an exception or a message): its message, prefixed once with
+    "agentmesh COMMAND: " whatever prefix it came with."""
+    return SystemExit(f"agentmesh {command}: {_PREFIX.sub('', str(problem), count=1)}")
 
 
 def _port_arg(value: str) -> int:
@@ -76,14 +90,15 @@ def _settings(args: argparse.Namespace, **options: object) -> Settings:
         return Settings.from_env().replace(etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
                                            etcd_password_file=args.etcd_password_file, **options)
     except ValueError as exc:
-        message = str(exc)
-        raise SystemExit(message if message.startswith("agentmesh") else f"agentmesh: {message}") from None
+        raise command_error(args.command, exc) from None
 
 
 def _add_registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--registry", default=env(ENVIRONMENT["registry"]), type=_registry_arg,
                         help="etcd://host:port[,host:port...] (default: AGENTMESH_REGISTRY)")
-    parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"))
+    parser.add_argument("--namespace", default=env(ENVIRONMENT["namespace"], "default"),
+                        help="the namespace of servers and agents in the registry (default: AGENTMESH_NAMESPACE, "
+                             "else 'default')")
     parser.add_argument("--etcd-ca", default=env(ENVIRONMENT["etcd_ca"]), metavar="PEM",
                         help="CA of etcd's certificate, for etcds:// (default: AGENTMESH_ETCD_CA)")
     parser.add_argument("--etcd-cert", default=env(ENVIRONMENT["etcd_cert"]), metavar="PEM",
@@ -93,3 +108,14 @@ def _add_registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--etcd-password-file", default=None, metavar="FILE",
                         help="file holding the password of the registry URL's user "
                              "(default: AGENTMESH_ETCD_PASSWORD_FILE)")
+
+
+def _add_tls_client_args(parser: argparse.ArgumentParser) -> None:
+    """The TLS options of a command that dials agent servers as a client (to ask their health)."""
+    parser.add_argument("--tls-ca", default=env(ENVIRONMENT["tls_ca"]), metavar="PEM",
+                        help="CA the servers' certificates chain to, to reach TLS servers (default: AGENTMESH_TLS_CA)")
+    parser.add_argument("--tls-cert", default=env(ENVIRONMENT["tls_cert"]), metavar="PEM",
+                        help="client certificate, for servers that require one (mutual TLS) "
+                             "(default: AGENTMESH_TLS_CERT)")
+    parser.add_argument("--tls-key", default=env(ENVIRONMENT["tls_key"]), metavar="PEM",
+                        help="its private key (default: AGENTMESH_TLS_KEY)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import json
 import signal
 import threading
@@ -19,7 +20,7 @@ from ..discovery.records import RecordWarnings, agent_record, printable, server_
 from ..discovery.prometheus import write_from_registry
 from ..etcd import EtcdClient, EtcdError, redact_url
 from ..testing import start_dev_registry
-from ._args import _settings
+from ._args import _settings, command_error
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -29,9 +30,9 @@ def _registry_url(args: argparse.Namespace) -> str:
     return args.registry
 
 
-async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> list[dict]:
-    """The valid records under prefix (records.py: verified, bound to their lease, fresh, matching the schema);
-    the others are reported, one warning each, and skipped."""
+async def _read_records(url: str, prefix: str, settings: Settings, namespace: str) -> tuple[list[dict], int]:
+    """The valid records under prefix (records.py: verified, bound to their lease, fresh, matching the schema),
+    and how many did not verify with our token; the others are reported, one warning each, and skipped."""
     if not settings.token:
         raise SystemExit("agentmesh: reading the registry needs the namespace token (AGENTMESH_TOKEN_FILE or "
                          "AGENTMESH_TOKEN) to verify its records")
@@ -45,14 +46,39 @@ async def _read_records(url: str, prefix: str, settings: Settings, namespace: st
         await client.close()
     read = server_record if prefix == keys.servers_prefix(namespace) else agent_record
     warnings = RecordWarnings(url)
-    records = []
+    records, unverified = [], 0
     for kv in kvs:
         path = kv.key.decode("utf-8", "surrogateescape")
         try:
             records.append(read(key, path, kv.value, kv.lease))
         except _trust.BadRecord as exc:
+            unverified += isinstance(exc, _trust.UnverifiedRecord)
             warnings.skip(path, str(exc))
-    return records
+    return records, unverified
+
+
+def _check_token(command: str, records: list[dict], unverified: int, what: str, namespace: str) -> None:
+    """Exit with why when records were there but none verified: the token given is most likely not the one the
+    servers sign with (a listing of nothing, exit 0, would say the namespace is empty)."""
+    if unverified and not records:
+        raise command_error(command, f"none of the {unverified} {what} record(s) in namespace {namespace!r} "
+                                     f"verifies with the token given: it is probably not the servers' token "
+                                     f"(AGENTMESH_TOKEN_FILE, AGENTMESH_TOKEN)")
+
+
+def _health_hint(detail: str, settings: Settings) -> str:
+    """Why a health check that failed during the connection's handshake likely did, for the HEALTH column."""
+    if "Socket closed" not in detail and "handshake" not in detail.lower():
+        return ""
+    if not settings.client_tls:
+        return " (TLS? set --tls-ca or AGENTMESH_TLS_CA)"
+    if "CERTIFICATE_VERIFY_FAILED" in detail:
+        return " (another CA? check --tls-ca)"
+    if "WRONG_VERSION_NUMBER" in detail:
+        return " (plaintext server? drop --tls-ca)"
+    if "Socket closed" not in detail:
+        return ""
+    return " (mutual TLS? set --tls-cert/--tls-key)" if not settings.tls_cert else " (certificate refused?)"
 
 
 async def _health(address: str, settings: Settings) -> str:
@@ -64,7 +90,7 @@ async def _health(address: str, settings: Settings) -> str:
             response = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=1.0)
         except grpc.aio.AioRpcError as exc:
-            return exc.code().name
+            return exc.code().name + _health_hint(exc.details() or "", settings)
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
@@ -87,10 +113,12 @@ def _table(headers: list[str], rows: list[list[object]]) -> str:
 
 def cmd_servers(args: argparse.Namespace) -> int:
     url = _registry_url(args)
-    settings = _settings(args)
+    settings = _settings(args, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
     async def gather() -> list[dict]:
-        records = await _read_records(url, keys.servers_prefix(args.namespace), settings, args.namespace)
+        records, unverified = await _read_records(url, keys.servers_prefix(args.namespace), settings,
+                                                  args.namespace)
+        _check_token("servers", records, unverified, "server", args.namespace)
         healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
         for record, health in zip(records, healths):
             record["health"] = health
@@ -109,10 +137,20 @@ def cmd_servers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selected(record: dict, args: argparse.Namespace) -> bool:
+    """Whether an agent record passes the --server, --class and --name filters."""
+    cls = record.get("class", "")
+    return ((not args.server or record.get("server_id") == args.server)
+            and (not args.cls or args.cls in (cls, cls.rpartition(":")[2]))
+            and (not args.name or fnmatch.fnmatchcase(record.get("name", ""), args.name)))
+
+
 def cmd_agents(args: argparse.Namespace) -> int:
     url = _registry_url(args)
-    records = sorted(asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
-                                               args.namespace)),
+    found, unverified = asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
+                                                  args.namespace))
+    _check_token("agents", found, unverified, "agent", args.namespace)
+    records = sorted((r for r in found if _selected(r, args)),
                      key=lambda r: (r.get("address", ""), r.get("name", "")))
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))
@@ -120,7 +158,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
     rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
              r.get("address", "")] for r in records]
     print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
-    print(f"{len(records)} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
+    shown = f"{len(records)} of {len(found)}" if len(records) != len(found) else f"{len(records)}"
+    print(f"{shown} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
     return 0
 
 

@@ -100,14 +100,22 @@ def _fmt_seconds(value: float | None) -> str:
 
 
 def render(rows: list[dict], title: str) -> Any:
-    """The rows as a rich table; a record's text is shown as text (no control characters, no rich markup)."""
+    """The rows as a rich table; a record's text is shown as text (no control characters, no rich markup).
+
+    No header and no server id or address is ever cut short: each column is at
+    least as wide as its header, those two as wide as their longest value; a
+    terminal too narrow for the table shows its left part.
+    """
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     for name in ("SERVER", "ADDRESS", "STATUS", "AGENTS", "CALLS/S", "ERR/S", "P50", "P99", "INFLIGHT", "QUEUED",
                  "SESSIONS", "MOVED IN"):
-        table.add_column(name, justify="left" if name in ("SERVER", "ADDRESS", "STATUS") else "right")
+        key = {"SERVER": "server_id", "ADDRESS": "address"}.get(name)
+        width = max([len(name)] + [len(printable(r[key])) for r in rows if key])
+        table.add_column(name, justify="left" if name in ("SERVER", "ADDRESS", "STATUS") else "right",
+                         no_wrap=True, min_width=width)
     for r in rows:
         table.add_row(*(escape(printable(r[name])) for name in ("server_id", "address", "status")),
                       f"{r['agents']}/{r['capacity']}",
@@ -118,6 +126,15 @@ def render(rows: list[dict], title: str) -> Any:
                       f"{r['sessions']:.0f}" if "sessions" in r else "-",
                       f"{r['moved_in']:.0f}" if "moved_in" in r else "-")
     return table
+
+
+def _console() -> Any:
+    """A console as wide as the terminal; writing to a file or a pipe, as wide as the table (rich would assume
+    80 columns there and cut every header)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=10_000)
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -148,8 +165,7 @@ def cmd_top(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows, indent=2, sort_keys=True))
             else:
-                from rich.console import Console
-                Console().print(render(rows, title))
+                _console().print(render(rows, title))
             return 0
         from rich.live import Live
         with Live(render(rows, title), refresh_per_second=4, screen=False) as live:

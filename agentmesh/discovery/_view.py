@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Iterator
 
 from .. import _protocol
 from .._trust import BadRecord
-from ..etcd import EtcdClient, EtcdError, redact_url
+from ..etcd import EtcdAuthError, EtcdClient, EtcdError, redact_url
 from . import keys
 from .records import RecordWarnings, agent_record, server_record, staleness
 
@@ -176,24 +176,34 @@ class ServerView:
         if record is not None:
             record["agents"] = int(record.get("capacity", 0))
 
-    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0) -> tuple[str, str] | None:
-        """(server_id, address) of agent_id per its signed record, waiting up to timeout for one other than avoid."""
+    async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0,
+                     avoid_server: str = "") -> tuple[str, str] | None:
+        """(server_id, address) of agent_id per its signed record, waiting up to timeout for one that names
+        neither the address avoid nor the server avoid_server (the one lost, however its address was spelt).
+
+        EtcdError when the registry could not be read: at once if it refuses our credentials, else at the
+        deadline if the last read failed (an unreadable registry is not "no record").
+        """
         deadline = time.monotonic() + timeout
         path = keys.agent_key(self.namespace, agent_id)
         while True:
             try:
-                kv = await self.client.get(path)
-            except EtcdError:
-                kv = None
+                kv, failed = await self.client.get(path), None
+            except EtcdAuthError as exc:
+                raise EtcdAuthError(f"registry {redact_url(self.url)} refused to be read: {exc}", exc.code) from None
+            except EtcdError as exc:
+                kv, failed = None, exc
             record = None
             if kv is not None:
                 try:
                     record = agent_record(self.key, path, kv.value, kv.lease)
                 except BadRecord as exc:
                     self.warnings.skip(path, str(exc))
-            if record is not None and record["address"] != avoid:
+            if record is not None and record["address"] != avoid and record["server_id"] != avoid_server:
                 return record["server_id"], record["address"]
             if time.monotonic() >= deadline:
+                if failed is not None:
+                    raise EtcdError(f"registry {redact_url(self.url)} could not be read: {failed}", failed.code)
                 return None
             await asyncio.sleep(0.05)
 

@@ -22,7 +22,7 @@ from typing import Any, Mapping, Protocol
 from .. import _protocol, _trust
 from .._address import advertised_host
 from .._version import __version__
-from ..etcd import EtcdAuthError, EtcdClient, EtcdError, Lease, Watch, redact_url
+from ..etcd import EtcdAuthDisabled, EtcdAuthError, EtcdClient, EtcdError, Lease, Watch, parse_registry_url, redact_url
 from . import keys
 from .records import REFRESH_EVERY, agent_record, check_labels, printable
 
@@ -71,6 +71,9 @@ class Registration:
         self.host = advertise_host or advertised_host(server.host)
         self.key = keys.server_key(namespace, server.server_id)
         self.client = EtcdClient.from_url(url, **(etcd_options or {}))
+        parsed = parse_registry_url(url)
+        self._user = parsed["user"] or ""
+        self._password_given = bool(parsed["password"] or (etcd_options or {}).get("password"))
         self.lease: Lease | None = None
         self.registered = asyncio.Event()
         self._dirty = asyncio.Event()
@@ -141,7 +144,7 @@ class Registration:
                 await asyncio.wait((registered,), timeout=wait)
             finally:
                 registered.cancel()      # never left pending (an unregistered server would leak it at exit)
-            if not self.registered.is_set():
+            if not self.registered.is_set() and not self._auth_problem:   # a refusal was logged, as an ERROR
                 log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id,
                             redact_url(self.url))
 
@@ -156,8 +159,8 @@ class Registration:
                 self.errors["auth"] = self.errors.get("auth", 0) + 1
                 if str(exc) != self._auth_problem:
                     self._auth_problem = str(exc)
-                    log.error("server %s: registry %s refuses our credentials (%s); not registered, retrying",
-                              self.server.server_id, redact_url(self.url), exc)
+                    log.error("server %s: registry %s refused authentication (%s)%s; not registered, retrying",
+                              self.server.server_id, redact_url(self.url), exc, self._auth_advice(exc))
             except (EtcdError, OSError) as exc:
                 operation = "update" if self.registered.is_set() else "register"
                 self.errors[operation] = self.errors.get(operation, 0) + 1
@@ -170,6 +173,18 @@ class Registration:
                 return
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    def _auth_advice(self, exc: EtcdAuthError) -> str:
+        """What is most likely wrong with our credentials, for the message of a refusal ("" when not known)."""
+        if isinstance(exc, EtcdAuthDisabled):
+            return ""
+        if not self._user:
+            return (": it requires a user, and none was given: name it in the registry URL (etcd://USER@host:port) "
+                    "and give its password in a file (AGENTMESH_ETCD_PASSWORD_FILE or --etcd-password-file)")
+        if not self._password_given:
+            return (f": no password was given for user {self._user!r} (the password file is missing: set "
+                    f"AGENTMESH_ETCD_PASSWORD_FILE or --etcd-password-file)")
+        return f": the password of user {self._user!r} is wrong, or the user lacks a role on the namespace's keys"
 
     async def _register(self) -> None:
         """A new lease, then the server record and every agent record under it."""

@@ -46,6 +46,7 @@ class Movable(Protocol):
     """What an evacuation needs of an agent's binding."""
 
     agent_id: str
+    name: str
     cls_name: str
     spec: Any
 
@@ -92,7 +93,8 @@ class Evacuation:
         same = same_server_again(runtime, lost)
         if same is not None:
             for member in members:
-                runtime.moves.finish(lost, same.address, member.land(same, recreate=False))
+                runtime.moves.finish(lost, member, same.address, member.land(same, recreate=False),
+                                     how="its server answered again")
             return
         try:
             placed, alone = self._place(members)
@@ -105,7 +107,7 @@ class Evacuation:
         landed = collections.Counter()
         for conn, group in placed.items():
             for member in group:
-                runtime.moves.finish(lost, conn.address, member.land(conn, recreate=True))
+                runtime.moves.finish(lost, member, conn.address, member.land(conn, recreate=True))
             landed[conn.address] += len(group)
         if landed:   # if the lost server was only stopped, it must drop these copies when it runs again
             runtime.pool.tell_moved(lost.server_id, lost.address,

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from .. import errors
+from .. import _status, errors
 from .._client.connection import fail
 from .._client.slot import CallSlot, Transport
 from .._creation import AgentSpec, check_size, create_on
@@ -58,8 +58,14 @@ class Binding:
         old = self.conn
         self.conn = conn
         conn.owners.add(self)
+        if not self.server_id:         # a re-attached proxy learns its server's id, as a copy carries it
+            self.server_id = conn.server_id
+        if self.spec is not None:      # the agent's creator: the server pushes it the checkpoints of others' calls
+            conn.creators[self.agent_id] = self
         if old is not None and old is not conn:
             old.owners.discard(self)
+            if old.creators.get(self.agent_id) is self:   # a late push from the server it left is not news
+                del old.creators[self.agent_id]
             old.close_if_unused()
 
     def session(self) -> Any:
@@ -149,13 +155,15 @@ class Binding:
         if refused == pb.STALE_EPOCH and self._refused_again(conn, reason):
             return
         if not self.can_move():
-            self._fail_held(f"agent server {conn.address} hosting agent {self.agent_id} was lost: {reason}")
+            self._fail_held(f"agent server {conn.address} hosting {self._label()} was lost: {reason}")
+            if getattr(conn, "draining", False):
+                self._let_go(conn)   # nothing to move: the draining server need not wait for this session
             return
         if getattr(conn, "draining", False) and not refused and not self._registry():
             self._end(conn)       # a deliberate shutdown: nowhere the registry offers, so the agent ends
             return
         if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):   # shipping the class is not a move
-            self.runtime.moves.begin(conn, conn.address, reason)
+            self.runtime.moves.begin(conn, conn.address, reason, self.agent_id)
         if not refused and conn.closed and not getattr(conn, "draining", False):
             Evacuation.join(self.runtime, conn, reason, self)    # a crash: moved with the server's other agents
             return
@@ -171,7 +179,7 @@ class Binding:
         if count <= MAX_STALE:
             return False
         self._stale = (0, 0.0)
-        message = (f"agent {self.name or self.agent_id} ({self.cls_name}): server {conn.address} refused its "
+        message = (f"{self._label()}: server {conn.address} refused its "
                    f"calls for a stale epoch {count} times in {now - first:.1f} s, moving did not help; last: "
                    f"{reason}")
         log.warning("%s; the call(s) fail", message)
@@ -204,8 +212,6 @@ class Binding:
             self.held = None
         if self.agent_id in self.runtime.owned:
             self.runtime.owned[self.agent_id] = conn.address
-        log.debug("agent %s (%s) moved to %s, %d call(s) replayed", self.name or self.agent_id, self.cls_name,
-                  conn.address, len(held))
         return len(held)
 
     # -- moving --------------------------------------------------------------
@@ -218,13 +224,18 @@ class Binding:
 
     def _end(self, conn: Any) -> None:
         """The agent's server shut down on purpose and no registry offers another: it ends with it."""
-        self.ended = (f"agent {self.name or self.agent_id} ({self.cls_name}) ended with agent server "
+        self.ended = (f"{self._label()} ended with agent server "
                       f"{conn.address}, which was shut down; without a registry there was no server to move "
                       f"it to")
         log.info("%s", self.ended)
         self.runtime.owned.pop(self.agent_id, None)
         self._fail_held(self.ended)
-        conn.owners.discard(self)        # so the draining session closes once nobody needs it
+        self._let_go(conn)
+
+    def _let_go(self, conn: Any) -> None:
+        """Stop needing conn's session to a draining server: it closes once no owner, call or fetch needs it,
+        so that server stops without waiting for it. A later call still goes there while it is open."""
+        conn.owners.discard(self)
         conn.close_if_unused()
 
     def _hold(self, slot: CallSlot) -> bool:
@@ -244,11 +255,16 @@ class Binding:
         for slot in slots:
             fail(self.runtime.loop, slot, pb.TOO_LARGE, message)
 
-    def _fail_held(self, message: str) -> None:
+    def _fail_held(self, message: str, status: int = pb.UNAVAILABLE) -> None:
+        """Fail the calls held while the agent moved with message, as status's exception."""
         with self._move_lock:
             held, self.held = self.held or [], None
         for slot in held:
-            fail(self.runtime.loop, slot, pb.UNAVAILABLE, message)
+            fail(self.runtime.loop, slot, status, message)
+
+    def _label(self) -> str:
+        """How messages name this agent: "agent 'Writer' (module:Writer, e68d...)"."""
+        return errors.agent_label(self.agent_id, self.name, self.cls_name)
 
     def _move(self, lost: Any, reason: str, refused: int = 0) -> None:
         """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread).
@@ -272,22 +288,26 @@ class Binding:
                 with self._move_lock:
                     held, self.held = self.held or [], None
                 self._refuse(str(exc), held)
+            elif refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):   # nothing was lost: it was never built
+                log.info("%s could not be created: %s", self._label(), exc)   # exc names the server
+                self._fail_held(str(exc), _status.creation_status(exc))
             else:
-                log.info("agent %s (%s): failover from %s failed: %s", self.name or self.agent_id,
-                         self.cls_name, lost.address, exc)
-                self._fail_held(f"agent {self.agent_id} lost with server {lost.address} ({reason}) and could "
-                                f"not be moved: {exc}")
+                log.info("%s: failover from %s failed: %s", self._label(), lost.address, exc)
+                self._fail_held(f"{self._label()} lost with server {lost.address} ({reason}) and could not be "
+                                f"moved: {exc}")
             if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
-                self.runtime.moves.finish(lost, None)
+                self.runtime.moves.finish(lost, self, None)
+            if getattr(lost, "draining", False):
+                self._let_go(lost)   # nowhere to go: a later call tries again; the server need not wait for us
             return
         replayed = self.land(target, recreate=False)
         if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
-            log.debug("agent %s (%s): %s on %s", self.name or self.agent_id, self.cls_name, how, target.address)
+            log.debug("%s: %s on %s", self._label(), how, target.address)
             return
-        log.info("agent %s (%s) moved from %s to %s after %s: %s, %d call(s) replayed, in %.2f s",
-                 self.name or self.agent_id, self.cls_name, lost.address, target.address, reason, how,
-                 replayed, time.monotonic() - start)
-        self.runtime.moves.finish(lost, target.address, replayed)
+        crash = not refused and lost.closed and not getattr(lost, "draining", False)   # summed up by one WARNING
+        self.runtime.moves.finish(lost, self, target.address, replayed,
+                                  how=f"{how}, in {time.monotonic() - start:.2f} s",
+                                  level=logging.DEBUG if crash else logging.INFO)
 
     def _spec_now(self) -> AgentSpec:
         """The creation spec with the last checkpoint in it."""
@@ -319,14 +339,17 @@ class Binding:
                 state = self.runtime.run(get_state())
                 self.ckpt = (state.seq, state.state)
             except Exception as exc:  # noqa: BLE001 - then it restarts from its constructor
-                log.warning("agent %s: could not fetch its state from draining %s: %s",
-                            self.agent_id, lost.address, exc)
+                log.warning("%s: could not fetch its state from draining %s: %s",
+                            self._label(), lost.address, exc)
 
     def _relocate(self, lost: Any) -> tuple[Any, str]:
         if self.spec is None:        # a copy of the proxy: follow the agent's record in the registry
-            located = self.runtime.run(self.runtime.locate(self.agent_id, avoid=lost.address))
+            if lost.draining:
+                self._let_go(lost)   # a copy reads nothing more from a draining server: it need not wait for us
+            located = self.runtime.run(self.runtime.locate(self.agent_id, avoid=lost.address,
+                                                           avoid_server=lost.server_id or self.server_id))
             if not located:
-                raise errors.ServerUnavailableError(f"no registry record says where agent {self.agent_id} went")
+                raise errors.ServerUnavailableError(f"no registry record says where {self._label()} went")
             conn = self.runtime.pool.connect(located[1], expect=located[0])
             self.epoch = 0
             return conn, "found in the registry"

@@ -7,7 +7,7 @@ from typing import Any
 from .. import _codec, _status, errors
 from .._address import format_address, host_of
 from .._classes import class_name
-from .._config import check_options
+from .._config import check_options, check_py_modules
 from .._client.slot import CallSlot, raised
 from .._creation import AgentSpec
 from .._placement import choose, counted
@@ -23,7 +23,7 @@ from .._ids import new_id
 log = logging.getLogger("agentmesh.rpc")
 #: what to_dist() takes (as keywords, or in its dict / DistConf)
 TO_DIST_OPTIONS = frozenset({"host", "port", "labels", "registry", "namespace", "checkpoint", "max_timeout_seconds",
-                             "retry_strategy", "agent_id"})
+                             "retry_strategy", "agent_id", "py_modules"})
 #: AgentScope 0.1.6's to_dist() / DistConf options that set nothing here, accepted for ported code
 AGENTSCOPE_TO_DIST_OPTIONS = frozenset({"max_pool_size", "max_expire_time", "local_mode", "lazy_launch"})
 
@@ -143,7 +143,7 @@ class RpcObject:
             return
         reply = slot.wait(self._timeout)
         if reply.status != pb.OK:
-            raise _status.reply_error(reply, self.agent_id, "__create__")
+            raise _status.reply_error(reply, self.agent_id, "__create__", self._binding.name)
 
     @property
     def name(self) -> str:
@@ -176,7 +176,8 @@ class RpcObject:
             payload = _codec.dumps_plain_first((args, kwargs)) if args or kwargs else b""
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises
             raise errors.PayloadError(
-                f"arguments of {method}() for agent {self.agent_id} cannot be pickled: "
+                f"arguments of {method}() for {errors.agent_label(self.agent_id, self._binding.name)} cannot be "
+                f"pickled: "
                 f"{type(exc).__name__}: {exc}", agent_id=self.agent_id, method=method) from exc
         if len(payload) > conn.max_message_size:
             raise errors.MessageTooLargeError(
@@ -262,9 +263,13 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     creation travels ahead of the first calls on the same session, so this
     does not wait for the constructor; if it fails, the first use raises
     AgentCreationError. An unknown option is a TypeError naming it: nothing is placed.
+    ``py_modules``: modules whose code the class uses, shipped with it (with init()'s).
     """
     check_options(options, TO_DIST_OPTIONS, AGENTSCOPE_TO_DIST_OPTIONS, f"{cls.__name__}.to_dist()")
     runtime = runtime or default_runtime()
+    modules = runtime.settings.py_modules + check_py_modules(options.get("py_modules"), f"{cls.__name__}.to_dist()")
+    if modules:   # their code goes with the class, by value: the server needs none of them
+        runtime.classes.ship_with(cls, modules)
     timeout = options.get("max_timeout_seconds")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ValueError(f"max_timeout_seconds must be a positive number of seconds, not {timeout!r}")

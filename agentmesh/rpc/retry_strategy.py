@@ -79,7 +79,10 @@ class RetryFixedTimes(RetryBase):
 
 
 class RetryExponential(RetryBase):
-    """Up to max_retries retries, the pause doubling from base_delay up to max_delay (with the same jitter)."""
+    """Up to max_retries retries, the pause doubling from base_delay (with the same jitter), never above max_delay.
+
+    The cap comes after the jitter, as in AgentScope: a pause is at most max_delay, not 1.5 times it.
+    """
 
     def __init__(self, max_retries: int = 10, base_delay: float = 5, max_delay: float = 300) -> None:
         _check(max_retries, base_delay)
@@ -90,7 +93,7 @@ class RetryExponential(RetryBase):
         self.max_delay = float(max_delay)
 
     def delay_before(self, attempt: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (random.random() + 0.5)
+        return min((random.random() + 0.5) * self.base_delay * 2 ** (attempt - 1), self.max_delay)
 
     def __repr__(self) -> str:
         return (f"RetryExponential(max_retries={self.max_retries}, base_delay={self.base_delay:g}, "

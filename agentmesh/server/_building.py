@@ -178,9 +178,11 @@ class Creating:
         except Refusal as refusal:
             self._answer(outbox, _status.refusal(call.call_id, refusal.status, refusal.message))
             return
-        if isinstance(begun, pb.CreateAgentResponse):
+        if isinstance(begun, pb.CreateAgentResponse):   # its owner re-created it here (a new session)
+            self.agents[request.agent_id].owner = outbox
             self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
             return
+        begun.owner = outbox
         self.builds.add(begun, request.state, call.call_id, outbox)
 
     def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:

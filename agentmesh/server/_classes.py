@@ -98,7 +98,14 @@ class HostedClasses:
 
 
 def classes_in_folder(folder: str) -> list[type]:
-    """The classes defined in the .py files of folder (AgentScope's agent_dir), each file imported once by path."""
+    """The classes defined in the .py files of folder (AgentScope's agent_dir), each file imported once by path.
+
+    Files whose name starts with ``_`` are skipped. A file that fails to import
+    (an exception, or SystemExit from a driver script parsing the server's argv)
+    is a ValueError naming it and this rule, and the server does not start:
+    friendlier than skipping it, which would leave a server up without classes
+    its users expect, failing later and far from the cause.
+    """
     path = os.path.realpath(folder)
     if not os.path.isdir(path):
         raise ValueError(f"agent_dir {folder!r} is not a folder")
@@ -114,7 +121,16 @@ def classes_in_folder(folder: str) -> list[type]:
                 continue
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module   # its classes pickle by reference, like any importable class
-            spec.loader.exec_module(module)
+            try:
+                spec.loader.exec_module(module)
+            except (Exception, SystemExit) as exc:
+                sys.modules.pop(name, None)
+                what = (f"SystemExit({exc.code!r}): it runs as a script when imported" if isinstance(exc, SystemExit)
+                        else f"{type(exc).__name__}: {exc}")
+                raise ValueError(f"agent-dir file {os.path.join(path, entry)} failed to import: {what}. Every .py "
+                                 f"file of an agent dir whose name does not start with '_' is imported; keep a "
+                                 f"driver script out by naming it with a leading '_' (or moving it elsewhere), or "
+                                 f"put its top-level code under `if __name__ == \"__main__\":`") from exc
         found.extend(obj for obj in vars(module).values()   # distributable classes (RpcMeta gives them to_dist)
                      if isinstance(obj, type) and obj.__module__ == name and callable(getattr(obj, "to_dist", None)))
     log.debug("agent_dir %s: %d class(es): %s", path, len(found), ", ".join(c.__qualname__ for c in found))

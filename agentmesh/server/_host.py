@@ -52,12 +52,13 @@ class AgentHost:
     """
 
     __slots__ = ("agent_id", "agent", "cls_name", "checkpoint", "max_concurrency", "lock", "ready", "active",
-                 "waiting", "constructed", "build", "pump", "queued", "seq", "ckpt_seq", "deleted", "epoch")
+                 "waiting", "constructed", "build", "pump", "queued", "seq", "ckpt_seq", "deleted", "epoch", "owner")
 
     def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
                  checkpoint: bool = False, seq: int = 0, epoch: int = 0) -> None:
         self.agent_id = agent_id
         self.epoch = epoch     # the server's epoch when this copy was made: calls aimed at another copy differ
+        self.owner: Any = None   # the session that created it: checkpoints of others' calls are pushed to it
         self.agent = agent
         self.cls_name = cls_name
         self.checkpoint = checkpoint   # send the agent's state back with every reply (failover)

@@ -23,6 +23,7 @@ from ._coroutines import AgentLoop
 from ._streams import Streams
 from ._telemetry import serving
 from ._host import AgentHost, Work
+from ._outbox import deliver
 from ._results import ResultStore
 from ._workers import Workers
 
@@ -382,16 +383,14 @@ class Hosting(Creating):
         while queue:
             host, work, reply, owned = queue.popleft()
             if work.replay is not None:     # sent again, not run again: nothing to count or store
-                for outbox in work.sessions:
-                    outbox.send(owned if owned is not None else reply)
+                deliver(None, work.sessions, host.agent_id, reply, owned)
                 continue
             host.queued -= 1
             if not work.interleaved:
                 host.seq += 1
             self.inflight -= 1
             results.finish(reply, host.agent_id, keep=not host.deleted)
-            for outbox in work.sessions:
-                outbox.send(owned if owned is not None else reply)
+            deliver(host.owner, work.sessions, host.agent_id, reply, owned)
             if metrics is not None:
                 self._count(metrics, host, work, reply, owned)
         if self.listener is not None:

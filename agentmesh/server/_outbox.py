@@ -17,6 +17,17 @@ def entry_cost(entry: tuple[pb.Reply, int]) -> int:
     return entry[1]
 
 
+def deliver(owner: "Session | None", sessions: list, agent_id: str, reply: pb.Reply, owned: pb.Reply | None) -> None:
+    """Send a finished call's reply to its callers' sessions (I/O loop). owned is the reply with the agent's
+    state: the agent's creator (owner) gets it; when the creator did not make the call, the state goes to it
+    as a push and the callers get the plain reply once that push is written."""
+    if owned is not None and owner is not None and owner not in sessions and not owner.closed:
+        owner.push(agent_id, owned, [(outbox, reply) for outbox in sessions])
+        return
+    for outbox in sessions:
+        outbox.send(owned if owned is not None else reply)
+
+
 class Session:
     """One client's session stream: replies to it are queued here and batched into frames.
 
@@ -25,7 +36,7 @@ class Session:
     client back) until half of it is written. Replies are never dropped.
     """
 
-    __slots__ = ("outbox", "wake", "closed", "backlog", "budget", "room")
+    __slots__ = ("outbox", "wake", "closed", "backlog", "budget", "room", "pushes")
 
     def __init__(self, budget: int) -> None:
         self.outbox: collections.deque[tuple[pb.Reply, int]] = collections.deque()
@@ -35,6 +46,8 @@ class Session:
         self.budget = budget
         self.room = asyncio.Event()   # set while the backlog allows reading more calls
         self.room.set()
+        #: agent id -> (its checkpoint push not yet written, the replies to release once it is)
+        self.pushes: dict[str, tuple[pb.Reply, list[tuple[Session, pb.Reply]]]] = {}
 
     def send(self, reply: pb.Reply) -> None:
         """Queue a reply (I/O loop); it always goes out, however full the backlog."""
@@ -45,6 +58,37 @@ class Session:
             if self.backlog > self.budget:
                 self.room.clear()
             self.wake.set()
+
+    def push(self, agent_id: str, owned: pb.Reply, releases: list[tuple["Session", pb.Reply]]) -> None:
+        """Queue the owner's checkpoint of agent_id after a call someone else made (I/O loop); the replies in
+        releases go to their sessions once it is written. A newer push replaces one not yet written (it is
+        queued behind the owner's replies that came meanwhile, whose effects it also holds)."""
+        old = self.pushes.pop(agent_id, None)
+        if old is not None:
+            stale, earlier = old
+            stale.agent_id, stale.state = "", b""   # written as an empty reply, which clients skip
+            releases = earlier + releases
+        pushed = pb.Reply(agent_id=agent_id, seq=owned.seq, state=owned.state)
+        self.pushes[agent_id] = (pushed, releases)
+        self.send(pushed)
+
+    def released(self, batch: list[tuple[pb.Reply, int]]) -> None:
+        """A batch was written: the replies waiting on checkpoint pushes in it go out (I/O loop)."""
+        for reply, _ in batch:
+            if reply.agent_id and not reply.call_id:
+                entry = self.pushes.get(reply.agent_id)
+                if entry is not None and entry[0] is reply:
+                    del self.pushes[reply.agent_id]
+                    for outbox, waiting in entry[1]:
+                        outbox.send(waiting)
+
+    def close(self) -> None:
+        """The session ended: nothing more is written to it; replies waiting on its pushes go out anyway."""
+        self.closed = True
+        pushes, self.pushes = self.pushes, {}
+        for _, releases in pushes.values():
+            for outbox, waiting in releases:
+                outbox.send(waiting)
 
     def written(self, cost: int) -> None:
         """cost bytes of replies went out: let calls in again once the backlog is down to half the budget."""

@@ -194,8 +194,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
             await self.registration.start(wait=2.0)
         self.pauses.start()
         mode = "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS"
-        log.info("agent server %s listening on %s:%d (%s), capacity %d", self.server_id, self.host, port, mode,
-                 self.capacity)
+        log.info("agent server %s listening on %s:%d (%s), capacity %d%s", self.server_id, self.host, port, mode,
+                 self.capacity, f", /metrics on port {self.metrics_port}" if self.metrics_port is not None else "")
         return port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -369,8 +369,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     batch = _frames.take_batch(outbox, entry_cost, budget)
                     await context.write(pb.ServerFrame(replies=[reply for reply, _ in batch]))
                     session.written(sum(cost for _, cost in batch))
+                    if session.pushes:
+                        session.released(batch)
         finally:
-            session.closed = True
+            session.close()
             self._sessions.discard(session)
             self.credentials.session_closed(ticket)
             reader.cancel()

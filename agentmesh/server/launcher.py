@@ -106,7 +106,7 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
                   grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
                   tls_client_ca: str | None = None, tls_ca: str | None = None, client_cert: str | None = None,
                   client_key: str | None = None, insecure: bool = False, roster: str | None = None,
-                  dial_token: str | None = None,
+                  dial_token: str | None = None, dial_registry: str | None = None,
                   etcd_ca: str | None = None, etcd_cert: str | None = None, etcd_key: str | None = None,
                   etcd_password: str | None = None,
                   **options: Any) -> int:
@@ -117,16 +117,18 @@ def serve_forever(*, host: str, port: int | None, capacity: int, custom_agent_cl
     require client certificates from that CA; tls_ca: the CA peers'
     certificates chain to, for this process's own calls; insecure: those
     calls may use plaintext to network addresses; roster: a child server's
-    list of its parent's children, where it adds its port, and dial_token
-    the token its parent dials other servers with (its own token is for its
-    siblings); etcd_password: the password of the registry URL's user.
+    list of its parent's children, where it adds its port, dial_token the
+    token its parent dials other servers with (its own token is for its
+    siblings) and dial_registry the registry its parent follows (its own calls
+    follow it; it does not register there); etcd_password: the password of
+    the registry URL's user.
     """
     tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
     options["labels"] = check_labels(options.get("labels"))   # a ValueError naming the label, before it listens
     runtime = default_runtime()   # this process is the server: its runtime serves it
     own_calls_token = dial_token if roster is not None else token   # a child's own token is for its siblings
     runtime.configure(**_process_settings(
-        runtime.settings, tls, token=own_calls_token, registry=options.get("registry"),
+        runtime.settings, tls, token=own_calls_token, registry=options.get("registry") or dial_registry,
         namespace=options.get("namespace", "default"), tls_ca=tls_ca, client_cert=client_cert,
         client_key=client_key, insecure=insecure, etcd_ca=etcd_ca, etcd_cert=etcd_cert, etcd_key=etcd_key,
         etcd_password=etcd_password))

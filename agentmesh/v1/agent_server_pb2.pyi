@@ -126,7 +126,7 @@ class Call(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state", "stream")
+    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state", "stream", "agent_id")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class Reply(_message.Message):
     SEQ_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     status: ReplyStatus
     payload: bytes
@@ -145,7 +146,8 @@ class Reply(_message.Message):
     seq: int
     state: bytes
     stream: bool
-    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ...) -> None: ...
+    agent_id: str
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ()
