@@ -376,6 +376,9 @@ class Forwarding(AgentBase):
     def note(self, target, tag) -> None:
         target.observe(Msg(self.name, tag))
 
+    def bump(self, target) -> int:
+        return target.inc()
+
 
 class TeamMember(AgentBase):
     """Remembers what it is told and hears; answers with how much it remembers."""
