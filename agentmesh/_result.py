@@ -94,9 +94,7 @@ class AsyncResult:
             try:
                 await asyncio.wait_for(arrived, policy[0] if policy is not None else None)
             except (asyncio.CancelledError, asyncio.TimeoutError):
-                cancel = getattr(slot.conn, "cancel", None)
-                if cancel is not None:
-                    cancel(slot)
+                slot.cancel()
                 raise
         elif slot is None and self._resolved is None:
             runtime = self._runtime or default_runtime()
@@ -174,12 +172,7 @@ class AsyncResult:
             if raised(value) is None:
                 return (_identity, (value,))
         slot = self._slot
-        if slot is None:
-            return (_rebuild, (self._ref,))
-        conn = slot.conn
-        ref = (conn.server_id if conn else "", conn.address if conn else "",
-               slot.call.agent_id, slot.call.call_id)
-        return (_rebuild, (ref,))
+        return (_rebuild, (slot.ref() if slot is not None else self._ref,))
 
     # -- behaving like the value -----------------------------------------
     def __getattr__(self, name: str) -> Any:
@@ -264,9 +257,7 @@ class ReplyStream:
     def _where(self) -> ResultRef:
         if self._ref is not None:
             return self._ref
-        slot = self._result._slot    # type: ignore[union-attr]
-        conn = slot.conn
-        return (conn.server_id if conn else "", conn.address if conn else "", slot.call.agent_id, slot.call.call_id)
+        return self._result._slot.ref()    # type: ignore[union-attr]
 
     async def _open(self, runtime: Runtime) -> None:
         """Start reading (I/O loop): from the session the call was answered on, or the ref's server."""
@@ -372,6 +363,12 @@ async def _fetch(runtime: Runtime, ref: ResultRef, traced: tuple[Any, dict[str, 
         return reply
     finally:
         end_span(span, reply)
+
+
+async def resolve(placeholder: AsyncResult, trace: Mapping[str, str] | None = None) -> None:
+    """Have placeholder's value here (I/O loop), no thread waiting: for the server, before a call whose arguments
+    hold it runs; trace: that call's trace context. AsyncResult's own names are its value's, so this is no method."""
+    await placeholder._resolve_async(trace)
 
 
 def _identity(value: Any) -> Any:

@@ -27,7 +27,7 @@ from ._config import Settings
 from ._loop import IoLoop
 from ._metrics import Metrics
 from ._tracing import Tracing
-from .discovery._view import ServerView
+from .discovery import ServerView
 from .etcd import parse_registry_url
 
 log = logging.getLogger("agentmesh")

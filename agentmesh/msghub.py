@@ -12,7 +12,7 @@ import logging
 from typing import Any, Sequence
 
 from .agents import AgentBase
-from .rpc import RpcObject
+from .rpc import RpcObject, set_local_audience
 
 log = logging.getLogger("agentmesh")
 
@@ -39,15 +39,15 @@ class MsgHubManager:
         """Each participant's audience becomes the others: all of them for a local agent, the proxies for a remote one.
 
         A server cannot reach an agent of this process, so a proxy hands its
-        pending replies to the local participants itself (``_local_audience``).
+        pending replies to the local participants itself (``set_local_audience``).
         """
         proxies = [a for a in self.participants if isinstance(a, RpcObject)]
         local = [a for a in self.participants if not isinstance(a, RpcObject)]
         pending = []
         for agent in self.participants:
             if isinstance(agent, RpcObject):
-                agent._local_audience = local or None
-                pending.append(agent._call("reset_audience", (proxies,), {}, True))   # its server leaves itself out
+                set_local_audience(agent, local or None)
+                pending.append(agent.reset_audience.aio(proxies))   # its server leaves itself out
             else:
                 agent.reset_audience(self.participants)
         for result in pending:   # sent to every server at once, then waited for
@@ -77,7 +77,7 @@ class MsgHubManager:
         pending = []
         for agent in self.participants:
             if isinstance(agent, RpcObject):
-                pending.append(agent._call("observe", (msg,), {}, True))
+                pending.append(agent.observe.aio(msg))
             else:
                 agent.observe(msg)
         for result in pending:
@@ -89,8 +89,6 @@ def msghub(participants: Sequence[Any], announcement: Any = None) -> MsgHubManag
 
     ``announcement`` (a message or a list of them) is observed by every
     participant on entering. Inside the hub,
-
-    .. code-block:: python
 
         with msghub([a, b, c], announcement=Msg("host", "debate!")):
             x = a(); x = b(x); x = c(x)
@@ -110,8 +108,8 @@ def _clear(agents: list[Any]) -> None:
     pending = []
     for agent in agents:
         if isinstance(agent, RpcObject):
-            agent._local_audience = None
-            pending.append(agent._call("clear_audience", (), {}, True))
+            set_local_audience(agent, None)
+            pending.append(agent.clear_audience.aio())
         else:
             agent.clear_audience()
     for result in pending:

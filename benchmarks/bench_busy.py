@@ -43,7 +43,7 @@ from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
 from bench_agents import Busy  # noqa: E402
-from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
+from _servers import launch, shutdown as kill_servers  # noqa: E402
 
 TOKEN = "bench-busy-Zq4Xw8Rt1Vn6Km3Jb9Hc2Lp5Gf7Ds0Ay"
 NAMESPACE = "busy"

@@ -33,7 +33,7 @@ from agentmesh.discovery import keys  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
-from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
+from _servers import launch, shutdown as kill_servers  # noqa: E402
 from bench_agents import Noop  # noqa: E402
 
 TOKEN = "bench-scale-Wn5Qz9Xr2Tc7Vm4Kb8Jh1Lp6Gf3Ds0Ay"

@@ -31,7 +31,7 @@ import agentmesh  # noqa: E402
 from agentmesh.testing import EtcdProcess, default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
-from workloads_agentmesh import launch, shutdown as kill_servers  # noqa: E402
+from _servers import launch, shutdown as kill_servers  # noqa: E402
 from guess import Participant, play_round, setup  # noqa: E402
 
 TOKEN = "bench-sim-Ux7Qz3Wn9Xr5Tc1Vm8Kb4Jh2Lp6Gf0Ds"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import sys
 import time
@@ -19,46 +18,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import agentmesh  # noqa: E402
-from agentmesh import Msg, RpcAgentServerLauncher  # noqa: E402
+from agentmesh import Msg  # noqa: E402
 from agentmesh.testing import default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
+import workloads_async as aio_workloads  # noqa: E402
+import workloads_observe as observe  # noqa: E402
+from _servers import HOST, TOKEN, launch, shutdown  # noqa: E402
 from bench_agents import Noop, WebAgent  # noqa: E402
-
-HOST = "127.0.0.1"
 
 
 def info() -> dict:
     import grpc
 
     return {"agentmesh": agentmesh.__version__, "grpcio": grpc.__version__, "python": sys.version.split()[0]}
-
-
-#: the namespace token of the registry workloads (registry records are signed with it)
-TOKEN = "bench-" + secrets.token_urlsafe(32)
-
-
-def launch(n: int = 1, classes: tuple = (Noop, WebAgent), into: list | None = None,
-           **kwargs) -> list[RpcAgentServerLauncher]:
-    """n server processes hosting classes; each is added to into (when given) as soon as it runs, so a
-    failure part-way still leaves every started one to stop."""
-    servers = into if into is not None else []
-    for _ in range(n):
-        s = RpcAgentServerLauncher(host=HOST, custom_agent_classes=list(classes), **kwargs)
-        s.launch(in_subprocess=True)
-        servers.append(s)
-    return servers
-
-
-def shutdown(servers) -> None:
-    """Stop the servers at once. Not launcher.shutdown(): that drains, and a draining server's agents
-    move to another server (here a child server), which is not what is measured and takes long with
-    10,000 agents. The workload process exits right after (_common.main), before any proxy reacts."""
-    for s in servers:
-        try:
-            os.kill(s.pid, signal.SIGKILL)
-        except OSError:   # e.g. the one a workload killed
-            pass
 
 
 # -- the tutorial -------------------------------------------------------------
@@ -354,11 +327,9 @@ def simulation(sz: dict) -> dict:
 
 
 WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory,
-                                     registry, failover, checkpoint, scale, simulation)}
+                                     registry, failover, checkpoint, scale, simulation, observe.metrics,
+                                     observe.tracing, aio_workloads.aio, aio_workloads.stream,
+                                     aio_workloads.async_threads)}
 
 if __name__ == "__main__":
-    import workloads_async as aio_workloads   # they import this module's launch(): loaded after it
-    import workloads_observe as observe
-    WORKLOADS.update(metrics=observe.metrics, tracing=observe.tracing, aio=aio_workloads.aio,
-                     stream=aio_workloads.stream, async_threads=aio_workloads.async_threads)
     C.main(WORKLOADS, info)

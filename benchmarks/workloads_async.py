@@ -9,7 +9,7 @@ import time
 
 import _common as C
 from bench_agents import AsyncNoop
-from workloads_agentmesh import HOST, launch, shutdown
+from _servers import HOST, launch, shutdown
 
 
 def aio(sz: dict) -> dict:

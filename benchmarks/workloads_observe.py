@@ -8,7 +8,7 @@ from agentmesh.testing import default_runtime
 
 import _common as C
 from bench_agents import Noop
-from workloads_agentmesh import HOST, launch, shutdown
+from _servers import HOST, launch, shutdown
 
 BLOCK = 100
 

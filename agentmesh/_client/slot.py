@@ -108,6 +108,18 @@ class CallSlot:
     def done(self) -> bool:
         return self.reply is not None
 
+    def cancel(self) -> None:
+        """The caller gave up on this call (any thread): its session answers it as cancelled and tells the
+        server, when that transport can cancel (a Connection); otherwise nothing happens."""
+        cancel = getattr(self.conn, "cancel", None)
+        if cancel is not None:
+            cancel(self)
+
+    def ref(self) -> tuple[str, str, str, str]:
+        """Where the call runs, as a placeholder names it: (server_id, address, agent_id, call_id)."""
+        conn = self.conn
+        return (conn.server_id if conn else "", conn.address if conn else "", self.call.agent_id, self.call.call_id)
+
     def wait(self, timeout: float | None = None) -> pb.Reply:
         """Block until the reply is there."""
         reply = self.reply

@@ -5,7 +5,7 @@ import inspect
 import logging
 from typing import Any, Iterable
 
-from ..rpc import RpcMeta, RpcObject, async_func
+from ..rpc import RpcMeta, RpcObject, async_func, tell
 from ._memory import TemporaryMemory
 from .._ids import new_id
 
@@ -94,7 +94,7 @@ class AgentBase(metaclass=RpcMeta):
         """Each member of the audience observes x: a proxy is told without waiting, a local agent at once."""
         for agent in self._audience or ():
             if isinstance(agent, RpcObject):
-                agent._tell("observe", (x,), {})
+                tell(agent, "observe", (x,), {})
             else:
                 agent.observe(x)
 

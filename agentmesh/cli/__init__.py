@@ -15,7 +15,7 @@ from .._runtime import Runtime, set_default_runtime
 from .._tokens import new_token
 from .._version import __version__
 from ..rpc import RpcMeta
-from ..server._classes import classes_in_folder
+from ..server import classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
                     _metrics_port_arg, _port_arg, _settings, command_error)

@@ -14,8 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .. import _tls, _trust
 from .._config import Settings
-from ..discovery import keys
-from ..discovery._view import ServerView
+from ..discovery import ServerView, keys
 from ..discovery.records import RecordWarnings, agent_record, printable, server_record
 from ..discovery.prometheus import write_from_registry
 from ..etcd import EtcdClient, EtcdError, redact_url

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .. import _trust
 from .._metrics import DURATION_BUCKETS
-from ..discovery._view import ServerView
+from ..discovery import ServerView
 from ..discovery.records import printable
 from ..etcd import EtcdError, redact_url
 from ._args import _settings

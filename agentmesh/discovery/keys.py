@@ -1,4 +1,4 @@
-"""The registry's key layout (documented in registry/README.md)."""
+"""The registry's key layout (documented in docs/registry.md)."""
 from __future__ import annotations
 
 ROOT = "/agentmesh"

@@ -19,7 +19,7 @@ etcd, or a lease kept alive by someone other than the server. 5 s is a few
 lease renewals apart (every TTL/3), one small write per server every 5 s;
 MAX_AGE = 4 × REFRESH_EVERY leaves room for missed rewrites (an etcd election,
 retries with backoff) and for the clock skew of NTP-synced machines, which
-the mesh assumes (registry/README.md).
+the mesh assumes (docs/registry.md).
 """
 from __future__ import annotations
 

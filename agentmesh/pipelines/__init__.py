@@ -12,7 +12,7 @@ __all__ = ["SequentialPipeline", "sequential_pipeline"]
 
 
 def sequential_pipeline(operators: Sequence[Callable[[Any], Any]], x: Any = None) -> Any:
-    """operators[0](x), then each next operator on the output of the one before; the last output.
+    """``operators[0](x)``, then each next operator on the output of the one before; the last output.
 
     Operators are agents, proxies, pipelines or any callable of one message.
     ValueError when there are none.

@@ -2,7 +2,7 @@
 from .._result import AsyncResult, ReplyStream
 from ._meta import RpcMeta
 from ._methods import async_func, sync_func
-from ._proxy import RpcObject
+from ._proxy import RpcObject, set_local_audience, tell   # the last two: for msghub and agents (not in __all__)
 from .retry_strategy import RetryBase, RetryExponential, RetryFixedTimes
 from .rpc_client import RpcClient
 from .rpc_config import DistConf

@@ -28,7 +28,7 @@ def _marker(mode: str, func: Any, interleave: bool) -> Any:
 def async_func(func: F | None = None, *, interleave: bool = False) -> Any:
     """Mark a method asynchronous on a proxy: it returns an AsyncResult at once.
 
-    ``@async_func(interleave=True)``: see :func:`sync_func`.
+    ``@async_func(interleave=True)``: see ``sync_func``.
     """
     return _marker("async", func, interleave)
 

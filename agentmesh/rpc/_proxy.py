@@ -54,7 +54,7 @@ class RpcObject:
     """Proxy of an agent on an agent server: public methods are forwarded to it.
 
     Asynchronous methods (``reply``, ``__call__`` and those marked
-    ``@async_func``) return an :class:`AsyncResult` at once; the others wait
+    ``@async_func``) return an ``AsyncResult`` at once; the others wait
     for their value. A proxy pickles to a proxy of the same agent.
     """
 
@@ -189,6 +189,8 @@ class RpcObject:
         if tracing is not None:
             slot.span = tracing.start_call(binding.cls_name, method, self.agent_id, binding.name, slot.call.trace)
         binding.send(slot, conn)
+        if notify:   # told without waiting (_tell): its failure is logged once its reply is there
+            binding.runtime.loop.spawn(_report_failure(self, method, slot))
         result = AsyncResult(slot, policy=self._policy)
         if is_async == STREAM:
             return ReplyStream(result, method=method)
@@ -218,11 +220,9 @@ class RpcObject:
         agent's server, not here.
         """
         try:
-            result = self._call(method, tuple(args), dict(kwargs or {}), True, notify=True)
+            self._call(method, tuple(args), dict(kwargs or {}), True, notify=True)
         except Exception as exc:  # noqa: BLE001 - a broadcast must not break the reply that makes it
             _told_badly(self, method, exc)
-            return
-        self._binding.runtime.loop.spawn(_report_failure(self, method, result._slot))
 
     def __eq__(self, other: object) -> bool:
         """The same agent: another proxy of it, or the agent itself (an object of a distributable class)."""
@@ -292,6 +292,18 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
     runtime.owned[agent_id] = conn.address
     binding.start_creation(conn)
     return RpcObject._bound(binding, method_table(cls), timeout, retry)
+
+
+# -- what msghub and an agent's audience use of a proxy: functions, so that a proxy's public names stay its agent's
+def tell(proxy: RpcObject, method: str, args: tuple = (), kwargs: dict | None = None) -> None:
+    """Send proxy's agent a call of method and do not wait for it: a failure is logged, never raised (see _tell)."""
+    proxy._tell(method, args, kwargs)
+
+
+def set_local_audience(proxy: RpcObject, agents: list | None) -> None:
+    """The agents of this process that observe each reply of proxy's ``__call__``, pending (None: nobody); a msghub
+    sets them, as a server cannot reach them."""
+    proxy._local_audience = agents
 
 
 async def _report_failure(proxy: RpcObject, method: str, slot: CallSlot) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 from .. import _checkpoint, _metrics, _status
 from .._classes import interleaves
-from .._result import loads_collecting
+from .._result import loads_collecting, resolve
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import HostedClasses
@@ -270,7 +270,7 @@ class Hosting(Creating):
             while host.waiting:
                 work = host.waiting[0]
                 for placeholder in work.placeholders:
-                    await placeholder._resolve_async(work.call.trace)
+                    await resolve(placeholder, work.call.trace)
                 host.waiting.popleft()
                 self._ready(host, work)
             host.waiting = None
