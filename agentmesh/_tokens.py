@@ -34,8 +34,9 @@ def new_token() -> str:
 def token_weakness(token: str) -> str | None:
     """Why token is too short or too guessable to be a key; None when it will do.
 
-    The estimate is its length (each distinct character counted at most twice,
-    so repeats add little) times log2 of the alphabet its character classes span.
+    The estimate is its length (at most three characters for each distinct one,
+    so repeats add little) times log2 of the alphabet its character classes span:
+    32 random hex digits pass, a short word repeated does not.
     """
     if not token or token != token.strip():
         return "it is empty or has white space around it"
@@ -43,7 +44,7 @@ def token_weakness(token: str) -> str | None:
                                               (26, any(c.isupper() for c in token)),
                                               (10, any(c.isdigit() for c in token)),
                                               (32, any(not c.isalnum() for c in token))) if present)
-    bits = min(len(token), 2 * len(set(token))) * math.log2(max(alphabet, 2))
+    bits = min(len(token), 3 * len(set(token))) * math.log2(max(alphabet, 2))
     if bits < TOKEN_BITS:
         return (f"it is too short or too guessable to be a key (about {bits:.0f} bits of the {TOKEN_BITS} "
                 f"needed): one handshake transcript lets anyone try guesses offline")
