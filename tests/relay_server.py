@@ -30,17 +30,10 @@ from concurrent import futures
 import grpc
 
 from agentmesh.v1 import agent_server_pb2 as pb
+from rogue_server import _CreatesFile   # a pickle that creates a file when unpickled
 
 SERVICE = "/agentmesh.v1.AgentServer/"
 ADDRESS_KEY = "x-agentmesh-address"
-
-
-class _CreatesFile:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 class Relay(grpc.GenericRpcHandler):
