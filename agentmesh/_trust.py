@@ -11,8 +11,10 @@ the address dialled, so a relay at another address cannot use them: the real
 server refuses a handshake for an address that is not its own, and a proof
 made for its own address does not match the relay's. A ticket opens new RPCs
 for TICKET_TTL seconds, and a session it opened keeps it valid while that
-session lasts. Registry records carry an HMAC of their key and content, so
-write access to etcd alone places nothing.
+session lasts. Registry records carry an HMAC of their key and content, are
+bound to the lease they were written under and carry when they were signed
+(readers check both: discovery/records.py), so write access to etcd alone
+places nothing and cannot revive an old record.
 """
 from __future__ import annotations
 

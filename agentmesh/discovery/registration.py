@@ -27,6 +27,8 @@ from . import keys
 from .records import REFRESH_EVERY, agent_record, check_labels, printable
 
 log = logging.getLogger("agentmesh.discovery")
+#: how long a stopping server waits for its registration task to wind down before it revokes its lease
+STOP_WAIT = 1.0
 
 
 class RegisteredServer(Protocol):
@@ -307,9 +309,9 @@ class Registration:
     async def stop(self) -> None:
         """Withdraw at once: revoking the lease deletes the server's and its agents' records."""
         self._stopping = True
-        if self._task is not None:
+        if self._task is not None:   # its clean-up (closing the watch on our key) may wait on etcd: not for long
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait((self._task,), timeout=STOP_WAIT)
         if self.lease is not None:
             try:
                 await self.lease.revoke()

@@ -15,20 +15,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from .. import _frames, _protocol, _status
-from .._address import format_address, is_loopback
+from .._address import format_address
 from .._config import (DEFAULT_MAX_CLASS_BYTES, DEFAULT_MAX_CLASSES, DEFAULT_MAX_FETCH_WAITERS,
                        DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_RESULT_BYTES,
                        DEFAULT_MAX_RESULTS, DEFAULT_RESULT_TTL, DEFAULT_SESSION_BACKLOG_BYTES)
 from .._runtime import Runtime
 from .._tls import ServerTLS
-from .._tokens import check_token, local_token
 from .._version import __version__
 from ..discovery.registration import Registration
 from ..etcd import redact_url
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
 from ._addresses import AddressBook
-from ._auth import Credentials, Gate
+from ._auth import Credentials, Gate, server_token
 from ._classes import HostedClasses, classes_in_folder
 from ._files import FileRoot
 from ._host import AgentHost
@@ -100,9 +99,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             raise ValueError(f"agent server: a registry ({redact_url(registry)}) needs the namespace token "
                              f"(token=, --token-file or AGENTMESH_TOKEN_FILE): its records are signed with it, "
                              f"and readers ignore records they cannot verify")
-        check_token(token, f"agent server {self.server_id}")
-        if token is None and is_loopback(host) and not (tls is not None and tls.mutual):
-            token = local_token()   # given none on loopback: only this user's processes may call it
+        token = server_token(token, host, tls is not None and tls.mutual, registry)
         self.credentials = Credentials(self.server_id, namespace, token, AddressBook(host, advertise_host))
         self.open_health = OpenHealth()   # what unauthenticated probes are told
         self.registry_options = (

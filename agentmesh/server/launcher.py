@@ -11,10 +11,10 @@ from .. import _tls
 from .._address import check_port, format_address, is_loopback
 from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, Settings, check_capacity, read_secret
 from .._process import ServerProcess
-from .._tokens import check_token, local_token
 from .._runtime import default_runtime
 from ..discovery.records import check_labels
 from ..etcd import parse_registry_url
+from ._auth import server_token
 from ._files import FileRoot
 from ._service import AgentServer
 
@@ -201,13 +201,11 @@ class RpcAgentServerLauncher:
             raise ValueError("both token= and token_file= were given to RpcAgentServerLauncher; give one")
         self.token = read_secret(token_file) if token_file is not None else (
             token if token is not None else settings.token)
-        check_token(self.token, "RpcAgentServerLauncher (token=, token_file=)")
         self.insecure = insecure
         if tls_cert is None and tls_key is None:
             tls_cert, tls_key = settings.tls_cert, settings.tls_key
         self.tls = _tls.ServerTLS.from_options(tls_cert, tls_key, tls_client_ca)
-        if self.token is None and is_loopback(host) and not self.registry and not (self.tls and self.tls.mutual):
-            self.token = local_token()    # given none on loopback: only this user's processes may call it
+        self.token = server_token(self.token, host, bool(self.tls and self.tls.mutual), self.registry)
         self.max_message_size = max_message_size
         self.grace = grace
         self.options = {k: v for k, v in options.items() if k in _SERVER_OPTIONS}
