@@ -23,6 +23,7 @@ class AgentSpec:
     options: dict[str, Any]
     state: bytes = b""
     state_seq: int = 0
+    answered: list[pb.Reply] = dataclasses.field(default_factory=list)   # replies the state already holds
 
     @property
     def timeout(self) -> float | None:
@@ -45,7 +46,8 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
     for _ in range(4):
         ref = classes.ref(spec.cls, conn.server_id, by_value)
         request = pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
-                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
+                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq,
+                                        answered=spec.answered)
         check_size(request, conn)
         try:
             response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=spec.timeout)

@@ -12,6 +12,11 @@ FRAME_FRACTION = 2
 ITEM_OVERHEAD = 64
 
 
+def kept_bytes(reply) -> int:   # noqa: ANN001 - a pb.Reply (this module knows no protobuf)
+    """What keeping a finished call's reply costs: its byte fields and a little for the rest."""
+    return len(reply.payload) + len(reply.traceback) + len(reply.error_message) + ITEM_OVERHEAD
+
+
 def frame_budget(max_message_size: int) -> int:
     """The payload bytes one frame may carry."""
     return max(1, max_message_size // FRAME_FRACTION)

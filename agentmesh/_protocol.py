@@ -26,6 +26,11 @@ MD_ADDRESS = "x-agentmesh-address"
 #: trailing metadata of a refused RPC: the ReplyStatus name that says why (never matched by text)
 MD_STATUS = "x-agentmesh-status"
 
+#: at most this many bytes of answered replies ride on one checkpoint push to an agent's creator, and the
+#: creator keeps at most this many (newest first) to pass on when it re-creates the agent; a call whose reply
+#: fell out may run again if its caller never got the reply and the agent's server died
+ANSWERED_BYTES = 1 << 20
+
 #: room for the protobuf envelope around a payload of max_message_size bytes
 ENVELOPE = 64 * 1024
 

@@ -16,7 +16,7 @@ import secrets
 import threading
 from typing import Any
 
-from . import _trust
+from . import _ids, _trust
 from ._classes import ClassCache
 from ._client.children import ChildPool
 from ._client.dialing import Dialing
@@ -156,8 +156,9 @@ class Runtime:
 
     # -- calls ---------------------------------------------------------------
     def next_call_id(self) -> str:
-        """A call id unique across the mesh: a random prefix of this runtime and a counter."""
-        return self._call_prefix + str(next(self._call_numbers))
+        """A call id unique across the mesh: a random prefix of this runtime and a counter; inside an agent
+        method running on a server, derived from that call's id (see _ids.derived_call_id)."""
+        return _ids.derived_call_id() or self._call_prefix + str(next(self._call_numbers))
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine on the I/O loop and wait for it (from a user thread)."""

@@ -130,7 +130,7 @@ def measure(n: int, servers: int, capacity: int = 0, calls: bool = True, kill: b
                 t = time.perf_counter()
                 out["call_wrong"] = sum(a.ping(i) != i for i, a in enumerate(agents))
                 out["call_rate"] = round(n / (time.perf_counter() - t))
-                out["ckpt_bytes"] = round(sum(len(a._binding.ckpt[1]) for a in agents) / n)
+                out["ckpt_bytes"] = round(sum(len(a._binding.checkpoint.state) for a in agents) / n)
             else:   # the creations are pipelined: wait for the last one before measuring memory
                 agents[-1].ping(0)
             out["server_kb"] = round(sum(C.rss_kb(s.pid) - rss0[s.pid] for s in started) / n, 2)

@@ -72,7 +72,7 @@ def test_an_agent_with_1_mib_of_state_does_not_grow_the_server_by_its_checkpoint
         assert agent.noop(i) == i
     grown = rss_mib(s.pid) - base
     assert grown < 1 + GROWTH_BUDGET_MIB, f"server grew {grown:.1f} MiB over 300 calls"
-    seq, state = agent._binding.ckpt
+    seq, state = agent._binding.checkpoint.last
     assert seq == 300 and len(state) > MIB      # the caller still got the checkpoint of every call
 
     session = raw.session(s.port, local_md(s.port))
@@ -80,8 +80,8 @@ def test_an_agent_with_1_mib_of_state_does_not_grow_the_server_by_its_checkpoint
     last = call(agent.agent_id, "noop", args_payload("last"))
     session.send(last)
     assert session.reply(last.call_id).state == b""     # not the agent's creator: the state goes to the creator
-    wait_until(lambda: agent._binding.ckpt[0] == 301)
-    assert len(agent._binding.ckpt[1]) > MIB
+    wait_until(lambda: agent._binding.checkpoint.seq == 301)
+    assert len(agent._binding.checkpoint.state) > MIB
     _, stub = raw(s.port)
     assert fetch(stub, last.call_id).state == b""
     assert stub.DeleteAgent(pb.DeleteAgentRequest(agent_id=agent.agent_id), metadata=local_md(s.port),

@@ -88,7 +88,7 @@ def test_a_stream_is_read_once_and_an_error_mid_stream_comes_after_the_items_mad
 def test_the_state_a_stream_leaves_is_checkpointed_and_survives_a_crash(server):
     agent = Streamer("kept", to_dist=at(server))
     assert list(agent.count(5)) == list(range(5))
-    wait_until(lambda: agent._binding.ckpt[0] >= 1)      # the stream's final reply brought the state
+    wait_until(lambda: agent._binding.checkpoint.seq >= 1)      # the stream's final reply brought the state
     os.kill(server.pid, signal.SIGKILL)
     assert agent.made_so_far() == 5                       # re-created elsewhere from that checkpoint
     assert agent.server != f"127.0.0.1:{server.port}"

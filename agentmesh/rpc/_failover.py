@@ -14,9 +14,11 @@ import time
 from typing import Any
 
 from .. import _status, errors
+from .._client.checkpoint import Checkpoint
 from .._client.connection import fail
 from .._client.slot import CallSlot, Transport
 from .._creation import AgentSpec, check_size, create_on
+from .._ids import call_order
 from .._placement import place
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
@@ -46,7 +48,7 @@ class Binding:
         self.relocatable = relocatable    # placement chose the server: a refusal moves on
         self.conn: Any = None
         self.creation: CallSlot | None = None   # the __create__ call while the agent is being built
-        self.ckpt: tuple[int, bytes] = (0, b"")  # (calls completed, state) after the last reply
+        self.checkpoint = Checkpoint()           # the agent's state after its last completed call
         self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
         self.ended = ""                          # why the agent is gone for good (its server shut down)
         self.refused = ""                        # why it can never be created (its creation is too large)
@@ -91,7 +93,8 @@ class Binding:
         classes = self.runtime.classes
         ref = classes.ref(spec.cls, conn.server_id)
         request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=spec.init_blob,
-                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq)
+                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq,
+                                        answered=spec.answered)
         slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__"),
                         self)
         self.creation = slot
@@ -113,8 +116,7 @@ class Binding:
 
     # -- CallOwner -------------------------------------------------------------
     def on_checkpoint(self, reply: pb.Reply) -> None:
-        if reply.seq > self.ckpt[0]:
-            self.ckpt = (reply.seq, reply.state)
+        self.checkpoint.advance(reply.seq, reply.state, reply.answered)
 
     def on_created(self, conn: Transport, reply: pb.Reply) -> None:
         response = pb.CreateAgentResponse.FromString(reply.payload)
@@ -202,7 +204,7 @@ class Binding:
             if spec is not None:
                 self.epoch, self.relocatable = 0, True    # the epoch comes with the creation's answer
                 self.start_creation(conn, spec)
-            held.sort(key=lambda slot: int(slot.call.call_id.rsplit("-", 1)[1]))
+            held.sort(key=lambda slot: call_order(slot.call.call_id))
             for slot in held:
                 slot.call.epoch = self.epoch
                 if self.refused:     # its checkpoint made the creation too large: they fail with why
@@ -311,10 +313,11 @@ class Binding:
 
     def _spec_now(self) -> AgentSpec:
         """The creation spec with the last checkpoint in it."""
-        seq, state = self.ckpt
+        seq, state = self.checkpoint.last
         spec = self.spec
         assert spec is not None
-        return AgentSpec(spec.cls, self.agent_id, spec.init_blob, spec.options, state, seq)
+        return AgentSpec(spec.cls, self.agent_id, spec.init_blob, spec.options, state, seq,
+                         self.checkpoint.answered())
 
     def _create_again(self, conn: Any) -> Any:
         """Create on the same server through the unary path, which ships the class by value if needed."""
@@ -330,14 +333,14 @@ class Binding:
             if time.monotonic() > deadline or lost.closed:
                 return
             time.sleep(0.005)
-        if not self.ckpt[1]:   # checkpoints off: ask the server for the state once
+        if not self.checkpoint.state:   # checkpoints off: ask the server for the state once
             async def get_state() -> pb.AgentState:
                 return await lost.stub.GetState(pb.StateRequest(agent_id=self.agent_id),
                                                 metadata=lost.metadata, timeout=5.0)
 
             try:
                 state = self.runtime.run(get_state())
-                self.ckpt = (state.seq, state.state)
+                self.checkpoint.advance(state.seq, state.state)
             except Exception as exc:  # noqa: BLE001 - then it restarts from its constructor
                 log.warning("%s: could not fetch its state from draining %s: %s",
                             self._label(), lost.address, exc)

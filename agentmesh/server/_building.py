@@ -58,6 +58,7 @@ class Creating:
     loop: Any
     _failed: collections.OrderedDict[str, tuple[int, str]]
     metrics: Any
+    results: Any
     builds: "Builds"
 
     def _answer(self, outbox: Any, reply: pb.Reply) -> None:
@@ -109,6 +110,8 @@ class Creating:
         host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
+        for answer in request.answered:   # others' calls its checkpoint holds: a replay is answered, not run again
+            self.results.finish(answer, agent_id)
         if request.state and self.metrics is not None:   # moved in from another server
             self.metrics.restored += 1
         return host

@@ -14,6 +14,7 @@ import concurrent.futures
 import inspect
 from typing import Any, Callable
 
+from .. import _ids
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ._host import AgentHost, Work
@@ -71,7 +72,7 @@ class AgentLoop:
 
     def await_here(self, coroutine: Any) -> Any:
         """Run a coroutine on this loop from a worker thread and wait for its value (a sync method returned it)."""
-        return self.io.run(coroutine)
+        return self.io.run(_ids.carried(coroutine))
 
     def cancel(self, call_id: str) -> None:
         """Cancel the coroutine call call_id if it runs here (any thread). The lookup happens on this loop,

@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .. import _checkpoint, _codec, _status
+from .. import _checkpoint, _codec, _ids, _status
 from ..v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh.server")
@@ -140,24 +140,30 @@ class AgentHost:
     def execute(self, work: Work, max_message_size: int, awaiting: Callable[[Any], Any], streams: Any) -> pb.Reply:
         """Run one call on the agent (worker thread); the reply says how it went. A method that returns a
         coroutine (a sync __call__ over an async reply) has it run on the agent loop by awaiting(); a
-        generator streams its items (streams.drive)."""
-        result, refused = self._invoke(work)
-        if refused is not None:
-            return refused
-        if inspect.iscoroutine(result):     # not any awaitable: a returned placeholder stays one
-            try:
-                result = awaiting(result)
-            except Exception as exc:  # noqa: BLE001
-                return _status.raised(work.call.call_id, exc)
-        if inspect.isgenerator(result):
-            return streams.drive(work, result, max_message_size)
-        if inspect.isasyncgen(result):
-            return awaiting(streams.drive_async(work, result, max_message_size))
-        return self._encode(work.call, result, max_message_size)
+        generator streams its items (streams.drive). Calls it makes get ids derived from its own."""
+        token = _ids.running(work.call.call_id)
+        try:
+            result, refused = self._invoke(work)
+            if refused is not None:
+                return refused
+            if inspect.iscoroutine(result):     # not any awaitable: a returned placeholder stays one
+                try:
+                    result = awaiting(result)
+                except Exception as exc:  # noqa: BLE001
+                    return _status.raised(work.call.call_id, exc)
+            if inspect.isgenerator(result):
+                return streams.drive(work, result, max_message_size)
+            if inspect.isasyncgen(result):
+                return awaiting(streams.drive_async(work, result, max_message_size))
+            return self._encode(work.call, result, max_message_size)
+        finally:
+            _ids.reset(token)
 
     async def execute_async(self, work: Work, max_message_size: int, streams: Any,
                             executor: concurrent.futures.Executor) -> pb.Reply:
-        """Run one call on the agent loop, awaiting what the method returns; cancelled: an UNAVAILABLE reply."""
+        """Run one call on the agent loop, awaiting what the method returns; cancelled: an UNAVAILABLE reply.
+        Runs in a task of its own, so the calls it makes get ids derived from its own until it ends."""
+        _ids.running(work.call.call_id)
         result, refused = self._invoke(work)
         if refused is not None:
             return refused

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import collections
 
+from .._frames import kept_bytes
+from .._protocol import ANSWERED_BYTES
 from ..v1 import agent_server_pb2 as pb
 
 
@@ -28,6 +30,27 @@ def deliver(owner: "Session | None", sessions: list, agent_id: str, reply: pb.Re
         outbox.send(owned if owned is not None else reply)
 
 
+def answered(releases: list[tuple["Session", pb.Reply]]) -> list[pb.Reply]:
+    """The replies a checkpoint push carries to the creator, newest first within ANSWERED_BYTES: if the
+    agent is re-created from that checkpoint, a caller replaying one of these calls gets its reply back
+    instead of running it a second time. Copies without seq (a replay answers with the reply as it is)."""
+    out: list[pb.Reply] = []
+    seen: set[str] = set()
+    room = ANSWERED_BYTES
+    for _, reply in reversed(releases):
+        if reply.call_id in seen or not reply.call_id or reply.stream:   # a stream's items are not kept
+            continue
+        seen.add(reply.call_id)
+        room -= kept_bytes(reply)
+        if room < 0:
+            break
+        kept = pb.Reply()
+        kept.CopyFrom(reply)
+        kept.seq = 0
+        out.append(kept)
+    return out
+
+
 class Session:
     """One client's session stream: replies to it are queued here and batched into frames.
 
@@ -49,10 +72,11 @@ class Session:
         #: agent id -> (its checkpoint push not yet written, the replies to release once it is)
         self.pushes: dict[str, tuple[pb.Reply, list[tuple[Session, pb.Reply]]]] = {}
 
-    def send(self, reply: pb.Reply) -> None:
+    def send(self, reply: pb.Reply, cost: int = -1) -> None:
         """Queue a reply (I/O loop); it always goes out, however full the backlog."""
         if not self.closed:
-            cost = reply_cost(reply)
+            if cost < 0:
+                cost = reply_cost(reply)
             self.outbox.append((reply, cost))
             self.backlog += cost
             if self.backlog > self.budget:
@@ -67,10 +91,12 @@ class Session:
         if old is not None:
             stale, earlier = old
             stale.agent_id, stale.state = "", b""   # written as an empty reply, which clients skip
+            del stale.answered[:]
             releases = earlier + releases
-        pushed = pb.Reply(agent_id=agent_id, seq=owned.seq, state=owned.state)
+        carried = answered(releases)
+        pushed = pb.Reply(agent_id=agent_id, seq=owned.seq, state=owned.state, answered=carried)
         self.pushes[agent_id] = (pushed, releases)
-        self.send(pushed)
+        self.send(pushed, len(owned.state) + sum(kept_bytes(reply) for reply in carried))
 
     def released(self, batch: list[tuple[pb.Reply, int]]) -> None:
         """A batch was written: the replies waiting on checkpoint pushes in it go out (I/O loop)."""

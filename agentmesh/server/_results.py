@@ -12,7 +12,7 @@ import time
 from typing import NamedTuple
 
 from .. import _status
-from .._frames import ITEM_OVERHEAD
+from .._frames import kept_bytes
 from ..v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh.server")
@@ -29,11 +29,6 @@ class _Entry(NamedTuple):
     stored_at: float
     agent_id: str
     cost: int
-
-
-def reply_bytes(reply: pb.Reply) -> int:
-    """What a stored reply costs: its byte fields and a little for the rest."""
-    return len(reply.payload) + len(reply.traceback) + len(reply.error_message) + ITEM_OVERHEAD
 
 
 class ResultStore:
@@ -81,7 +76,7 @@ class ResultStore:
             return
         self._expire(call_id, "")     # a call that ran again (its first result was gone) replaces it
         self._gone.pop(call_id, None)
-        entry = _Entry(reply, time.monotonic(), agent_id, reply_bytes(reply))
+        entry = _Entry(reply, time.monotonic(), agent_id, kept_bytes(reply))
         self._done[call_id] = entry
         self._by_agent.setdefault(agent_id, set()).add(call_id)
         self.bytes += entry.cost

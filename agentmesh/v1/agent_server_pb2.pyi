@@ -53,20 +53,22 @@ class ClassRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., blob: _Optional[bytes] = ...) -> None: ...
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoint")
+    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoint", "answered")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLS_FIELD_NUMBER: _ClassVar[int]
     INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     cls: ClassRef
     init_args: bytes
     state: bytes
     state_seq: int
     checkpoint: bool
-    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+    answered: _containers.RepeatedCompositeFieldContainer[Reply]
+    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoint: _Optional[bool] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
 
 class CreateAgentResponse(_message.Message):
     __slots__ = ("agent_id", "name", "server_id", "epoch", "existed")
@@ -126,7 +128,7 @@ class Call(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., method: _Optional[str] = ..., payload: _Optional[bytes] = ..., epoch: _Optional[int] = ..., notify: _Optional[bool] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Reply(_message.Message):
-    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state", "stream", "agent_id")
+    __slots__ = ("call_id", "status", "payload", "error_type", "error_message", "traceback", "seq", "state", "stream", "agent_id", "answered")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class Reply(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     status: ReplyStatus
     payload: bytes
@@ -147,7 +150,8 @@ class Reply(_message.Message):
     state: bytes
     stream: bool
     agent_id: str
-    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    answered: _containers.RepeatedCompositeFieldContainer[Reply]
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error_type: _Optional[str] = ..., error_message: _Optional[str] = ..., traceback: _Optional[str] = ..., seq: _Optional[int] = ..., state: _Optional[bytes] = ..., stream: _Optional[bool] = ..., agent_id: _Optional[str] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
 
 class HandshakeRequest(_message.Message):
     __slots__ = ()
