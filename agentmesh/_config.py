@@ -1,4 +1,5 @@
-"""Settings of a process of the mesh: what ``agentmesh.init()`` and the ``AGENTMESH_*`` variables set.
+"""Settings of a process of the mesh: what ``agentmesh.init()`` and the ``AGENTMESH_*`` variables set; and
+an agent server's settings (``ServerConfig``), here so that every layer that starts a server can build them.
 
 Every environment variable agentmesh reads is named here, once, and so is
 every default limit.
@@ -11,10 +12,12 @@ import importlib
 import logging
 import os
 import types
+import uuid
 from typing import Any, Iterable, Mapping
 
 from . import _tls
-from ._tokens import check_token
+from ._address import is_loopback
+from ._tokens import check_token, local_token
 
 log = logging.getLogger("agentmesh")
 
@@ -44,6 +47,8 @@ DEFAULT_MAX_CLASS_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 2 * DEFAULT_MAX_FETCH_WAITERS
 #: a connection with no open stream (no session, no health watch) is closed after this long
 DEFAULT_CONNECTION_IDLE_S = 300.0
+#: worker threads that run a server's agents' calls, at most
+DEFAULT_MAX_WORKERS = 512
 
 #: Settings field -> the environment variable that gives its default
 ENVIRONMENT = {
@@ -275,3 +280,69 @@ def _read_secret_files(values: dict[str, Any], from_env: bool) -> dict[str, Any]
         if path:
             values[field] = read_secret(path, what)
     return values
+
+
+def server_token(token: str | None, bind_host: str, mutual_tls: bool, registry: str | None) -> str | None:
+    """The token a server holds: the one given (checked to be a key), else on loopback, without mutual TLS or
+    a registry, this user's local token, so only this user's processes may call it; else None."""
+    check_token(token, "the agent server (token=, --token-file, AGENTMESH_TOKEN_FILE)")
+    if token is None and is_loopback(bind_host) and not mutual_tls and not registry:
+        return local_token()
+    return token
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnCalls:
+    """How a server process makes its own calls (placeholder fetches, proxies inside its agents, etcd)."""
+
+    token: str | None = dataclasses.field(default=None, repr=False)   # what they present (a child's: its parent's)
+    registry: str | None = None        # what they follow besides the server's own (a child's: its parent's)
+    tls_ca: str | None = None          # the CA peers' certificates chain to
+    client_cert: str | None = None     # their client certificate (default: the server's own certificate)
+    client_key: str | None = None
+    insecure: bool = False             # they may use plaintext to network addresses
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
+    etcd_password: str | None = dataclasses.field(default=None, repr=False)   # of the registry URL's user
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of one agent server, built once (by the CLI, the launcher, child mode); its secrets stay
+    out of its repr. The token is resolved when it is built (``server_token``)."""
+
+    bind_host: str = "127.0.0.1"            # the address it listens on
+    port: int = 0                           # 0: a free port
+    advertise_host: str | None = None       # the host others dial (default: bind_host, or this machine's address)
+    capacity: int = DEFAULT_CAPACITY
+    server_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    namespace: str = "default"
+    token: str | None = dataclasses.field(default=None, repr=False)
+    tls: _tls.ServerTLS | None = None       # serve TLS (mutual with a client CA); None: plaintext
+    registry: str | None = None             # the registry it registers in
+    registry_ttl: int = 3
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    agent_classes: tuple[type, ...] = ()
+    agent_dir: str | None = None            # its .py files' agent classes are hosted too
+    allow_shipped_classes: bool = True
+    file_dir: str | None = None             # what DownloadFile may serve
+    metrics_port: int | None = None         # None: no /metrics; 0: a free port
+    grace: float = 5.0                      # how long running calls may take when a caller stops the server
+    fence_after: float = 1.5                # a gap this long (s) in its run is checked: was it stopped?
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS
+    result_ttl: float = DEFAULT_RESULT_TTL
+    max_results: int = DEFAULT_MAX_RESULTS
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    session_backlog_bytes: int = DEFAULT_SESSION_BACKLOG_BYTES
+    max_fetch_waiters: int = DEFAULT_MAX_FETCH_WAITERS
+    max_classes: int = DEFAULT_MAX_CLASSES
+    max_class_bytes: int = DEFAULT_MAX_CLASS_BYTES
+    max_workers: int = DEFAULT_MAX_WORKERS
+    roster: str | None = None               # a child server's: its parent's list of children, where it adds its port
+    own_calls: OwnCalls | None = None       # how a server process makes its own calls (in-process: unused)
+
+    def __post_init__(self) -> None:
+        mutual = self.tls is not None and self.tls.mutual
+        object.__setattr__(self, "token", server_token(self.token, self.bind_host, mutual, self.registry))

@@ -8,6 +8,7 @@ and the server stops. Nothing secret travels in argv or the environment.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import pickle
@@ -19,7 +20,7 @@ from typing import Any
 
 from . import _codec, errors
 from ._address import format_address
-from ._config import ENVIRONMENT
+from ._config import ENVIRONMENT, ServerConfig
 
 log = logging.getLogger("agentmesh.server")
 
@@ -33,25 +34,34 @@ _CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("registry", "namespa
 ERROR_PREFIX = "AGENTMESH_ERROR"
 
 
-class ServerProcess:
-    """An agent server running in a child interpreter of this process."""
+@dataclasses.dataclass(frozen=True)
+class Handover:
+    """What a server process reads on stdin: its config (classes apart, pickled by value), where it imports
+    from, and the pipe where it says READY or ERROR."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = dict(config)
+    config: ServerConfig
+    classes: bytes
+    sys_path: list[str]
+    ready_fd: int
+
+
+class ServerProcess:
+    """An agent server running in a child interpreter of this process, as config says."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
         self.port: int | None = None
         self.server_id = ""
         self.metrics_port: int | None = None   # where it serves /metrics, if it does
         self.error: str | None = None
         self._ready = threading.Event()
-        classes = self.config.pop("custom_agent_classes", None) or []
-        outer = dict(self.config, sys_path=list(sys.path), classes_blob=_codec.dumps(classes))
         # the config says what the server uses, not the inherited environment
         env = {k: v for k, v in os.environ.items() if k not in _CONFIG_ONLY_ENV}
         # READY or ERROR comes back on a pipe of its own; the child's stdout and stderr are ours,
         # so whatever its agents print shows up and can never fill a pipe nobody reads.
         ready_r, ready_w = os.pipe()
-        outer["ready_fd"] = ready_w
-        blob = pickle.dumps(outer)
+        blob = pickle.dumps(Handover(dataclasses.replace(config, agent_classes=()),
+                                     _codec.dumps(list(config.agent_classes)), list(sys.path), ready_w))
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "agentmesh.server"],
                                          stdin=subprocess.PIPE, env=env, pass_fds=(ready_w,))
@@ -75,7 +85,7 @@ class ServerProcess:
     @property
     def address(self) -> str:
         """"host:port" once the server listens, else ""."""
-        return format_address(self.config["host"], self.port) if self.port else ""
+        return format_address(self.config.bind_host, self.port) if self.port else ""
 
     def _read_ready(self) -> None:
         with self._ready_pipe:
@@ -140,15 +150,16 @@ class ServerProcess:
             pass
 
 
-def read_config(stdin: Any) -> dict[str, Any]:
-    """In the server process: the configuration its parent wrote (sys.path applied, classes unpickled)."""
+def read_config(stdin: Any) -> tuple[ServerConfig, int]:
+    """In the server process: the config its parent wrote (sys.path applied, classes unpickled), and the
+    descriptor of the pipe where it says READY or ERROR."""
     header = stdin.read(8)
     if len(header) < 8:
         sys.exit("agentmesh.server: expects its configuration on stdin (start it with RpcAgentServerLauncher)")
     (length,) = struct.unpack("!Q", header)
-    config = pickle.loads(stdin.read(length))
-    for path in reversed(config.pop("sys_path")):
+    handover: Handover = pickle.loads(stdin.read(length))
+    for path in reversed(handover.sys_path):
         if path not in sys.path:
             sys.path.insert(0, path)
-    config["custom_agent_classes"] = _codec.loads(config.pop("classes_blob"))
-    return config
+    classes = tuple(_codec.loads(handover.classes))
+    return dataclasses.replace(handover.config, agent_classes=classes), handover.ready_fd

@@ -1,8 +1,9 @@
 """The Runtime: everything one process holds in the mesh, on one object.
 
-Settings, the I/O loop thread, the sessions to servers, the class cache, the
-agents this process created, its registry views and its child servers. The
-process has one default runtime (the handle below): ``agentmesh.init()``
+Settings, the I/O loop thread, the sessions to servers, the class cache, its
+registry views, its child servers, and the state rooms above keep on it in
+its extension slot (the relocation wing's: the agents this process created,
+its moves). The process has one default runtime (the handle below): ``agentmesh.init()``
 configures it and ``agentmesh.shutdown()`` closes it. Nothing else of
 agentmesh keeps state at module level.
 """
@@ -17,13 +18,12 @@ import threading
 from typing import Any
 
 from . import _ids, _trust
-from ._classes import ClassCache
+from ._class_cache import ClassCache
 from ._client.children import ChildPool
 from ._client.dialing import Dialing
 from ._client.files import Downloads
-from ._client.moves import MoveLog
 from ._client.pool import Pool
-from ._config import Settings
+from ._config import OwnCalls, ServerConfig, Settings
 from ._loop import IoLoop
 from ._metrics import Metrics
 from ._tracing import Tracing
@@ -50,17 +50,12 @@ class Runtime:
         #: OpenTelemetry tracing of calls; None while off (AGENTMESH_TRACING=1 or enable_tracing() turn it on)
         self.tracing: Tracing | None = Tracing() if os.environ.get("AGENTMESH_TRACING", "") not in ("", "0") \
             else None
-        #: what failover did: one summary per lost server
-        self.moves = MoveLog(lambda: self.metrics)
         #: where files named by replies are copied
         self.downloads = Downloads()
-        #: lost sessions whose agents are being moved together (id of the session -> its evacuation)
-        self.evacuations: dict[int, Any] = {}
-        self.evacuations_lock = threading.Lock()
-        #: agents this process created: agent_id -> address; deleted when it closes
-        self.owned: dict[str, str] = {}
-        #: why the last placement went to child mode (logged once per reason)
-        self.fallback_reason = ""
+        #: state the rooms above keep per runtime, by name, each made by its room on first use (the relocation
+        #: wing's: agents owned, evacuations, the move log); one may define live_metrics() -> its metrics
+        #: families and async close(), awaited on the I/O loop when the runtime closes
+        self.extensions: dict[str, Any] = {}
         self._views: dict[tuple[str, str], ServerView] = {}
         self._call_prefix = secrets.token_hex(6) + "-"
         self._call_numbers = itertools.count(1)
@@ -92,7 +87,7 @@ class Runtime:
                        plaintext=self.children.is_plaintext, insecure=s.insecure, namespace=s.namespace,
                        child_credentials=self.children.credentials_of)
 
-    def _child_config(self) -> dict[str, Any]:
+    def _child_config(self) -> ServerConfig:
         """How to start a child server: loopback, plaintext, this runtime's token; its own calls like ours.
 
         A child serves no certificate (this process's may be a client-only one):
@@ -103,14 +98,11 @@ class Runtime:
         credentials, whether our settings came from init() or the environment.
         """
         s = self.settings.absolute()
-        config: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "capacity": s.child_capacity, "token": self.token,
-                                  "namespace": s.namespace,
-                                  "max_message_size": s.max_message_size, "lifeline": True,
-                                  "roster": self.children.roster(), **self.process_options(),
-                                  "dial_token": s.token, "dial_registry": s.registry}
-        if s.tls_cert and s.tls_key:
-            config.update(client_cert=s.tls_cert, client_key=s.tls_key)
-        return config
+        cert, key = (s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else (None, None)
+        return ServerConfig(bind_host="127.0.0.1", capacity=s.child_capacity, token=self.token, namespace=s.namespace,
+                            max_message_size=s.max_message_size, roster=self.children.roster(),
+                            own_calls=OwnCalls(token=s.token, registry=s.registry, client_cert=cert, client_key=key,
+                                               **self.process_options()))
 
     def process_options(self) -> dict[str, Any]:
         """What a server process started from here needs to make its own calls like this process."""
@@ -149,10 +141,12 @@ class Runtime:
             metrics.close()
 
     def _live_metrics(self) -> dict:
-        return {"agentmesh_client_sessions": ("Sessions this process has open to agent servers", "gauge",
-                                              [({}, float(self.pool.sessions()))]),
-                "agentmesh_owned_agents": ("Agents this process created and owns", "gauge",
-                                           [({}, float(len(self.owned)))])}
+        families = {"agentmesh_client_sessions": ("Sessions this process has open to agent servers", "gauge",
+                                                  [({}, float(self.pool.sessions()))])}
+        for extension in list(self.extensions.values()):
+            if hasattr(extension, "live_metrics"):
+                families.update(extension.live_metrics())
+        return families
 
     # -- calls ---------------------------------------------------------------
     def next_call_id(self) -> str:
@@ -191,25 +185,27 @@ class Runtime:
 
     # -- the end ---------------------------------------------------------------
     def close(self) -> None:
-        """Delete the agents this runtime created, close its sessions and views, stop its child servers.
+        """Close its extensions (which deletes the agents this runtime created), its sessions and views, and
+        stop its child servers.
 
         The runtime stays usable: what is used afterwards starts again. Every
         step has its own bound (a server that does not answer is given up on),
         so there is no overall timeout for a large number of agents to trip over.
         """
         if self.loop.started:
-            owned, self.owned = self.owned, {}
             views, self._views = list(self._views.values()), {}
             try:
-                self.loop.run(self._close(owned, views))
+                self.loop.run(self._close(list(self.extensions.values()), views))
             except Exception:  # noqa: BLE001 - clean-up must go on
                 log.debug("closing the runtime did not finish", exc_info=True)
         self.children.stop()
         if self.metrics is not None:
             self.metrics.close()
 
-    async def _close(self, owned: dict[str, str], views: list[ServerView]) -> None:
-        await self.pool.delete_agents(owned)
+    async def _close(self, extensions: list[Any], views: list[ServerView]) -> None:
+        for extension in extensions:
+            if hasattr(extension, "close"):
+                await extension.close()
         for view in views:
             await view.close()
         await self.pool.close()

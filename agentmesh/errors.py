@@ -14,6 +14,9 @@ def agent_label(agent_id: str, name: str = "", cls_name: str = "") -> str:
 class AgentMeshError(Exception):
     """Base class of every agentmesh error."""
 
+    #: on the error of a refused RPC: the reply status the agent server refused it with (None: not a refusal)
+    status: int | None = None
+
 
 class AgentCallError(AgentMeshError):
     """A call to a remote agent failed; carries the remote type name and traceback.

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from agentmesh import Msg, _protocol, _status
+from agentmesh._client.slot import ResultRef
 from agentmesh._runtime import default_runtime
 from agentmesh.errors import BackpressureError
 from agentmesh.server._classes import ClassNotSent, HostedClasses
@@ -44,7 +45,7 @@ def rss_mib(pid: int) -> float:
 def create(stub, cls: type, *args, checkpoint: bool = False) -> str:
     agent_id = uuid.uuid4().hex
     stub.CreateAgent(pb.CreateAgentRequest(agent_id=agent_id, cls=class_ref(cls), init_args=args_payload(*args),
-                                           checkpoint=checkpoint), metadata=local_md(stub.port), timeout=10)
+                                           checkpoints_on=checkpoint), metadata=local_md(stub.port), timeout=10)
     return agent_id
 
 
@@ -72,7 +73,8 @@ def test_an_agent_with_1_mib_of_state_does_not_grow_the_server_by_its_checkpoint
         assert agent.noop(i) == i
     grown = rss_mib(s.pid) - base
     assert grown < 1 + GROWTH_BUDGET_MIB, f"server grew {grown:.1f} MiB over 300 calls"
-    seq, state = agent._binding.checkpoint.last
+    checkpoint = agent._binding.checkpoint
+    seq, state = checkpoint.seq, checkpoint.state
     assert seq == 300 and len(state) > MIB      # the caller still got the checkpoint of every call
 
     session = raw.session(s.port, local_md(s.port))
@@ -253,7 +255,7 @@ def test_waiting_result_fetches_are_capped(servers, raw):
     wait_until(refused, timeout=5, interval=0)
     assert status_in(refusals[0]) == "OVERLOADED" and "max_fetch_waiters" in refusals[0].details()
     runtime = default_runtime()                       # a placeholder's fetch says so as a BackpressureError
-    reply = runtime.run(runtime.pool.fetch((s.server_id, s.address, agent_id, running.call_id)), 10)
+    reply = runtime.run(runtime.pool.fetch(ResultRef(s.server_id, s.address, agent_id, running.call_id)), 10)
     assert isinstance(_status.reply_error(reply), BackpressureError) and "max_fetch_waiters" in reply.error_message
     assert all(_wire.loads(w.result().payload) == "done" for w in waiters)
     again = call(agent_id, "nap", args_payload(0.3, "again"))   # the waiters' places are free again

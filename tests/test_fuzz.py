@@ -161,7 +161,7 @@ class Fuzzer:
                                                               max_size=3))), label="state")
         request = pb.CreateAgentRequest(
             agent_id=agent_id, cls=cls, init_args=draw_payload(data, huge=False), state=state,
-            state_seq=data.draw(st.integers(0, 2**64 - 1)), checkpoint=data.draw(st.booleans()))
+            state_seq=data.draw(st.integers(0, 2**64 - 1)), checkpoints_on=data.draw(st.booleans()))
         code, answer = self._unary("CreateAgent", request.SerializeToString(), md, f"create: {kind}")
         if code == grpc.StatusCode.OK:
             response = pb.CreateAgentResponse.FromString(answer)

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh import Msg, errors
+from agentmesh.relocation import Relocation
 from conftest import MESH_TOKEN, PYTHON, wait_until
 from prometheus_helpers import Prometheus, wait_ready
 from sample_agents import Echo
@@ -121,7 +122,7 @@ def test_a_client_counts_its_calls_placements_and_the_failover_of_its_agent(mesh
         assert _value(samples, "agentmesh_client_calls_total", method="reply", status="OK",
                       **{"class": "sample_agents:Echo"}) == 2
         assert _value(samples, "agentmesh_call_duration_seconds_count", side="client", method="reply") == 2
-        assert _value(samples, "agentmesh_owned_agents") == len(runtime.owned) >= 1
+        assert _value(samples, "agentmesh_owned_agents") == len(Relocation.of(runtime).owned) >= 1
         survivor = next(s for s in started if agent.server.endswith(f":{s.port}"))   # the agent moved in there
         assert _value(_scrape(survivor.metrics_port), "agentmesh_agents_restored_total") == 1
     finally:

@@ -36,6 +36,7 @@ import pytest
 
 from agentmesh import Msg
 from agentmesh.discovery import keys
+from agentmesh.relocation import Relocation
 from agentmesh.v1 import agent_server_pb2 as pb
 from conftest import etcd_get_prefix, wait_until
 from sample_agents import Echo
@@ -104,7 +105,7 @@ def _forget_proxies(runtime) -> None:
     machine), and no session to those addresses may be left to reconnect: the test's runtime
     forgets its agents and closes.
     """
-    runtime.owned.clear()
+    Relocation.of(runtime).owned.clear()
     runtime.close()
 
 

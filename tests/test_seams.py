@@ -4,10 +4,10 @@ A *room* is a top-level entry of the agentmesh package: a subpackage with all
 it holds (``agentmesh/rpc``, ``agentmesh/server``, ``agentmesh/_client``,
 ``agentmesh/discovery``, ``agentmesh/agents``, ``agentmesh/cli``,
 ``agentmesh/etcd``, ``agentmesh/testing`` ...) or a top-level module, each its
-own room (``agentmesh/_result.py``, ``agentmesh/msghub.py``, ``agentmesh/_runtime.py``
+own room (``agentmesh/_placeholder.py``, ``agentmesh/msghub.py``, ``agentmesh/_runtime.py``
 ..., and ``agentmesh/__init__.py``). Generated code (``v1``, ``etcdv3``) is not
-read. A top-level module's own leading underscore (``_result``) names a room,
-not a private name: any room may import ``agentmesh._result``.
+read. A top-level module's own leading underscore (``_placeholder``) names a room,
+not a private name: any room may import ``agentmesh._placeholder``.
 
 A room's *private names* are the names with one leading underscore (dunders
 are not private) of: its modules and subpackages below the room
@@ -57,7 +57,7 @@ def modules(package: str) -> dict[str, str]:
 
 
 def room(module: str) -> str:
-    """agentmesh.rpc._proxy -> agentmesh.rpc; agentmesh._result -> agentmesh._result; agentmesh -> agentmesh."""
+    """agentmesh.rpc._proxy -> agentmesh.rpc; agentmesh._placeholder -> agentmesh._placeholder; agentmesh -> itself."""
     return ".".join(module.split(".")[:2])
 
 
@@ -123,7 +123,7 @@ def crossings(package: str) -> list[str]:
                     target = f"{source}.{alias.name}"
                     if source.split(".")[0] != "agentmesh" or room(target if source == "agentmesh" else source) == here:
                         continue
-                    if source == "agentmesh" and target in mods:    # a room itself: agentmesh._result
+                    if source == "agentmesh" and target in mods:    # a room itself: agentmesh._placeholder
                         continue
                     bad = private_parts(source) + ([alias.name] if private(alias.name) else [])
                     if bad:
@@ -158,7 +158,7 @@ def test_private_names_reached_across_rooms_are_found(tmp_path):
         f.write("\n\ndef _sneaky(agent, placeholder, slot, proxy):\n"
                 "    from .discovery._view import ServerView  # noqa: F401\n"
                 "    from .server import _classes  # noqa: F401\n"
-                "    from ._result import _rebuild  # noqa: F401\n"
+                "    from ._placeholder import _rebuild  # noqa: F401\n"
                 "    import agentmesh.rpc._proxy  # noqa: F401\n"
                 "    agent._call('observe', (), {}, True)\n"
                 "    getattr(placeholder, '_resolve_async')\n"
@@ -169,7 +169,7 @@ def test_private_names_reached_across_rooms_are_found(tmp_path):
     assert {line.split(": ", 1)[1].split(" (")[0] for line in found} == {
         "from agentmesh.discovery._view import ServerView",
         "from agentmesh.server import _classes",
-        "from agentmesh._result import _rebuild",
+        "from agentmesh._placeholder import _rebuild",
         "import agentmesh.rpc._proxy",
         "._call",
         "getattr(..., '_resolve_async')",

@@ -26,7 +26,7 @@ import pytest
 
 import agentmesh
 from agentmesh import AgentBase, Msg, errors
-from agentmesh._classes import ClassCache
+from agentmesh._class_cache import ClassCache
 from agentmesh.discovery import keys
 from agentmesh.msghub import msghub
 from conftest import PYTHON, etcd_get_prefix, server_info, wait_until

@@ -14,6 +14,7 @@ import signal
 import pytest
 
 from agentmesh import Msg
+from agentmesh._client.slot import ResultRef
 from agentmesh.discovery import keys
 from conftest import etcd_get_prefix, pid_alive, wait_until
 from sample_agents import Echo, Prodder
@@ -57,8 +58,8 @@ def test_a_call_from_another_agent_answered_before_the_kill_is_answered_again_no
     prodder = Prodder("prodder").to_dist(host="127.0.0.1", port=launched[1].port)
     assert prodder.prod(box, 2, 0) == 2
     binding = box._binding
-    wait_until(lambda: len(binding.checkpoint.answered()) == 3)   # two replies and get_count's
-    first = next(r for r in binding.checkpoint.answered()
+    wait_until(lambda: len(binding.checkpoint.answered) == 3)   # two replies and get_count's
+    first = next(r for r in binding.checkpoint.answered
                  if r.payload and isinstance(_codec.loads(r.payload), Msg))
     assert _codec.loads(first.payload).content["count"] == 1
     victim = by_address[box.server]
@@ -66,7 +67,7 @@ def test_a_call_from_another_agent_answered_before_the_kill_is_answered_again_no
     wait_until(lambda: not pid_alive(victim.pid), timeout=30)
     assert box.get_count() == 2                     # moved, with both calls
     assert box.server != victim.address
-    ref = (binding.server_id, binding.address, binding.agent_id, first.call_id)
+    ref = ResultRef(binding.server_id, binding.address, binding.agent_id, first.call_id)
     again = binding.runtime.run(binding.runtime.pool.fetch(ref))
     assert again.status == 0, again.error_message    # OK: the stored reply, not "unknown or expired"
     assert _codec.loads(again.payload).content["count"] == 1

@@ -22,7 +22,8 @@ import pytest
 
 import agentmesh
 from agentmesh import AgentCallError, errors
-from agentmesh._result import AsyncResult
+from agentmesh._client.slot import ResultRef
+from agentmesh._placeholder import AsyncResult
 from agentmesh.discovery import keys
 from agentmesh.testing import wire as _wire
 from agentmesh.etcd import EtcdClient
@@ -156,7 +157,7 @@ def test_forged_agent_records_and_placeholders_redirect_nothing(mesh, namespace,
     assert copy.reply(3).content["count"] == 3 and copy.server == b.address     # the copy found b's signed record
 
     # A placeholder that names the rogue, handed to a real server: it fetches nothing it would unpickle.
-    lure = AsyncResult(ref=("rogue", bad.address, "someone", "call-1"))
+    lure = AsyncResult(ref=ResultRef("rogue", bad.address, "someone", "call-1"))
     with pytest.raises(AgentCallError, match="did not prove"):
         agent.reply(lure).content
     assert agent.get_count() == 4    # reply() counted, then failed on touching the lure; the agent lives on

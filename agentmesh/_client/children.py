@@ -18,9 +18,10 @@ import shutil
 import stat
 import tempfile
 import threading
-from typing import Any, Callable
+from typing import Callable
 
 from .._address import host_of, is_loopback
+from .._config import ServerConfig
 from .._process import ServerProcess
 from .._userdir import user_dir
 
@@ -77,9 +78,9 @@ def _make_roster() -> str:
 
 
 class ChildPool:
-    """Child servers, started on first use; config() says how to start one (token, limits, TLS)."""
+    """Child servers, started on first use; config() is the ServerConfig of a new one (token, limits, TLS)."""
 
-    def __init__(self, config: Callable[[], dict[str, Any]], size: Callable[[], int],
+    def __init__(self, config: Callable[[], ServerConfig], size: Callable[[], int],
                  serves: Callable[[], tuple[str, str]] = lambda: ("default", "")) -> None:
         self._config = config
         self._size = size
@@ -133,13 +134,11 @@ class ChildPool:
                 self._placed.pop(dead, None)
                 self._unlist(dead)
             namespace, token = self._serves()
-            current = [c for c in self._children
-                       if c.config.get("namespace") == namespace and c.config.get("token") == token]
+            current = [c for c in self._children if c.config.namespace == namespace and c.config.token == token]
             wanted = self._size()
             if len(current) < wanted:   # first use, replacing a dead child, or the settings changed
                 self._start(wanted - len(current))
-                current = [c for c in self._children
-                           if c.config.get("namespace") == namespace and c.config.get("token") == token]
+                current = [c for c in self._children if c.config.namespace == namespace and c.config.token == token]
             candidates = [c for c in current if not c.address or c.address not in exclude]
             if not candidates:
                 self._start(1)
@@ -158,7 +157,7 @@ class ChildPool:
         """(namespace, token) of the child of this pool, or sibling of this child server, at address; else None."""
         for child in self.processes:
             if child.address == address:
-                return str(child.config.get("namespace", "default")), child.config.get("token")
+                return child.config.namespace, child.config.token
         if self._is_sibling(address):
             return self._sibling_credentials
         return None

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hmac
 import logging
-import os
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .. import _frames, _metrics, _protocol, _status, _trust, errors
+from google.protobuf.message import Message
+
+from .. import _frames, _metrics, _protocol, _status, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
 from .dialing import Dialing
+from .handshake import handshake
 from .slot import CallOwner, CallSlot
 
 log = logging.getLogger("agentmesh.rpc")
@@ -28,71 +29,16 @@ def _call_cost(slot: CallSlot) -> int:
     return len(slot.call.payload)
 
 
-class ServerMismatchError(errors.ServerUnavailableError):
-    """The server at an address is not the one the caller chose (it was replaced, or is an impostor)."""
-
-
-class UnprovenServerError(errors.AuthenticationError, errors.ServerUnavailableError):
-    """The server at an address did not prove it holds the namespace key: nothing is sent to it.
-
-    For the agent it is as good as gone (a proxy moves its agent elsewhere);
-    for a caller who named the address it is an authentication failure.
-    """
-
-
-async def handshake(stub: pb_grpc.AgentServerStub, address: str, key: bytes, namespace: str,
-                    expect: str = "", timeout: float = 5.0, proof_optional: bool = False,
-                    tls: bool | None = None, client_cert: bool = False,
-                    ) -> tuple[pb.HandshakeResponse, tuple[tuple[str, str], ...]]:
-    """Prove the server at address holds the namespace key, then make our ticket; (its answer, call metadata).
-    tls and client_cert: how address was dialled, so that a failed connection says what it likely means.
-
-    The challenge names address, the address dialled: a server proves itself
-    only for an address that reaches it, so a relay there gets nothing it can
-    use. Nothing derived from the key leaves this process unless the server's
-    proof is right and, given expect, it is that server.
-    """
-    challenge = _trust.Challenge(os.urandom(_trust.NONCE_SIZE), namespace, address)
-    try:
-        answer = await stub.Handshake(pb.HandshakeRequest(), timeout=timeout, metadata=_protocol.handshake_metadata(
-            challenge.client_nonce, namespace, address))
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL):
-            raise UnprovenServerError(f"the server at {address} failed the handshake ({exc.code().name}: "
-                                      f"{exc.details()}): it is not an agentmesh server of this protocol version, "
-                                      f"or a broken one; nothing was sent to it") from None
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-            raise UnprovenServerError(f"agent server {address} refused the handshake: {exc.details()}; nothing "
-                                      f"was sent to it") from None
-        raise _status.rpc_error(exc, address, "the handshake", tls, client_cert) from None
-    if not isinstance(answer, pb.HandshakeResponse):
-        raise UnprovenServerError(f"the server at {address} answered the handshake with something that is not a "
-                                  f"handshake answer (not an agentmesh server, or a broken one); nothing was sent "
-                                  f"to it")
-    if expect and answer.server_id != expect:
-        raise ServerMismatchError(f"the agent server at {address} is {answer.server_id or 'anonymous'}, not "
-                                  f"{expect} (the server chosen is gone); nothing was sent to it")
-    if not answer.proof and proof_optional:
-        return answer, _protocol.call_metadata()   # a mutual-TLS server without a token: its certificate proved it
-    if not answer.proof:
-        raise UnprovenServerError(f"agent server {address} has no token, so it cannot prove it is one of "
-                                  f"ours; nothing was sent to it")
-    expected = _trust.server_proof(key, challenge, answer.server_nonce, answer.server_id)
-    if not hmac.compare_digest(answer.proof, expected):
-        raise UnprovenServerError(f"agent server {address} did not prove it holds the token of namespace "
-                                  f"{namespace!r} for the address {address} (an impostor, a relay to another "
-                                  f"server, or another token); nothing was sent to it")
-    proof = _trust.client_proof(key, challenge, answer.server_nonce, answer.server_id)
-    return answer, _protocol.call_metadata(_trust.ticket(challenge, answer.server_nonce, proof))
-
-
 def fail(loop: IoLoop, slot: CallSlot, status: int, message: str) -> None:
     """Complete a call with an error reply made on this side (any thread)."""
     loop.call_soon(slot.set, _status.refusal(slot.call.call_id, status, message))
 
 
 class Connection:
-    """One multiplexed session stream to an agent server (lives on the I/O loop)."""
+    """The client's end of one multiplexed session stream to an agent server (lives on the I/O loop).
+
+    The server's end of the same stream is its session class in ``server/_outbox.py``.
+    """
 
     def __init__(self, address: str, loop: IoLoop, dialing: Dialing,
                  on_closed: Callable[["Connection"], None] = lambda conn: None, namespace: str | None = None,
@@ -105,13 +51,13 @@ class Connection:
         self.namespace, self._key = dialing.credentials(address, namespace)
         self._proof_optional = dialing.proof_optional(address)
         self.expect = expect
-        self.metadata = _protocol.call_metadata()
+        self._metadata = _protocol.call_metadata()
         self.closed = False
         self.draining = False
-        self.owners: weakref.WeakSet[CallOwner] = weakref.WeakSet()   # owners whose agent lives on this server
+        self._owners: weakref.WeakSet[CallOwner] = weakref.WeakSet()   # owners whose agent lives on this server
         #: the proxies that created their agent here, by agent id: checkpoints pushed by the server go to them
-        self.creators: weakref.WeakValueDictionary[str, CallOwner] = weakref.WeakValueDictionary()
-        self.pending: dict[str, CallSlot] = {}
+        self._creators: weakref.WeakValueDictionary[str, CallOwner] = weakref.WeakValueDictionary()
+        self._pending: dict[str, CallSlot] = {}
         self.fetching = 0   # fetches of results in flight on this session's channel (Pool.fetch)
         self._dialing = dialing
         self._on_closed = on_closed
@@ -126,11 +72,6 @@ class Connection:
         self._tasks: list[asyncio.Task] = []
         self.metrics: Any = None    # this process's metrics, or None (off)
 
-    @property
-    def stub(self) -> pb_grpc.AgentServerStub:
-        assert self._stub is not None
-        return self._stub
-
     async def open(self, timeout: float) -> None:
         """Authenticate both ends, then open the session and read the server's Hello; a clear error if refused."""
         self._channel = self._dialing.channel(self.address)
@@ -138,14 +79,14 @@ class Connection:
         self._wake = asyncio.Event()
         try:
             tls = self._dialing.tls and not self._dialing.plaintext(self.address)
-            answer, self.metadata = await handshake(self._stub, self.address, self._key, self.namespace,
+            answer, self._metadata = await handshake(self._stub, self.address, self._key, self.namespace,
                                                     self.expect, timeout, self._proof_optional, tls,
                                                     tls and bool(self._dialing.tls_cert))
         except BaseException:
             await self._channel.close()
             raise
         self.server_id = answer.server_id
-        self._stream = self._stub.Session(metadata=self.metadata, wait_for_ready=False)
+        self._stream = self._stub.Session(metadata=self._metadata, wait_for_ready=False)
         try:
             first = await asyncio.wait_for(self._stream.read(), timeout)
         except grpc.aio.AioRpcError as exc:
@@ -183,11 +124,48 @@ class Connection:
         slot.conn = self
         if self.metrics is not None and not slot.sent:   # a replay keeps its first send: the caller's wait
             slot.sent = _metrics.now()
-        self.pending[slot.call.call_id] = slot
+        self._pending[slot.call.call_id] = slot
         self._outbox.append(slot)
         if not self._wake_scheduled:
             self._wake_scheduled = True
             self._loop.call_soon(self._wake.set)  # type: ignore[union-attr]
+
+    async def unary(self, method: str, request: Message, *, timeout: float | None = None,
+                    metadata: Sequence[tuple[str, str]] = (), what: str = "") -> Any:
+        """The answer of the server's unary RPC method with this session's credentials, then metadata (I/O loop); a
+        failure raises the agentmesh error it means, naming what (default: method), the refusal as its .status."""
+        assert self._stub is not None
+        try:
+            return await getattr(self._stub, method)(request, metadata=(*self._metadata, *metadata), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            error = _status.rpc_error(exc, self.address, what or method)
+            error.status = _status.status_of(exc)
+            raise error from None
+
+    def stream(self, method: str, request: Message) -> grpc.aio.UnaryStreamCall:
+        """The call of the server's server-streaming RPC method with this session's credentials (I/O loop), to read;
+        its failures are gRPC's, for the reader to name."""
+        assert self._stub is not None
+        return getattr(self._stub, method)(request, metadata=self._metadata)
+
+    # -- owners ---------------------------------------------------------------
+    def attach(self, owner: CallOwner, creator: bool = False) -> None:
+        """owner's agent lives on this server; creator: owner created it, so the server's checkpoint pushes after
+        others' calls go to it."""
+        self._owners.add(owner)
+        if creator:
+            self._creators[owner.agent_id] = owner
+
+    def detach(self, owner: CallOwner, left: bool = True) -> None:
+        """owner no longer needs this session (left: its agent left, so a late push from here is no news)."""
+        self._owners.discard(owner)
+        if left and self._creators.get(owner.agent_id) is owner:
+            del self._creators[owner.agent_id]
+        self.close_if_unused()
+
+    def has_pending(self, owner: CallOwner) -> bool:
+        """Whether a call of owner's awaits its reply here."""
+        return any(slot.owner is owner for slot in list(self._pending.values()))
 
     def cancel(self, slot: CallSlot) -> None:
         """The caller gave up on slot's call (any thread): it is answered as cancelled here at once, and the
@@ -196,7 +174,7 @@ class Connection:
 
     def _cancel(self, slot: CallSlot) -> None:
         call = slot.call
-        if self.pending.pop(call.call_id, None) is None or self.closed:
+        if self._pending.pop(call.call_id, None) is None or self.closed:
             return
         self._cancels.append(pb.Cancel(call_id=call.call_id, agent_id=call.agent_id))
         self._wake.set()  # type: ignore[union-attr]
@@ -232,17 +210,17 @@ class Connection:
                 frame = await self._stream.read()
                 if frame is grpc.aio.EOF:
                     break
-                pending = self.pending
+                pending = self._pending
                 for reply in frame.replies:
                     slot = pending.pop(reply.call_id, None)
                     if slot is None:           # a checkpoint after someone else's call, pushed to its creator
-                        creator = self.creators.get(reply.agent_id) if reply.agent_id else None
+                        creator = self._creators.get(reply.agent_id) if reply.agent_id else None
                         if creator is not None:
                             creator.on_checkpoint(reply)
                         continue
                     owner = slot.owner
                     if reply.state:            # the state goes to the agent's creator (else the caller)
-                        holder = self.creators.get(slot.call.agent_id, owner)
+                        holder = self._creators.get(slot.call.agent_id, owner)
                         if holder is not None:
                             holder.on_checkpoint(reply)
                         if slot.done():        # a stream's final reply, after its first: only its state is news
@@ -285,10 +263,10 @@ class Connection:
         log.info("session with agent server %s ended: %s", self.address, reason)
         if self._wake is not None:
             self._wake.set()
-        slots = [slot for slot in self.pending.values() if not slot.done()]   # not a stream already answered
-        self.pending.clear()
+        slots = [slot for slot in self._pending.values() if not slot.done()]   # not a stream already answered
+        self._pending.clear()
         self._outbox.clear()
-        by_owner: dict[CallOwner, list[CallSlot]] = {owner: [] for owner in list(self.owners)} if notify else {}
+        by_owner: dict[CallOwner, list[CallSlot]] = {owner: [] for owner in list(self._owners)} if notify else {}
         for slot in slots:
             if slot.owner is not None and notify:
                 by_owner.setdefault(slot.owner, []).append(slot)
@@ -304,11 +282,11 @@ class Connection:
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             async for response in stub.Watch(health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME),
-                                             metadata=self.metadata):
+                                             metadata=self._metadata):
                 if response.status == health_pb2.HealthCheckResponse.NOT_SERVING and not self.draining:
                     self.draining = True
                     log.info("agent server %s is draining; moving its agents", self.address)
-                    for owner in list(self.owners):
+                    for owner in list(self._owners):
                         owner.on_lost(self, [], "the server is draining")
                     self.close_if_unused()
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -318,7 +296,7 @@ class Connection:
         """Ask the server's health once: False when it does not answer (then the session is lost)."""
         try:
             response = await health_pb2_grpc.HealthStub(self._channel).Check(
-                health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), metadata=self.metadata,
+                health_pb2.HealthCheckRequest(service=_protocol.SERVICE_NAME), metadata=self._metadata,
                 timeout=timeout)
         except grpc.aio.AioRpcError:
             if self._channel.get_state() == grpc.ChannelConnectivity.READY:
@@ -335,7 +313,7 @@ class Connection:
 
     def close_if_unused(self) -> None:
         """Close a draining session once no owner, no call and no fetch needs it (any thread)."""
-        if self.draining and not self.closed and not self.owners and not self.pending and not self.fetching:
+        if self.draining and not self.closed and not self._owners and not self._pending and not self.fetching:
             self._loop.get().call_soon_threadsafe(lambda: asyncio.ensure_future(self.close()))
 
     def _lost_one(self, slot: CallSlot, reason: str) -> None:

@@ -73,7 +73,7 @@ async def download(conn: Connection, path: str, folder: str) -> str:
     partial = local + ".part"
     try:
         with open(partial, "wb") as out:
-            async for chunk in conn.stub.DownloadFile(pb.FileRequest(path=path), metadata=conn.metadata):
+            async for chunk in conn.stream("DownloadFile", pb.FileRequest(path=path)):
                 out.write(chunk.data)
     except grpc.aio.AioRpcError as exc:
         os.unlink(partial)

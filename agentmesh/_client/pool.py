@@ -11,15 +11,15 @@ import grpc
 from .. import _status, errors
 from .._loop import IoLoop
 from ..v1 import agent_server_pb2 as pb
-from .connection import Connection, ServerMismatchError
+from .connection import Connection
 from .dialing import Dialing
+from .handshake import ServerMismatchError
+from .slot import ResultRef
 
 log = logging.getLogger("agentmesh.rpc")
 
 #: where an agent lives now, per the registry (agent_id, address to avoid) -> (server_id, address) or None
 Locator = Callable[[str, str], Awaitable["tuple[str, str] | None"]]
-#: (server_id, address, agent_id, call_id): where a placeholder's value is made
-ResultRef = tuple[str, str, str, str]
 #: agents deleted per request when a process shuts down (36 bytes an id: well under any message limit)
 DELETE_BATCH = 10_000
 #: how long the owner of agents moved off a lost server keeps trying to tell it so (s)
@@ -108,12 +108,6 @@ class Pool:
             return conn
         return self.loop.run(self.get(address, timeout, expect))
 
-    def closed(self, address: str) -> Connection:
-        """A connection that is already lost: calls submitted to it go to their owner's failover."""
-        conn = Connection(address, self.loop, self.dialing)
-        conn.closed = True
-        return conn
-
     async def fetch(self, ref: ResultRef, trace: dict[str, str] | None = None) -> pb.Reply:
         """The reply of a call made by someone else, from the server that produces it.
 
@@ -121,13 +115,13 @@ class Pool:
         call under the same id): follow the agent's registry record there.
         trace is the fetch's trace context (sent as gRPC metadata), when it is traced.
         """
-        server_id, address, agent_id, call_id = ref
+        server_id, address = ref.server_id, ref.address    # where to ask: the agent's server now
         while True:
-            reply = await self._fetch_from(server_id, address, agent_id, call_id, trace)
+            reply = await self._fetch_from(server_id, address, ref.agent_id, ref.call_id, trace)
             if reply.status != pb.UNAVAILABLE or self.locator is None:
                 return reply
             try:
-                moved_to = await self.locator(agent_id, address)
+                moved_to = await self.locator(ref.agent_id, address)
             except errors.RegistryError:    # the registry cannot be read: the refusal stands
                 return reply
             if not moved_to:
@@ -141,22 +135,19 @@ class Pool:
             return await local.fetch_result(call_id, agent_id, trace.items() if trace else None)
         try:
             conn = await self.get(address, expect=server_id)
-            metadata = conn.metadata + tuple(trace.items()) if trace else conn.metadata
-            conn.fetching += 1   # a draining server's session stays open until the value it owes us is here
-            try:
-                return await conn.stub.FetchResult(pb.FetchRequest(call_id=call_id, agent_id=agent_id),
-                                                   metadata=metadata)
-            finally:
-                conn.fetching -= 1
-                conn.close_if_unused()
-        except grpc.aio.AioRpcError as exc:
-            status = _status.status_of(exc)
-            if status in (pb.EXPIRED, pb.OVERLOADED):   # gone, or too many fetches waiting there: say so
-                return _status.refusal(call_id, status, exc.details() or _status.name(status))
-            return _status.refusal(call_id, pb.UNAVAILABLE, f"could not fetch result {call_id} from {address}: "
-                                                             f"{exc.code().name}: {exc.details()}")
         except errors.AgentMeshError as exc:
             return _status.refusal(call_id, pb.UNAVAILABLE, str(exc), type(exc).__name__)
+        conn.fetching += 1   # a draining server's session stays open until the value it owes us is here
+        try:
+            return await conn.unary("FetchResult", pb.FetchRequest(call_id=call_id, agent_id=agent_id),
+                                    metadata=tuple(trace.items()) if trace else ())
+        except errors.AgentMeshError as exc:
+            if exc.status in (pb.EXPIRED, pb.OVERLOADED):   # gone, or too many fetches waiting there: say so
+                return _status.refusal(call_id, exc.status, str(exc))
+            return _status.refusal(call_id, pb.UNAVAILABLE, f"could not fetch result {call_id}: {exc}")
+        finally:
+            conn.fetching -= 1
+            conn.close_if_unused()
 
     def tell_moved(self, server_id: str, address: str, agent_ids: list[str]) -> None:
         """Tell the server we lost that we re-created agent_ids elsewhere, if it answers again within
@@ -177,9 +168,9 @@ class Pool:
                     return   # another server at that address now: the old one is gone for good
                 told = 0
                 for start in range(0, len(agent_ids), DELETE_BATCH):
-                    answer = await conn.stub.DeleteAgent(
-                        pb.DeleteAgentRequest(agent_ids=agent_ids[start:start + DELETE_BATCH], moved=True),
-                        metadata=conn.metadata, timeout=5.0)
+                    answer = await conn.unary(
+                        "DeleteAgent", pb.DeleteAgentRequest(agent_ids=agent_ids[start:start + DELETE_BATCH],
+                                                             moved=True), timeout=5.0)
                     told += answer.count
                 log.info("agent server %s answers again: told it that %d agent(s) moved elsewhere (%d were still "
                          "there and are dropped)", address, len(agent_ids), told)
@@ -212,9 +203,9 @@ class Pool:
             try:
                 conn = await self.get(address, timeout=1.0)
                 for start in range(0, len(agent_ids), DELETE_BATCH):
-                    await conn.stub.DeleteAgent(pb.DeleteAgentRequest(agent_ids=agent_ids[start:start + DELETE_BATCH]),
-                                                metadata=conn.metadata, timeout=10.0)
-            except (grpc.aio.AioRpcError, errors.AgentMeshError):
+                    await conn.unary("DeleteAgent", pb.DeleteAgentRequest(
+                        agent_ids=agent_ids[start:start + DELETE_BATCH]), timeout=10.0)
+            except errors.AgentMeshError:
                 pass
 
         await asyncio.gather(*(delete(address, ids) for address, ids in by_address.items()))

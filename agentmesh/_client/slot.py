@@ -1,9 +1,13 @@
-"""One call in flight (CallSlot), and the interfaces on either side of it: its owner and its transport."""
+"""One call in flight (CallSlot), where it runs (ResultRef), and the interfaces on either side of it: its owner and
+its transport."""
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
+
+import grpc
+from google.protobuf.message import Message
 
 from .. import _codec, _status, _tracing, errors
 from ..v1 import agent_server_pb2 as pb
@@ -11,9 +15,19 @@ from ..v1 import agent_server_pb2 as pb
 _MISSING = object()
 
 
+class ResultRef(NamedTuple):
+    """Where a call runs, as a placeholder names it: enough for anyone to fetch its value from that server."""
+
+    server_id: str
+    address: str
+    agent_id: str
+    call_id: str
+
+
 class CallOwner(Protocol):
     """What a connection tells whoever made a call (a proxy's binding to its agent's server)."""
 
+    agent_id: str
     name: str   # the agent's name ("" until known): errors about its calls name it
 
     def on_checkpoint(self, reply: pb.Reply) -> None:
@@ -31,17 +45,41 @@ class CallOwner(Protocol):
 
 
 class Transport(Protocol):
-    """A session with one agent server, as a call and its owner see it."""
+    """A session with one agent server, as a call, its owner and a move see it (a Connection, or Unreachable)."""
 
     address: str
     server_id: str
     epoch: int
     closed: bool
-    draining: bool
+    draining: bool            # the server stops: its agents move, and the session closes once unused
     max_message_size: int
 
     def submit(self, slot: "CallSlot") -> None:
         """Send the call (any thread); its reply lands in the slot."""
+
+    def cancel(self, slot: "CallSlot") -> None:
+        """The caller gave up on slot's call (any thread)."""
+
+    def attach(self, owner: CallOwner, creator: bool = False) -> None:
+        """owner's agent lives on this server, so its loss is told to owner; creator: owner created the agent,
+        so the checkpoints the server pushes after others' calls go to it too."""
+
+    def detach(self, owner: CallOwner, left: bool = True) -> None:
+        """owner no longer needs this session (left: its agent left, so a late checkpoint push is no news either);
+        a draining session closes once nobody needs it."""
+
+    def has_pending(self, owner: CallOwner) -> bool:
+        """Whether a call of owner's awaits its reply here."""
+
+    def close_if_unused(self) -> None:
+        """Close a draining session once no owner, call or fetch needs it (any thread)."""
+
+    async def unary(self, method: str, request: Message, *, timeout: float | None = None,
+                    metadata: Sequence[tuple[str, str]] = (), what: str = "") -> Any:
+        """The answer of the server's unary RPC method (I/O loop); a failure raises the agentmesh error it means."""
+
+    def stream(self, method: str, request: Message) -> grpc.aio.UnaryStreamCall:
+        """The call of the server's server-streaming RPC method, to read its messages from (I/O loop)."""
 
 
 class _Raised:
@@ -109,16 +147,16 @@ class CallSlot:
         return self.reply is not None
 
     def cancel(self) -> None:
-        """The caller gave up on this call (any thread): its session answers it as cancelled and tells the
-        server, when that transport can cancel (a Connection); otherwise nothing happens."""
-        cancel = getattr(self.conn, "cancel", None)
-        if cancel is not None:
-            cancel(self)
+        """The caller gave up on this call (any thread): the session it was sent on answers it as cancelled and
+        tells the server; nothing happens before it is sent."""
+        if self.conn is not None:
+            self.conn.cancel(self)
 
-    def ref(self) -> tuple[str, str, str, str]:
-        """Where the call runs, as a placeholder names it: (server_id, address, agent_id, call_id)."""
+    def ref(self) -> ResultRef:
+        """Where the call runs, as a placeholder names it."""
         conn = self.conn
-        return (conn.server_id if conn else "", conn.address if conn else "", self.call.agent_id, self.call.call_id)
+        return ResultRef(conn.server_id if conn else "", conn.address if conn else "", self.call.agent_id,
+                         self.call.call_id)
 
     def wait(self, timeout: float | None = None) -> pb.Reply:
         """Block until the reply is there."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from .._result import AsyncResult
+from .._placeholder import AsyncResult
 from ..message import Msg
 
 

@@ -15,7 +15,7 @@ from .._runtime import Runtime, set_default_runtime
 from .._tokens import new_token
 from .._version import __version__
 from ..rpc import RpcMeta
-from ..server import classes_in_folder
+from ..server import OwnCalls, ServerConfig, classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
                     _metrics_port_arg, _port_arg, _settings, command_error)
@@ -75,16 +75,15 @@ def cmd_server(args: argparse.Namespace) -> int:
             classes += classes_in_folder(args.agent_dir)
         except ValueError as exc:   # a file that fails to import: named, with how to keep it out
             raise command_error("server", exc) from None
-    return serve_forever(host=args.host, port=args.port, capacity=args.capacity,
-                         custom_agent_classes=classes, token=token, grace=args.grace,
-                         max_message_size=args.max_message_size, registry=args.registry,
-                         namespace=args.namespace, labels=args.labels, registry_ttl=args.ttl,
-                         advertise_host=args.advertise_host, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                         tls_client_ca=args.tls_client_ca, tls_ca=args.tls_ca, insecure=args.insecure,
-                         etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert, etcd_key=args.etcd_key,
-                         etcd_password=settings.etcd_password, file_dir=args.file_dir,
-                         metrics_port=args.metrics_port,
-                         **({"server_id": args.server_id} if args.server_id else {}))
+    own_calls = OwnCalls(token=token, tls_ca=args.tls_ca, insecure=args.insecure, etcd_ca=args.etcd_ca,
+                         etcd_cert=args.etcd_cert, etcd_key=args.etcd_key, etcd_password=settings.etcd_password)
+    config = ServerConfig(bind_host=args.host, port=args.port, advertise_host=args.advertise_host,
+                          capacity=args.capacity, namespace=args.namespace, token=token, tls=tls,
+                          registry=args.registry, registry_ttl=args.ttl, labels=args.labels,
+                          agent_classes=tuple(classes), file_dir=args.file_dir, metrics_port=args.metrics_port,
+                          grace=args.grace, max_message_size=args.max_message_size, own_calls=own_calls,
+                          **({"server_id": args.server_id} if args.server_id else {}))
+    return serve_forever(config)
 
 
 def build_parser() -> argparse.ArgumentParser:

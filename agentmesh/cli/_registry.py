@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .. import _tls, _trust
 from .._config import Settings
-from ..discovery import ServerView, keys
+from ..discovery import ServerRecord, ServerView, keys
 from ..discovery.records import RecordWarnings, agent_record, printable, server_record
 from ..discovery.prometheus import write_from_registry
 from ..etcd import EtcdClient, EtcdError, redact_url
@@ -114,25 +114,24 @@ def cmd_servers(args: argparse.Namespace) -> int:
     url = _registry_url(args)
     settings = _settings(args, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
 
-    async def gather() -> list[dict]:
+    async def gather() -> list[tuple[dict, ServerRecord, str]]:
+        """(the record as stored, typed, its health) of each server, by address."""
         records, unverified = await _read_records(url, keys.servers_prefix(args.namespace), settings,
                                                   args.namespace)
         _check_token("servers", records, unverified, "server", args.namespace)
-        healths = await asyncio.gather(*(_health(r.get("address", ""), settings) for r in records))
-        for record, health in zip(records, healths):
-            record["health"] = health
-        return sorted(records, key=lambda r: r.get("address", ""))
+        typed = [ServerRecord.from_dict(r) for r in records]
+        healths = await asyncio.gather(*(_health(s.address, settings) for s in typed))
+        return sorted(zip(records, typed, healths), key=lambda found: found[1].address)
 
-    records = asyncio.run(gather())
+    found = asyncio.run(gather())
     if args.json:
-        print(json.dumps(records, indent=2, sort_keys=True))
+        print(json.dumps([{**stored, "health": health} for stored, _, health in found], indent=2, sort_keys=True))
         return 0
-    rows = [[r.get("server_id", ""), r.get("address", ""), r.get("capacity", ""), r.get("agents", ""),
-             r.get("inflight", ""), r.get("health", ""),
-             ",".join(f"{k}={v}" for k, v in sorted((r.get("labels") or {}).items())) or "-",
-             _age(r.get("started_at", time.time()))] for r in records]
+    rows = [[s.server_id, s.address, s.capacity, s.agents, s.inflight, health,
+             ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) or "-", _age(s.started_at)]
+            for _, s, health in found]
     print(_table(["ID", "ADDRESS", "CAPACITY", "AGENTS", "INFLIGHT", "HEALTH", "LABELS", "AGE"], rows))
-    print(f"{len(records)} server(s) in namespace {args.namespace!r} of {redact_url(url)}")
+    print(f"{len(found)} server(s) in namespace {args.namespace!r} of {redact_url(url)}")
     return 0
 
 

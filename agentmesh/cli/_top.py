@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .. import _trust
 from .._metrics import DURATION_BUCKETS
-from ..discovery import ServerView
+from ..discovery import ServerRecord, ServerView
 from ..discovery.records import printable
 from ..etcd import EtcdError, redact_url
 from ._args import _settings
@@ -61,17 +61,16 @@ def _quantile(q: float, before: dict[float, float], after: dict[float, float]) -
     return None
 
 
-def sample(records: list[dict], before: dict[str, tuple[float, list]] | None) -> tuple[list[dict], dict]:
+def sample(records: list[ServerRecord], before: dict[str, tuple[float, list]] | None) -> tuple[list[dict], dict]:
     """One row per server; with the previous scrapes, its rates and percentiles since then."""
     now = time.monotonic()
     scrapes: dict[str, tuple[float, list]] = {}
     rows = []
-    for record in sorted(records, key=lambda r: r.get("address", "")):
-        row: dict[str, Any] = {"server_id": record.get("server_id", ""), "address": record.get("address", ""),
-                               "status": record.get("status", ""), "agents": record.get("agents", 0),
-                               "capacity": record.get("capacity", 0), "inflight": record.get("inflight", 0),
-                               "metrics": record.get("metrics", "")}
-        samples = scrape(record["metrics"]) if record.get("metrics") else None
+    for record in sorted(records, key=lambda r: r.address):
+        row: dict[str, Any] = {"server_id": record.server_id, "address": record.address, "status": record.status,
+                               "agents": record.agents, "capacity": record.capacity, "inflight": record.inflight,
+                               "metrics": record.metrics}
+        samples = scrape(record.metrics) if record.metrics else None
         if samples is not None:
             scrapes[row["server_id"]] = (now, samples)
             row.update(queued=_sum(samples, "agentmesh_queued_calls"),

@@ -6,6 +6,7 @@ map current, so a warm placement needs no etcd round trip.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -15,7 +16,7 @@ from .. import _protocol
 from .._trust import BadRecord
 from ..etcd import EtcdAuthError, EtcdClient, EtcdError, redact_url
 from . import keys
-from .records import RecordWarnings, agent_record, server_record, staleness
+from .records import RecordWarnings, ServerRecord, agent_record, server_record, staleness
 
 log = logging.getLogger("agentmesh.discovery")
 
@@ -41,7 +42,8 @@ class ServerView:
         self.warnings = RecordWarnings(url)
         self.namespace = namespace
         self.timeout = timeout
-        self.servers: dict[str, dict[str, Any]] = {}
+        self.servers: dict[str, ServerRecord] = {}
+        self._placed_at: dict[str, float] = {}   # server id: when we last placed an agent there
         self.client = EtcdClient.from_url(url, timeout=timeout, **(etcd_options or {}))
         self._on_server_gone = on_server_gone
         self.ready = False
@@ -80,24 +82,23 @@ class ServerView:
     def _put(self, key: str, value: bytes, lease: int) -> None:
         server_id = key.rsplit("/", 1)[-1]
         try:
-            record = server_record(self.key, key, value, lease)
+            record = ServerRecord.from_dict(server_record(self.key, key, value, lease))
         except BadRecord as exc:
             self.warnings.skip(key, str(exc))
             self._gone(server_id)
             return
         self.warnings.good(key)
         old = self.servers.get(server_id)
-        if old is not None and time.monotonic() - old.get("_placed_at", 0.0) < _PLACED_MEMORY:
+        if old is not None and time.monotonic() - self._placed_at.get(server_id, 0.0) < _PLACED_MEMORY:
             # our own recent placements may not be in the server's record yet (it writes every 0.2 s)
-            record["agents"] = max(int(record.get("agents", 0)), int(old.get("agents", 0)))
-            record["_placed_at"] = old["_placed_at"]
+            record = dataclasses.replace(record, agents=max(record.agents, old.agents))
         self.servers[server_id] = record
 
     async def _follow(self) -> None:
         try:
             async for event in self._watch:
                 if event.type == "RESYNC":
-                    self.servers = {}
+                    self.servers, self._placed_at = {}, {}
                     for snap in event.snapshot:
                         self._put(snap.key, snap.value, snap.lease)
                 elif event.type == "PUT":
@@ -112,49 +113,45 @@ class ServerView:
         self._starting = None
 
     def _gone(self, server_id: str) -> None:
+        self._placed_at.pop(server_id, None)
         if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
             asyncio.ensure_future(self._on_server_gone(server_id))
 
     def _fitting(self, labels: dict[str, str] | None, cls_name: str | None,
-                 exclude: set[str] | frozenset) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(free room, record) of each fresh server that fits and has room."""
+                 exclude: set[str] | frozenset) -> Iterator[ServerRecord]:
+        """Each fresh server that serves, fits and has room, and is not excluded (by id or address)."""
         for record in self.current():
-            if record.get("status", "SERVING") != "SERVING" or record.get("server_id") in exclude:
+            if record.status != "SERVING" or record.server_id in exclude or record.address in exclude:
                 continue
-            if record.get("python") != _protocol.PYTHON_VERSION:
+            if record.python != _protocol.PYTHON_VERSION or not record.fits(labels, cls_name):
                 continue
-            have = record.get("labels") or {}
-            if labels and any(str(have.get(k)) != str(v) for k, v in labels.items()):
-                continue
-            if cls_name and not record.get("ship_classes", True) and cls_name not in record.get("classes", ()):
-                continue
-            free = int(record.get("capacity", 0)) - int(record.get("agents", 0))
-            if free > 0:
-                yield free, record
+            if record.free > 0:
+                yield record
 
-    def current(self) -> list[dict[str, Any]]:
+    def current(self) -> list[ServerRecord]:
         """The servers' records that are still fresh (a server rewrites its record every few seconds)."""
         now = time.time()
         fresh = []
         for record in list(self.servers.values()):
-            stale = staleness(record, now)
+            stale = staleness(record.signed_at, now)
             if stale:
-                self.warnings.skip(keys.server_key(self.namespace, record["server_id"]), stale)
+                self.warnings.skip(keys.server_key(self.namespace, record.server_id), stale)
             else:
                 fresh.append(record)
         return fresh
 
     def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
-                   exclude: set[str] | frozenset = frozenset()) -> list[dict[str, Any]]:
-        """Servers that fit, with room, most free capacity first (ties at random)."""
-        fits = [(free, random.random(), record) for free, record in self._fitting(labels, cls_name, exclude)]
+                   exclude: set[str] | frozenset = frozenset()) -> list[ServerRecord]:
+        """Servers that fit, with room, most free capacity first (ties at random); exclude: ids or addresses."""
+        fits = [(record.free, random.random(), record) for record in self._fitting(labels, cls_name, exclude)]
         fits.sort(key=lambda f: (-f[0], f[1]))
         return [record for _, _, record in fits]
 
-    def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None) -> dict[str, Any] | None:
+    def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None) -> ServerRecord | None:
         """The first of candidates() in one pass, without sorting (a placement per to_dist() asks this)."""
         best, most, ties = None, 0, 0
-        for free, record in self._fitting(labels, cls_name, frozenset()):
+        for record in self._fitting(labels, cls_name, frozenset()):
+            free = record.free
             if free > most:
                 best, most, ties = record, free, 1
             elif free == most:
@@ -167,14 +164,14 @@ class ServerView:
         """Count an agent we just placed before the server's own update arrives."""
         record = self.servers.get(server_id)
         if record is not None:
-            record["agents"] = int(record.get("agents", 0)) + 1
-            record["_placed_at"] = time.monotonic()
+            self.servers[server_id] = dataclasses.replace(record, agents=record.agents + 1)
+            self._placed_at[server_id] = time.monotonic()
 
     def full(self, server_id: str) -> None:
         """The server refused for lack of room: treat it as full until it says otherwise."""
         record = self.servers.get(server_id)
         if record is not None:
-            record["agents"] = int(record.get("capacity", 0))
+            self.servers[server_id] = dataclasses.replace(record, agents=record.capacity)
 
     async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0,
                      avoid_server: str = "") -> tuple[str, str] | None:

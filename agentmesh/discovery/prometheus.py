@@ -17,22 +17,21 @@ import tempfile
 from typing import Any, Iterable
 
 from ._view import ServerView
+from .records import ServerRecord
 
 log = logging.getLogger("agentmesh.discovery")
 
 
-def targets_of(records: Iterable[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+def targets_of(records: Iterable[ServerRecord], namespace: str) -> list[dict[str, Any]]:
     """file_sd entries: one per server that serves metrics, labelled with its id, namespace and labels (a label
     ``k`` as ``label_k``: records carry only keys that are Prometheus label names, so no two collide)."""
     out = []
-    for record in sorted(records, key=lambda r: r.get("server_id", "")):
-        address = record.get("metrics")
-        if not address:
+    for record in sorted(records, key=lambda r: r.server_id):
+        if not record.metrics:
             continue
-        labels = {"namespace": namespace, "server_id": str(record.get("server_id", "")),
-                  "agent_address": str(record.get("address", ""))}
-        labels.update({f"label_{key}": value for key, value in record["labels"].items()})
-        out.append({"targets": [address], "labels": labels})
+        labels = {"namespace": namespace, "server_id": record.server_id, "agent_address": record.address}
+        labels.update({f"label_{key}": value for key, value in record.labels.items()})
+        out.append({"targets": [record.metrics], "labels": labels})
     return out
 
 

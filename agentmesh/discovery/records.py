@@ -23,12 +23,14 @@ the mesh assumes (docs/registry.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
 import time
 from typing import Any, Callable, Mapping
 
+from .._address import format_address
 from .._trust import SIGNED_AT_FIELD, BadRecord, verify_record
 from ..etcd import redact_url
 
@@ -158,20 +160,69 @@ def _read(key: bytes | None, path: str, value: bytes, lease: int, fields: dict[s
 def server_record(key: bytes | None, path: str, value: bytes, lease: int, now: float | None = None) -> dict[str, Any]:
     """The server record stored at path under lease; BadRecord says why it is not a valid, fresh one."""
     record = _read(key, path, value, lease, SERVER_FIELDS, SERVER_OPTIONAL, "server_id")
-    stale = staleness(record, now)
+    stale = staleness(record[SIGNED_AT_FIELD], now)
     if stale:
         raise BadRecord(stale)
     return record
 
 
-def staleness(record: Mapping[str, Any], now: float | None = None) -> str | None:
-    """Why a (checked) server record is no longer fresh; None while it is."""
-    age = (time.time() if now is None else now) - record[SIGNED_AT_FIELD]
+def staleness(signed_at: float, now: float | None = None) -> str | None:
+    """Why a server record signed at signed_at is no longer fresh; None while it is."""
+    age = (time.time() if now is None else now) - signed_at
     if age > MAX_AGE:
         return f"it was signed {age:.0f} s ago (readers take server records up to {MAX_AGE:.0f} s old)"
     if age < -MAX_AGE:
         return f"it was signed {-age:.0f} s in the future (is this machine's clock or the server's off?)"
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerRecord:
+    """A checked server record, typed: what placement, evacuation and the CLI read (etcd keeps the JSON)."""
+
+    server_id: str
+    host: str
+    port: int
+    address: str            # where its agents are served: format_address(host, port), computed once
+    capacity: int
+    agents: int
+    inflight: int
+    labels: dict[str, str]
+    pid: int
+    hostname: str
+    started_at: float
+    version: str
+    python: str
+    classes: tuple[str, ...]
+    ship_classes: bool      # whether it takes classes by value (else only those in classes)
+    epoch: int
+    status: str             # SERVING or DRAINING
+    updated_at: float
+    signed_at: float
+    metrics: str = ""       # host:port of its /metrics, when it serves them
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ServerRecord:
+        """The typed form of a record server_record() returned (extra fields of newer writers are dropped)."""
+        return cls(server_id=record["server_id"], host=record["host"], port=record["port"],
+                   address=format_address(record["host"], record["port"]), capacity=record["capacity"],
+                   agents=record["agents"], inflight=record["inflight"], labels=dict(record["labels"]),
+                   pid=record["pid"], hostname=record["hostname"], started_at=record["started_at"],
+                   version=record["version"], python=record["python"], classes=tuple(record["classes"]),
+                   ship_classes=record["ship_classes"], epoch=record["epoch"], status=record["status"],
+                   updated_at=record["updated_at"], signed_at=record[SIGNED_AT_FIELD],
+                   metrics=record.get("metrics", ""))
+
+    @property
+    def free(self) -> int:
+        """Room for more agents: capacity less the agents it holds (the one formula placement spreads by)."""
+        return self.capacity - self.agents
+
+    def fits(self, labels: Mapping[str, str] | None, cls_name: str | None) -> bool:
+        """Whether it carries labels and can host cls_name (by value, or among its classes)."""
+        if labels and any(str(self.labels.get(k)) != str(v) for k, v in labels.items()):
+            return False
+        return not cls_name or self.ship_classes or cls_name in self.classes
 
 
 def agent_record(key: bytes | None, path: str, value: bytes, lease: int) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Protocol
 
 from .. import _protocol, _trust
 from .._address import advertised_host
+from .._config import ServerConfig
 from .._version import __version__
 from ..etcd import EtcdAuthDisabled, EtcdAuthError, EtcdClient, EtcdError, Lease, Watch, parse_registry_url, redact_url
 from . import keys
@@ -31,20 +32,12 @@ log = logging.getLogger("agentmesh.discovery")
 STOP_WAIT = 1.0
 
 
-class RegisteredServer(Protocol):
-    """What registration needs of the server it registers."""
+class ServerLoad(Protocol):
+    """What registration reads live of the server it registers: its agents and its load."""
 
-    server_id: str
-    host: str
-    port: int
-    capacity: int
     inflight: int
     epoch: int
     draining: bool
-    started_at: float
-    class_names: list[str]
-    allow_shipped_classes: bool
-    metrics_port: int | None   # where /metrics is served (None: not)
 
     @property
     def agents(self) -> Mapping[str, Any]:
@@ -55,23 +48,34 @@ class RegisteredServer(Protocol):
 
 
 class Registration:
-    """Keeps a server's record and its agents' records in etcd while it serves."""
+    """Keeps a server's record and its agents' records in etcd while it serves.
 
-    def __init__(self, server: RegisteredServer, url: str, namespace: str = "default",
-                 labels: dict[str, str] | None = None, ttl: int = 3, min_interval: float = 0.2,
-                 advertise_host: str | None = None, etcd_options: dict[str, Any] | None = None,
-                 key: bytes | None = None) -> None:
+    config says where and what it registers; load is read live; port and
+    metrics_port are where the server serves (metrics_port None: no /metrics).
+    """
+
+    def __init__(self, config: ServerConfig, load: ServerLoad, *, port: int, metrics_port: int | None,
+                 class_names: list[str], started_at: float, key: bytes | None,
+                 etcd_options: dict[str, Any] | None = None, min_interval: float = 0.2) -> None:
         if key is None:
             raise ValueError("registration needs the namespace key: records are signed with it")
-        self.server = server
+        if not config.registry:
+            raise ValueError(f"agent server {config.server_id} has no registry to register in")
+        self.config = config
+        self.load = load
+        self.server_id = config.server_id
+        self.port = port
+        self.metrics_port = metrics_port
+        self.class_names = list(class_names)
+        self.started_at = started_at
         self.signing_key = key
-        self.url = url
-        self.namespace = namespace
-        self.labels = check_labels(labels)
-        self.ttl = ttl
+        self.url = url = config.registry
+        self.namespace = config.namespace
+        self.labels = check_labels(config.labels)
+        self.ttl = config.registry_ttl
         self.min_interval = min_interval
-        self.host = advertise_host or advertised_host(server.host)
-        self.key = keys.server_key(namespace, server.server_id)
+        self.host = config.advertise_host or advertised_host(config.bind_host)
+        self.key = keys.server_key(self.namespace, self.server_id)
         self.client = EtcdClient.from_url(url, **(etcd_options or {}))
         parsed = parse_registry_url(url)
         self._user = parsed["user"] or ""
@@ -99,8 +103,7 @@ class Registration:
 
     def agent_added(self, agent_id: str, name: str, cls_name: str) -> None:
         self._agents_changed[agent_id] = {"agent_id": agent_id, "name": name, "class": cls_name,
-                                          "server_id": self.server.server_id,
-                                          "address": f"{self.host}:{self.server.port}"}
+                                          "server_id": self.server_id, "address": f"{self.host}:{self.port}"}
         self.load_changed()
 
     def agent_removed(self, agent_id: str) -> None:
@@ -124,16 +127,15 @@ class Registration:
 
     # -- the record ------------------------------------------------------------
     def record(self) -> dict[str, Any]:
-        s = self.server
-        metrics = s.metrics_port
+        load, metrics = self.load, self.metrics_port
         return {
-            "server_id": s.server_id, "host": self.host, "port": s.port,
-            "address": f"{self.host}:{s.port}", "capacity": s.capacity, "agents": len(s.agents),
-            "inflight": s.inflight, "labels": self.labels, "pid": os.getpid(),
-            "hostname": socket.gethostname(), "started_at": s.started_at, "version": __version__,
-            "python": _protocol.PYTHON_VERSION, "classes": list(s.class_names),
-            "ship_classes": s.allow_shipped_classes, "epoch": s.epoch,
-            "status": "DRAINING" if s.draining else "SERVING", "updated_at": time.time(),
+            "server_id": self.server_id, "host": self.host, "port": self.port,
+            "address": f"{self.host}:{self.port}", "capacity": self.config.capacity, "agents": len(load.agents),
+            "inflight": load.inflight, "labels": self.labels, "pid": os.getpid(),
+            "hostname": socket.gethostname(), "started_at": self.started_at, "version": __version__,
+            "python": _protocol.PYTHON_VERSION, "classes": list(self.class_names),
+            "ship_classes": self.config.allow_shipped_classes, "epoch": load.epoch,
+            "status": "DRAINING" if load.draining else "SERVING", "updated_at": time.time(),
             **({"metrics": f"{self.host}:{metrics}"} if metrics else {}),
         }
 
@@ -147,7 +149,7 @@ class Registration:
             finally:
                 registered.cancel()      # never left pending (an unregistered server would leak it at exit)
             if not self.registered.is_set() and not self._auth_problem:   # a refusal was logged, as an ERROR
-                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server.server_id,
+                log.warning("server %s: registry %s not reachable yet; will keep trying", self.server_id,
                             redact_url(self.url))
 
     async def _run(self) -> None:
@@ -162,11 +164,11 @@ class Registration:
                 if str(exc) != self._auth_problem:
                     self._auth_problem = str(exc)
                     log.error("server %s: registry %s refused authentication (%s)%s; not registered, retrying",
-                              self.server.server_id, redact_url(self.url), exc, self._auth_advice(exc))
+                              self.server_id, redact_url(self.url), exc, self._auth_advice(exc))
             except (EtcdError, OSError) as exc:
                 operation = "update" if self.registered.is_set() else "register"
                 self.errors[operation] = self.errors.get(operation, 0) + 1
-                log.info("server %s: registry %s unavailable (%s); retrying", self.server.server_id,
+                log.info("server %s: registry %s unavailable (%s); retrying", self.server_id,
                          redact_url(self.url), exc)
             except asyncio.CancelledError:
                 return
@@ -205,13 +207,13 @@ class Registration:
         self._written.clear()
         self._overwritten = False
         agents = {aid: {"agent_id": aid, "name": getattr(h.agent, "name", "") or "", "class": h.cls_name,
-                        "server_id": self.server.server_id, "address": f"{self.host}:{self.server.port}"}
-                  for aid, h in self.server.agents.items()}
+                        "server_id": self.server_id, "address": f"{self.host}:{self.port}"}
+                  for aid, h in self.load.agents.items()}
         self._agents_changed.clear()
         await self._write(agents)
         self.registered.set()
         log.info("server %s registered in %s as %s (lease %x, ttl %d s)",
-                 self.server.server_id, redact_url(self.url), self.key, self.lease.id, self.ttl)
+                 self.server_id, redact_url(self.url), self.key, self.lease.id, self.ttl)
 
     async def drop_moved(self, why: str) -> int:
         """Agents whose records now name another server were moved while we were cut off or stopped: drop
@@ -224,10 +226,10 @@ class Registration:
                                       kv.lease)
             except _trust.BadRecord:
                 continue      # unsigned, forged, replayed, lease-less or malformed: it moves nothing
-            if record["server_id"] != self.server.server_id:
+            if record["server_id"] != self.server_id:
                 elsewhere.add(record["agent_id"])
-        moved = [aid for aid in self.server.agents if aid in elsewhere]
-        return self.server.fence(f"{why}, their registry records named another server", moved) if moved else 0
+        moved = [aid for aid in self.load.agents if aid in elsewhere]
+        return self.load.fence(f"{why}, their registry records named another server", moved) if moved else 0
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
         lease_id = self.lease.id if self.lease else 0
@@ -264,7 +266,7 @@ class Registration:
                 finally:
                     dirty.cancel()
                 if lost.done():
-                    log.warning("server %s: registry lease lost; registering again", self.server.server_id)
+                    log.warning("server %s: registry lease lost; registering again", self.server_id)
                     return
                 if guard.done():
                     guard.result()
@@ -303,7 +305,7 @@ class Registration:
         if not self._overwritten:     # once per lease: an attacker rewriting it in a loop gets one line
             self._overwritten = True
             log.warning("server %s: its registry record %s was %s by another writer; writing it back",
-                        self.server.server_id, printable(self.key), how)
+                        self.server_id, printable(self.key), how)
         self._dirty.set()
 
     async def stop(self) -> None:
@@ -317,5 +319,5 @@ class Registration:
                 await self.lease.revoke()
             except EtcdError as exc:
                 log.info("server %s: could not revoke its lease (%s); the key expires in %d s",
-                         self.server.server_id, exc, self.ttl)
+                         self.server_id, exc, self.ttl)
         await self.client.close()

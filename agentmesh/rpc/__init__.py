@@ -1,5 +1,6 @@
 """The client side: proxies, placeholders and the decorators that shape calls."""
-from .._result import AsyncResult, ReplyStream
+from .._placeholder import AsyncResult
+from .._reply_stream import ReplyStream
 from ._meta import RpcMeta
 from ._methods import async_func, sync_func
 from ._proxy import RpcObject, set_local_audience, tell   # the last two: for msghub and agents (not in __all__)

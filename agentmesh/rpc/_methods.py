@@ -1,18 +1,25 @@
 """How each method of a distributable class is called through a proxy: asynchronously or not."""
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 from typing import Any, Callable, TypeVar
 
-from .._classes import INTERLEAVE
+from .._class_cache import INTERLEAVE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _MODE = "_agentmesh_call_mode"
 _ASYNC_BY_DEFAULT = frozenset({"reply", "__call__"})
-#: the mode of a generator method: the proxy returns a ReplyStream at once
-STREAM = "stream"
+
+
+class CallMode(enum.Enum):
+    """How a proxy calls a method: waits for its value, returns an AsyncResult at once, or a ReplyStream at once."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+    STREAM = "stream"   # a generator method: its items arrive as the agent yields them
 
 
 def _marker(mode: str, func: Any, interleave: bool) -> Any:
@@ -46,11 +53,11 @@ def sync_func(func: F | None = None, *, interleave: bool = False) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def method_table(cls: type) -> dict[str, bool | str]:
-    """Public methods of cls, each mapped to True when it is asynchronous on a proxy (memoised per class):
-    marked @async_func, reply and __call__, and every ``async def`` method; STREAM for a generator (or async
-    generator) method, which returns a ReplyStream."""
-    table: dict[str, bool | str] = {}
+def method_table(cls: type) -> dict[str, CallMode]:
+    """Public methods of cls, each mapped to how a proxy calls it (memoised per class): ASYNC when marked
+    @async_func, for reply and __call__, and every ``async def`` method; STREAM for a generator (or async
+    generator) method; SYNC for the others."""
+    table: dict[str, CallMode] = {}
     for name in dir(cls):
         if name.startswith("_") and name != "__call__":
             continue
@@ -62,8 +69,9 @@ def method_table(cls: type) -> dict[str, bool | str]:
         if not callable(attr) or isinstance(attr, type):
             continue
         if inspect.isgeneratorfunction(attr) or inspect.isasyncgenfunction(attr):
-            table[name] = STREAM
+            table[name] = CallMode.STREAM
             continue
         mode = getattr(attr, _MODE, None)
-        table[name] = mode == "async" if mode else (name in _ASYNC_BY_DEFAULT or inspect.iscoroutinefunction(attr))
+        asynchronous = mode == "async" if mode else (name in _ASYNC_BY_DEFAULT or inspect.iscoroutinefunction(attr))
+        table[name] = CallMode.ASYNC if asynchronous else CallMode.SYNC
     return table

@@ -6,16 +6,15 @@ from typing import Any
 
 from .. import _codec, _status, errors
 from .._address import format_address, host_of
-from .._classes import class_name
+from .._class_cache import class_name
 from .._config import check_options, check_py_modules
 from .._client.slot import CallSlot, raised
-from .._creation import AgentSpec
-from .._placement import choose, counted
-from .._result import AsyncResult, ReplyStream
+from .._placeholder import AsyncResult, WaitPolicy
+from .._reply_stream import ReplyStream
 from .._runtime import Runtime, default_runtime
+from ..relocation import AgentSpec, Binding, Relocation, choose, counted
 from ..v1 import agent_server_pb2 as pb
-from ._failover import Binding
-from ._methods import STREAM, method_table
+from ._methods import CallMode, method_table
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
 from .._ids import new_id
@@ -31,23 +30,23 @@ AGENTSCOPE_TO_DIST_OPTIONS = frozenset({"max_pool_size", "max_expire_time", "loc
 class _RemoteMethod:
     """A bound method of a proxy; calling it sends the call."""
 
-    __slots__ = ("_proxy", "_name", "_is_async")
+    __slots__ = ("_proxy", "_name", "_mode")
 
-    def __init__(self, proxy: "RpcObject", name: str, is_async: bool | str) -> None:
+    def __init__(self, proxy: "RpcObject", name: str, mode: CallMode) -> None:
         self._proxy = proxy
         self._name = name
-        self._is_async = is_async
+        self._mode = mode
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._proxy._call(self._name, args, kwargs, self._is_async)
+        return self._proxy._call(self._name, args, kwargs, self._mode)
 
     def aio(self, *args: Any, **kwargs: Any) -> AsyncResult | ReplyStream:
         """Call it asynchronously whatever its mode: ``await proxy.method.aio(...)`` from a coroutine."""
-        return self._proxy._call(self._name, args, kwargs, STREAM if self._is_async == STREAM else True)
+        mode = CallMode.STREAM if self._mode is CallMode.STREAM else CallMode.ASYNC
+        return self._proxy._call(self._name, args, kwargs, mode)
 
     def __repr__(self) -> str:
-        kind = "stream" if self._is_async == STREAM else "async" if self._is_async else "sync"
-        return f"<remote {kind} method {self._name} of {self._proxy!r}>"
+        return f"<remote {self._mode.value} method {self._name} of {self._proxy!r}>"
 
 
 class RpcObject:
@@ -86,21 +85,21 @@ class RpcObject:
         self._setup(made._binding, made._methods, made._timeout, made._retry)
 
     @classmethod
-    def _bound(cls, binding: Binding, methods: dict[str, bool | str], timeout: float | None = None,
+    def _bound(cls, binding: Binding, methods: dict[str, CallMode], timeout: float | None = None,
                retry: RetryBase | None = None) -> "RpcObject":
         """The proxy of binding's agent (how agentmesh itself makes proxies)."""
         proxy = cls.__new__(cls)
         proxy._setup(binding, methods, timeout, retry)
         return proxy
 
-    def _setup(self, binding: Binding, methods: dict[str, bool | str], timeout: float | None,
+    def _setup(self, binding: Binding, methods: dict[str, CallMode], timeout: float | None,
                retry: RetryBase | None) -> None:
         self.agent_id = binding.agent_id
         self._binding = binding
         self._methods = methods
         self._timeout = timeout   # max_timeout_seconds: how long one wait for a result may last
         self._retry = retry       # retry_strategy: how often to wait again
-        self._policy = (timeout, retry) if timeout is not None or retry is not None else None
+        self._policy = WaitPolicy(timeout, retry) if timeout is not None or retry is not None else None
 
     @property
     def server(self) -> str:
@@ -156,20 +155,20 @@ class RpcObject:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        is_async = self._methods.get(name)
-        if is_async is None:   # a public attribute: read its value from the server
-            return self._call("__getattr__", (name,), {}, False)
-        bound = _RemoteMethod(self, name, is_async)
+        mode = self._methods.get(name)
+        if mode is None:   # a public attribute: read its value from the server
+            return self._call("__getattr__", (name,), {}, CallMode.SYNC)
+        bound = _RemoteMethod(self, name, mode)
         self.__dict__[name] = bound
         return bound
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._call("__call__", args, kwargs, self._methods.get("__call__", True))
+        result = self._call("__call__", args, kwargs, self._methods.get("__call__", CallMode.ASYNC))
         for agent in self._local_audience or ():   # a msghub's local participants see the pending reply
             agent.observe(result)
         return result
 
-    def _call(self, method: str, args: tuple, kwargs: dict, is_async: bool | str, notify: bool = False) -> Any:
+    def _call(self, method: str, args: tuple, kwargs: dict, mode: CallMode, notify: bool = False) -> Any:
         binding = self._binding
         conn = binding.session()
         try:
@@ -191,10 +190,10 @@ class RpcObject:
         binding.send(slot, conn)
         if notify:   # told without waiting (_tell): its failure is logged once its reply is there
             binding.runtime.loop.spawn(_report_failure(self, method, slot))
+        if mode is CallMode.STREAM:
+            return ReplyStream(slot, method=method)
         result = AsyncResult(slot, policy=self._policy)
-        if is_async == STREAM:
-            return ReplyStream(result, method=method)
-        if is_async:
+        if mode is CallMode.ASYNC:
             return result
         return result.result()
 
@@ -220,7 +219,7 @@ class RpcObject:
         agent's server, not here.
         """
         try:
-            self._call(method, tuple(args), dict(kwargs or {}), True, notify=True)
+            self._call(method, tuple(args), dict(kwargs or {}), CallMode.ASYNC, notify=True)
         except Exception as exc:  # noqa: BLE001 - a broadcast must not break the reply that makes it
             _told_badly(self, method, exc)
 
@@ -241,7 +240,7 @@ class RpcObject:
 
 
 def _rebuild_proxy(cls_name: str, agent_id: str, address: str, server_id: str, epoch: int,
-                   methods: dict[str, bool | str], name: str, timeout: float | None = None,
+                   methods: dict[str, CallMode], name: str, timeout: float | None = None,
                    retry: RetryBase | None = None) -> RpcObject:
     binding = Binding(default_runtime(), agent_id=agent_id, cls_name=cls_name, address=address,
                       server_id=server_id, epoch=epoch, name=name)
@@ -289,7 +288,7 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
                       server_id=conn.server_id, name=_name_from(args, kwargs),
                       spec=AgentSpec(cls, agent_id, init_blob, options), relocatable=relocatable)
     binding.bind(conn)
-    runtime.owned[agent_id] = conn.address
+    Relocation.of(runtime).owned[agent_id] = conn.address
     binding.start_creation(conn)
     return RpcObject._bound(binding, method_table(cls), timeout, retry)
 

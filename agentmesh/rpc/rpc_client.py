@@ -6,8 +6,6 @@ import concurrent.futures
 import logging
 from typing import Any
 
-import grpc
-
 from .. import _codec, _status, errors
 from .._address import format_address
 from .._client import files
@@ -44,14 +42,8 @@ class RpcClient:
 
     def _rpc(self, method: str, request: Any, timeout: float | None = 30.0, conn: Connection | None = None) -> Any:
         conn = conn or self._session()
-
-        async def call() -> Any:   # on the I/O loop, where the channel lives
-            return await getattr(conn.stub, method)(request, metadata=conn.metadata, timeout=timeout)
-
-        try:
-            return self.runtime.run(call())
-        except grpc.aio.AioRpcError as exc:
-            raise _status.rpc_error(exc, self.url, method) from None
+        try:   # on the I/O loop, where the channel lives
+            return self.runtime.run(conn.unary(method, request, timeout=timeout))
         except (asyncio.CancelledError, concurrent.futures.CancelledError):   # the session closed under it
             raise errors.ServerUnavailableError(f"the session with agent server {self.url} closed during "
                                                 f"{method}; try again") from None
@@ -110,7 +102,7 @@ class RpcClient:
     def get_agent_list(self) -> list[dict[str, Any]]:
         """One dict per hosted agent: ``agent_id``, ``name``, ``type`` (class name), ``class``, ``calls``, ``queued``."""
         return [{"agent_id": a.agent_id, "name": a.name, "type": a.type, "class": a.cls, "calls": a.seq,
-                 "queued": a.queued, "checkpoint": a.checkpoint}
+                 "queued": a.queued, "checkpoint": a.checkpoints_on}
                 for a in self._rpc("ListAgents", pb.ListAgentsRequest()).agents]
 
     def get_agent_memory(self, agent_id: str) -> list[Any]:

@@ -44,11 +44,11 @@ def _is_local_ip(ip: str) -> bool:
 class AddressBook:
     """Which "host:port" strings reach this server; the port is set once the server has bound it."""
 
-    def __init__(self, host: str, advertise_host: str | None = None, aliases: tuple[str, ...] = ()) -> None:
+    def __init__(self, bind_host: str, advertise_host: str | None = None, aliases: tuple[str, ...] = ()) -> None:
         self.port: int | None = None
-        self.wildcard = host in _WILDCARDS
-        names = {name.lower().rstrip(".") for name in (host, advertise_host or "", *aliases) if name}
-        if self.wildcard or is_loopback(host):
+        self.wildcard = bind_host in _WILDCARDS
+        names = {name.lower().rstrip(".") for name in (bind_host, advertise_host or "", *aliases) if name}
+        if self.wildcard or is_loopback(bind_host):
             names.update(_LOOPBACK_NAMES)
         if self.wildcard:
             names.update({socket.gethostname().lower(), socket.getfqdn().lower()})

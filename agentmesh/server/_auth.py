@@ -19,8 +19,6 @@ from typing import Any, Awaitable, Callable
 import grpc
 
 from .. import _protocol, _status, _trust
-from .._address import is_loopback
-from .._tokens import check_token, local_token
 from ..v1 import agent_server_pb2 as pb
 from ._addresses import AddressBook
 from ._open_health import OpenHealth
@@ -33,15 +31,6 @@ _SESSION = "/agentmesh.v1.AgentServer/Session"
 _TICKET_CACHE = 4096
 #: handshakes answered at once; more are refused (a handshake is quick, unless it resolves a name)
 _MAX_HANDSHAKES = 64
-
-
-def server_token(token: str | None, host: str, mutual_tls: bool, registry: str | None) -> str | None:
-    """The token a server holds: the one given (checked to be a key), else on loopback, without mutual TLS or
-    a registry, this user's local token, so only this user's processes may call it; else None."""
-    check_token(token, "the agent server (token=, --token-file, AGENTMESH_TOKEN_FILE)")
-    if token is None and is_loopback(host) and not mutual_tls and not registry:
-        return local_token()
-    return token
 
 
 def _shown(value: str | None) -> str:

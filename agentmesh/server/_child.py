@@ -14,9 +14,8 @@ from .launcher import serve_forever
 def child_main() -> None:
     """Entry of a server process: read config from stdin, serve, exit when told or orphaned."""
     stdin = sys.stdin.buffer
-    config = read_config(stdin)
-    lifeline = config.pop("lifeline", True)
-    ready = os.fdopen(config.pop("ready_fd"), "w")
+    config, ready_fd = read_config(stdin)
+    ready = os.fdopen(ready_fd, "w")
 
     def announce(port: int, server_id: str, metrics_port: int = 0) -> None:
         ready.write(f"{READY_PREFIX} {port} {server_id} {metrics_port}\n")
@@ -29,8 +28,7 @@ def child_main() -> None:
     logging.basicConfig(level=env(ENV_LOG_LEVEL, "WARNING"),
                         format="%(asctime)s agentmesh-server[%(process)d] %(levelname)s %(name)s: %(message)s")
     try:
-        code = serve_forever(on_ready=announce,
-                             lifeline=watch_lifeline if lifeline else None, **config)
+        code = serve_forever(config, on_ready=announce, lifeline=watch_lifeline)
     except Exception as exc:  # noqa: BLE001 - tell the parent why, in one line
         if not ready.closed:
             ready.write(f"{ERROR_PREFIX} {type(exc).__name__}: {' '.join(str(exc).split())}\n")

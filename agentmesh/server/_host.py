@@ -51,17 +51,17 @@ class AgentHost:
     (an empty deque alone is 760 bytes, more than the rest of an agent).
     """
 
-    __slots__ = ("agent_id", "agent", "cls_name", "checkpoint", "max_concurrency", "lock", "ready", "active",
-                 "waiting", "constructed", "build", "pump", "queued", "seq", "ckpt_seq", "deleted", "epoch", "owner")
+    __slots__ = ("agent_id", "agent", "cls_name", "checkpoints_on", "max_concurrency", "lock", "ready", "active",
+                 "waiting", "constructed", "build", "pump", "queued", "seq", "checkpoint_seq", "deleted", "epoch", "owner")
 
     def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
-                 checkpoint: bool = False, seq: int = 0, epoch: int = 0) -> None:
+                 checkpoints_on: bool = False, seq: int = 0, epoch: int = 0) -> None:
         self.agent_id = agent_id
         self.epoch = epoch     # the server's epoch when this copy was made: calls aimed at another copy differ
         self.owner: Any = None   # the session that created it: checkpoints of others' calls are pushed to it
         self.agent = agent
         self.cls_name = cls_name
-        self.checkpoint = checkpoint   # send the agent's state back with every reply (failover)
+        self.checkpoints_on = checkpoints_on   # send the agent's state back with every reply (failover)
         self.max_concurrency = max(1, int(max_concurrency))
         self.lock = threading.Lock()
         self.ready: collections.deque[Work] | None = None     # calls to run, in order (made when one comes)
@@ -72,7 +72,7 @@ class AgentHost:
         self.pump: asyncio.Task | None = None
         self.queued = 0        # calls accepted and not yet finished
         self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
-        self.ckpt_seq = seq    # the same, counted by the worker threads for checkpoints
+        self.checkpoint_seq = seq    # the same, counted by the worker threads for checkpoints
         self.deleted = False   # set by DeleteAgent: its results are not kept
 
     # -- the mailbox (its queues exist while calls are in them) ---------------------
@@ -202,7 +202,7 @@ class AgentHost:
         would otherwise hold an older checkpoint than the calls it was told of.
         """
         with self.lock:
-            if self.ckpt_seq != reply.seq or not self.checkpoint:
+            if self.checkpoint_seq != reply.seq or not self.checkpoints_on:
                 return None   # later calls completed: their replies carry newer state
         try:
             return _with_state(reply, _checkpoint.checkpoint_of(self.agent))
@@ -217,12 +217,12 @@ class AgentHost:
         None when the state cannot be pickled (checkpoints are then off).
         """
         with self.lock:
-            self.ckpt_seq += 1
-            reply.seq = self.ckpt_seq
+            self.checkpoint_seq += 1
+            reply.seq = self.checkpoint_seq
         try:
             state = _checkpoint.checkpoint_of(self.agent)
         except Exception as exc:  # noqa: BLE001 - an unpicklable attribute
-            self.checkpoint = False
+            self.checkpoints_on = False
             log.warning("agent %s (%s): state cannot be pickled (%s: %s); checkpoints off for it, so "
                         "failover will restart it from its constructor", self.agent_id, self.cls_name,
                         type(exc).__name__, exc)

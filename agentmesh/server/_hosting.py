@@ -1,8 +1,8 @@
-"""The agents of one server: mailboxes, running calls in order on worker threads, fencing (creation: _building).
+"""The agents of one server: mailboxes, routing calls to them, answering finished calls, fencing.
 
-Everything here runs on the runtime's I/O loop except ``_run`` (worker threads)
-and the coroutine calls of async agents (the agent loop, ``_coroutines``).
-The gRPC service in ``_service.py`` hands calls in and sends replies out.
+Everything here runs on the runtime's I/O loop. Creation is ``_creator``'s,
+running the calls ``_running``'s (worker threads, and the agent loop of async
+agents). The gRPC service in ``_service.py`` hands calls in and sends replies out.
 """
 from __future__ import annotations
 
@@ -13,30 +13,24 @@ import time
 from typing import Any, Callable, Protocol
 
 from .. import _checkpoint, _metrics, _status
-from .._classes import interleaves
-from .._result import loads_collecting, resolve
+from .._class_cache import interleaves
+from .._config import ServerConfig
+from .._placeholder import loads_collecting, resolve
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import HostedClasses
-from ._building import Builds, Creating, Refusal
-from ._coroutines import AgentLoop
-from ._streams import Streams
-from ._telemetry import serving
+from ._creator import Creator, Refusal
 from ._host import AgentHost, Work
-from ._outbox import deliver
+from ._outbox import Outbox, deliver
 from ._results import ResultStore
+from ._running import Done, Runner
+from ._streams import Streams
+from ._telemetry import count_answer
 from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
 #: agents remembered as moved away, so their late calls are told where to look
 MAX_MOVED_AWAY = 100_000
-
-
-class Outbox(Protocol):
-    """Where replies to one client go (its session)."""
-
-    def send(self, reply: pb.Reply) -> None:
-        """Queue a reply (I/O loop)."""
 
 
 class Listener(Protocol):
@@ -49,42 +43,53 @@ class Listener(Protocol):
     def load_changed(self) -> None: ...
 
 
-class Hosting(Creating):
+class Hosting:
     """The agents a server hosts and the machinery that runs their calls."""
 
-    def __init__(self, *, server_id: str, runtime: Runtime, capacity: int, classes: HostedClasses,
-                 max_message_size: int, max_pending_calls: int, max_results: int, result_ttl: float,
-                 max_result_bytes: int, max_workers: int) -> None:
-        self.server_id = server_id
+    def __init__(self, config: ServerConfig, runtime: Runtime, classes: HostedClasses) -> None:
+        self.server_id = config.server_id
         self.epoch = time.time_ns()
         self.runtime = runtime
-        self.capacity = capacity
         self.classes = classes
-        self.max_message_size = max_message_size
-        self.max_pending_calls = max_pending_calls
+        self.max_message_size = config.max_message_size
+        self.max_pending_calls = config.max_pending_calls
         self.agents: dict[str, AgentHost] = {}
-        self.results = ResultStore(max_results, result_ttl, max_result_bytes)
+        self.results = ResultStore(config.max_results, config.result_ttl, config.max_result_bytes)
         self.inflight = 0
         self.draining = False
         self.listener: Listener | None = None
-        self.executor = Workers(max_workers, "agentmesh-agent")
-        self.coroutines = AgentLoop(self._execute, self._execute_async, self._complete, self.executor)
-        self.streams = Streams(result_ttl, self._send_early)
+        self.executor = Workers(config.max_workers, "agentmesh-agent")
+        self.streams = Streams(config.result_ttl, self._send_early)
+        self.runner = Runner(runtime, config.max_message_size, self.executor, self.streams, self._answered)
+        self.coroutines = self.runner.coroutines
+        self.creator = Creator(server_id=self.server_id, capacity=config.capacity, agents=self.agents, classes=classes,
+                               results=self.results, executor=self.executor, ready=self._ready,
+                               abandon=self._abandon, release_together=self.release_together,
+                               added=self._added, restored=self._restored)
         self.releasing: list[AgentHost] | None = None   # see release_together
         self.metrics: Any = None   # this process's metrics while they are on
-        self._failed: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         #: agents dropped because their callers moved them: agent_id -> why (the latest MAX_MOVED_AWAY)
         self.moved_away: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.held_calls: list[tuple[pb.Call, Outbox | None]] | None = None   # see hold_calls
-        #: (agent, call, reply to store, the caller's copy with the checkpoint or None)
-        self._done_queue: collections.deque[tuple[AgentHost, Work, pb.Reply, pb.Reply | None]] = collections.deque()
-        self._done_scheduled = False
-        #: creations sent on sessions, built by workers in chunks
-        self.builds = Builds(self)
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = self.streams.io = loop
+        self.loop = self.streams.io = self.runner.loop = self.creator.loop = loop
+
+    async def create(self, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
+        """Create an agent (CreateAgent), its constructor run on a worker thread; raises Refusal."""
+        begun = self.creator.begin(request, self.epoch, self.draining)
+        if isinstance(begun, pb.CreateAgentResponse):
+            return begun
+        return await self.creator.finish(begun, request)
+
+    def _added(self, host: AgentHost) -> None:
+        if self.listener is not None:
+            self.listener.agent_added(host.agent_id, host.name, host.cls_name)
+
+    def _restored(self) -> None:
+        if self.metrics is not None:
+            self.metrics.restored += 1
 
     def _send_early(self, work: Work, reply: pb.Reply) -> None:
         """Answer a call before it ends (a stream starts), from any thread."""
@@ -153,7 +158,7 @@ class Hosting(Creating):
     def dispatch(self, call: pb.Call, outbox: Outbox | None) -> None:
         """Route one call to its agent's mailbox (I/O loop)."""
         if call.method == "__create__":
-            self.create_from_session(call, outbox)
+            self.creator.from_session(call, outbox, self.epoch, self.draining)
             return
         done = self.results.get(call.call_id)
         if done is not None:                       # a replay of a finished call: answer from its result
@@ -170,7 +175,7 @@ class Hosting(Creating):
             return
         if host is None:
             moved = self.moved_away.get(call.agent_id)
-            failed = self._failed.get(call.agent_id) if moved is None else None
+            failed = self.creator.refused.get(call.agent_id) if moved is None else None
             if moved is not None:
                 self._refused(outbox, call, pb.STALE_EPOCH, f"agent {call.agent_id} is no longer on server "
                               f"{self.server_id}: it was dropped when {moved}")
@@ -215,7 +220,7 @@ class Hosting(Creating):
             if self.coroutines.runs(host):
                 self.coroutines.start_one(host, work)
             else:
-                self.executor.run(self._run_one, (host, work))
+                self.executor.run(self.runner.run_one, (host, work))
             return
         self._enqueue(host, work)
 
@@ -235,7 +240,7 @@ class Hosting(Creating):
         """Send a finished call's stored reply again; with checkpoints on, through the agent's mailbox,
         so it leaves with the state it left the agent in (I/O loop)."""
         host = self.agents.get(call.agent_id)
-        if outbox is None or host is None or not host.checkpoint or not reply.seq:
+        if outbox is None or host is None or not host.checkpoints_on or not reply.seq:
             self._answer(outbox, reply)
             return
         self._enqueue(host, Work(call, (), {}, [], outbox, replay=reply))
@@ -295,7 +300,7 @@ class Hosting(Creating):
             elif self.releasing is not None:
                 self.releasing.append(host)
             else:
-                self.executor.run(self._run, host)
+                self.executor.run(self.runner.run, host)
 
     def release_together(self, fn: Callable[[], None]) -> None:
         """Run fn (I/O loop); the agents it makes ready start together on a few threads, not one wake-up each."""
@@ -305,49 +310,7 @@ class Hosting(Creating):
         finally:
             hosts, self.releasing = self.releasing, None
             if hosts:
-                self.executor.run_many(self._run, hosts)
-
-    def _run(self, host: AgentHost) -> None:
-        """Work through an agent's ready calls (worker thread)."""
-        while True:
-            work = host.next_ready()
-            if work is None:
-                return
-            self._complete(host, work, None if work.replay is not None or work.cancelled
-                           else self._execute(host, work))
-
-    def _run_one(self, job: tuple[AgentHost, Work]) -> None:
-        """Run one interleaving call (worker thread): no checkpoint, it does not count as a state change."""
-        host, work = job
-        self._complete(host, work, self._execute(host, work))
-
-    def _complete(self, host: AgentHost, work: Work, reply: pb.Reply | None) -> None:
-        """Answer a call that ran (reply), or one replayed or cancelled before it started (None); any thread."""
-        if work.replay is not None:
-            self._finished(host, work, work.replay, host.replayed(work.replay))
-        elif reply is None:
-            work.interleaved = True         # it did not run: no state change to count
-            self._finished(host, work, _status.refusal(work.call.call_id, pb.UNAVAILABLE, (
-                f"{work.call.method}() on agent {host.agent_id} was cancelled by its caller before it started"),
-                "CancelledError"), None)
-        else:
-            owned = host.checkpointed(reply) if host.checkpoint and not work.interleaved else None
-            self._finished(host, work, reply, owned)
-
-    def _execute(self, host: AgentHost, work: Work) -> pb.Reply:
-        """Run the call (worker thread), inside a server span when the caller traces and so does this process."""
-        tracing = self.runtime.tracing
-        if tracing is None or not work.call.trace:     # the usual call: no context manager on the hot path
-            return host.execute(work, self.max_message_size, self.coroutines.await_here, self.streams)
-        with serving(tracing, host, work) as done:
-            done.append(host.execute(work, self.max_message_size, self.coroutines.await_here, self.streams))
-        return done[0]
-
-    async def _execute_async(self, host: AgentHost, work: Work) -> pb.Reply:
-        """Run a coroutine call on the agent loop, traced as _execute is."""
-        with serving(self.runtime.tracing, host, work) as done:
-            done.append(await host.execute_async(work, self.max_message_size, self.streams, self.executor))
-        return done[0]
+                self.executor.run_many(self.runner.run, hosts)
 
     def cancel(self, cancel: pb.Cancel) -> None:
         """The caller gave up on a call (I/O loop): not started, it is answered without running; a coroutine
@@ -359,25 +322,8 @@ class Hosting(Creating):
         else:
             self.coroutines.cancel(cancel.call_id)
 
-    def _finished(self, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
-        """Hand a finished call to the I/O loop, which answers and counts it in batches (worker thread)."""
-        self._done_queue.append((host, work, reply, owned))
-        if not self._done_scheduled:
-            self._done_scheduled = True
-            self.loop.call_soon_threadsafe(self._drain_done)  # type: ignore[union-attr]
-
-    @staticmethod
-    def _count(metrics: Any, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
-        method = work.call.method if reply.status != pb.UNKNOWN_METHOD else "other"
-        metrics.answered(host.cls_name, method, _status.name(reply.status),
-                         _metrics.now() - work.received if work.received else None)
-        sent = owned if owned is not None else reply
-        metrics.payload(len(work.call.payload), len(sent.payload) + len(sent.state), len(sent.state))
-
-    def _drain_done(self) -> None:
+    def _answered(self, queue: collections.deque[Done]) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
-        self._done_scheduled = False
-        queue = self._done_queue
         results = self.results
         metrics = self.metrics
         while queue:
@@ -392,6 +338,6 @@ class Hosting(Creating):
             results.finish(reply, host.agent_id, keep=not host.deleted)
             deliver(host.owner, work.sessions, host.agent_id, reply, owned)
             if metrics is not None:
-                self._count(metrics, host, work, reply, owned)
+                count_answer(metrics, host, work, reply, owned)
         if self.listener is not None:
             self.listener.load_changed()

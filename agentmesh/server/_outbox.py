@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Protocol
 
 from .._frames import kept_bytes
 from .._protocol import ANSWERED_BYTES
 from ..v1 import agent_server_pb2 as pb
+
+
+class Outbox(Protocol):
+    """Where replies to one client go (its session)."""
+
+    def send(self, reply: pb.Reply) -> None:
+        """Queue a reply (I/O loop)."""
 
 
 def reply_cost(reply: pb.Reply) -> int:
@@ -19,7 +27,8 @@ def entry_cost(entry: tuple[pb.Reply, int]) -> int:
     return entry[1]
 
 
-def deliver(owner: "Session | None", sessions: list, agent_id: str, reply: pb.Reply, owned: pb.Reply | None) -> None:
+def deliver(owner: "ClientSession | None", sessions: list, agent_id: str, reply: pb.Reply,
+            owned: pb.Reply | None) -> None:
     """Send a finished call's reply to its callers' sessions (I/O loop). owned is the reply with the agent's
     state: the agent's creator (owner) gets it; when the creator did not make the call, the state goes to it
     as a push and the callers get the plain reply once that push is written."""
@@ -30,7 +39,7 @@ def deliver(owner: "Session | None", sessions: list, agent_id: str, reply: pb.Re
         outbox.send(owned if owned is not None else reply)
 
 
-def answered(releases: list[tuple["Session", pb.Reply]]) -> list[pb.Reply]:
+def answered(releases: list[tuple["ClientSession", pb.Reply]]) -> list[pb.Reply]:
     """The replies a checkpoint push carries to the creator, newest first within ANSWERED_BYTES: if the
     agent is re-created from that checkpoint, a caller replaying one of these calls gets its reply back
     instead of running it a second time. Copies without seq (a replay answers with the reply as it is)."""
@@ -51,7 +60,7 @@ def answered(releases: list[tuple["Session", pb.Reply]]) -> list[pb.Reply]:
     return out
 
 
-class Session:
+class ClientSession:
     """One client's session stream: replies to it are queued here and batched into frames.
 
     backlog counts the reply bytes not yet written. Above budget the session's
@@ -70,7 +79,7 @@ class Session:
         self.room = asyncio.Event()   # set while the backlog allows reading more calls
         self.room.set()
         #: agent id -> (its checkpoint push not yet written, the replies to release once it is)
-        self.pushes: dict[str, tuple[pb.Reply, list[tuple[Session, pb.Reply]]]] = {}
+        self.pushes: dict[str, tuple[pb.Reply, list[tuple[ClientSession, pb.Reply]]]] = {}
 
     def send(self, reply: pb.Reply, cost: int = -1) -> None:
         """Queue a reply (I/O loop); it always goes out, however full the backlog."""
@@ -83,7 +92,7 @@ class Session:
                 self.room.clear()
             self.wake.set()
 
-    def push(self, agent_id: str, owned: pb.Reply, releases: list[tuple["Session", pb.Reply]]) -> None:
+    def push(self, agent_id: str, owned: pb.Reply, releases: list[tuple["ClientSession", pb.Reply]]) -> None:
         """Queue the owner's checkpoint of agent_id after a call someone else made (I/O loop); the replies in
         releases go to their sessions once it is written. A newer push replaces one not yet written (it is
         queued behind the owner's replies that came meanwhile, whose effects it also holds)."""

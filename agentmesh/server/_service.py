@@ -7,8 +7,7 @@ import logging
 import os
 import threading
 import time
-import uuid
-from typing import Any, Mapping
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,24 +15,21 @@ from grpc_health.v1.health import aio as health_aio
 
 from .. import _frames, _protocol, _status
 from .._address import format_address
-from .._config import (DEFAULT_MAX_CLASS_BYTES, DEFAULT_MAX_CLASSES, DEFAULT_MAX_FETCH_WAITERS,
-                       DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_PENDING_CALLS, DEFAULT_MAX_RESULT_BYTES,
-                       DEFAULT_MAX_RESULTS, DEFAULT_RESULT_TTL, DEFAULT_SESSION_BACKLOG_BYTES)
+from .._config import ServerConfig
 from .._runtime import Runtime
-from .._tls import ServerTLS
 from .._version import __version__
+from ..discovery.records import check_labels
 from ..discovery.registration import Registration
 from ..etcd import redact_url
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
 from ._addresses import AddressBook
-from ._auth import Credentials, Gate, server_token
+from ._auth import Credentials, Gate
 from ._classes import HostedClasses, classes_in_folder
 from ._files import FileRoot
-from ._host import AgentHost
 from ._hosting import Hosting, Refusal
 from ._open_health import OpenHealth
-from ._outbox import Session as _Session, entry_cost
+from ._outbox import ClientSession, entry_cost
 from ._pauses import PauseWatch
 from ._telemetry import live_metrics, resident_mib
 
@@ -41,135 +37,54 @@ log = logging.getLogger("agentmesh.server")
 
 
 class AgentServer(pb_grpc.AgentServerServicer):
-    """The gRPC service that hosts agents. Runs on its runtime's I/O loop."""
+    """The gRPC service that hosts agents, set up as its config says. Runs on its runtime's I/O loop."""
 
-    def __init__(
-        self,
-        *,
-        runtime: Runtime,
-        host: str,
-        port: int,
-        capacity: int,
-        custom_agent_classes: list[type] | None = None,
-        token: str | None = None,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_pending_calls: int = DEFAULT_MAX_PENDING_CALLS,
-        result_ttl: float = DEFAULT_RESULT_TTL,
-        max_results: int = DEFAULT_MAX_RESULTS,
-        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-        session_backlog_bytes: int = DEFAULT_SESSION_BACKLOG_BYTES,
-        max_fetch_waiters: int = DEFAULT_MAX_FETCH_WAITERS,
-        max_classes: int = DEFAULT_MAX_CLASSES,
-        max_class_bytes: int = DEFAULT_MAX_CLASS_BYTES,
-        max_workers: int = 512,
-        server_id: str | None = None,
-        allow_shipped_classes: bool = True,
-        registry: str | None = None,
-        namespace: str = "default",
-        labels: dict[str, str] | None = None,
-        registry_ttl: int = 3,
-        advertise_host: str | None = None,
-        fence_after: float = 1.5,
-        tls: ServerTLS | None = None,
-        file_dir: str | None = None,
-        agent_dir: str | None = None,
-        grace: float = 5.0,
-        metrics_port: int | None = None,
-    ) -> None:
-        self.runtime = runtime
-        self.files = FileRoot(file_dir) if file_dir else None   # what DownloadFile may serve
-        self.stop_grace = grace   # how long running calls may take when a caller stops the server
-        self.metrics_port = metrics_port   # None: no /metrics; 0: a free port, set once it serves
-        self.host = host
-        self.port = port
-        self.max_message_size = max_message_size
-        self.server_id = server_id or uuid.uuid4().hex[:12]
-        self.namespace = namespace
-        given = list(custom_agent_classes or ()) + (classes_in_folder(agent_dir) if agent_dir else [])
-        classes = HostedClasses(given, allow_shipped_classes, max_classes, max_class_bytes)
-        self.hosting = Hosting(server_id=self.server_id, runtime=runtime, capacity=capacity, classes=classes,
-                               max_message_size=max_message_size, max_pending_calls=max_pending_calls,
-                               max_results=max_results, result_ttl=result_ttl, max_result_bytes=max_result_bytes,
-                               max_workers=max_workers)
-        self.session_backlog_bytes = session_backlog_bytes
-        self.max_fetch_waiters = max_fetch_waiters
-        self.fence_after = fence_after
-        self.tls = tls   # serve TLS (mutual when it has a client CA); None: plaintext
-        if registry and token is None:
-            raise ValueError(f"agent server: a registry ({redact_url(registry)}) needs the namespace token "
+    def __init__(self, config: ServerConfig, runtime: Runtime) -> None:
+        if config.registry and config.token is None:
+            raise ValueError(f"agent server: a registry ({redact_url(config.registry)}) needs the namespace token "
                              f"(token=, --token-file or AGENTMESH_TOKEN_FILE): its records are signed with it, "
                              f"and readers ignore records they cannot verify")
-        token = server_token(token, host, tls is not None and tls.mutual, registry)
-        self.credentials = Credentials(self.server_id, namespace, token, AddressBook(host, advertise_host))
+        check_labels(config.labels)   # a ValueError naming the label, before it listens
+        self.config = config
+        self.runtime = runtime
+        self.server_id = config.server_id
+        self.port = config.port                   # the port it listens on, once it does
+        self.metrics_port = config.metrics_port   # where it serves /metrics (0 until it picked a free port)
+        self.files = FileRoot(config.file_dir) if config.file_dir else None   # what DownloadFile may serve
+        given = list(config.agent_classes) + (classes_in_folder(config.agent_dir) if config.agent_dir else [])
+        classes = HostedClasses(given, config.allow_shipped_classes, config.max_classes, config.max_class_bytes)
+        self.hosting = Hosting(config, runtime, classes)
+        self.credentials = Credentials(self.server_id, config.namespace, config.token,
+                                       AddressBook(config.bind_host, config.advertise_host))
         self.open_health = OpenHealth()   # what unauthenticated probes are told
-        self.registry_options = (
-            dict(url=registry, namespace=namespace, labels=labels, ttl=registry_ttl, advertise_host=advertise_host,
-                 etcd_options=runtime.settings.etcd_options(), key=self.credentials.key)
-            if registry else None)
         self.registration: Registration | None = None
         self.started_at = time.time()
         self._cpu_mark = (time.monotonic(), time.process_time())   # for GetInfo's cpu_percent
-        self._sessions: set[_Session] = set()
+        self.sessions: set[ClientSession] = set()   # the client sessions open now
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self._sweeper: asyncio.Task | None = None
         self.finished = threading.Event()   # set once stop() is done; threads wait on it
-        self.pauses = PauseWatch(fence_after, self._stopped, self.finished)   # busy or stopped?
+        self.pauses = PauseWatch(config.fence_after, self._stopped, self.finished)   # busy or stopped?
         self._live_metrics = functools.partial(live_metrics, self)   # a metrics source while metrics are on
-
-    # -- what registration reads (RegisteredServer) ------------------------------
-    @property
-    def agents(self) -> Mapping[str, AgentHost]:
-        return self.hosting.agents
-
-    @property
-    def capacity(self) -> int:
-        return self.hosting.capacity
-
-    @property
-    def inflight(self) -> int:
-        return self.hosting.inflight
-
-    @property
-    def epoch(self) -> int:
-        return self.hosting.epoch
-
-    @property
-    def draining(self) -> bool:
-        return self.hosting.draining
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.hosting.classes.names
-
-    @property
-    def allow_shipped_classes(self) -> bool:
-        return self.hosting.classes.allow_shipped
-
-    @property
-    def session_count(self) -> int:
-        """Client sessions open now."""
-        return len(self._sessions)
-
-    def fence(self, why: str, agent_ids: list[str]) -> int:
-        return self.hosting.fence(why, agent_ids)
 
     # -- lifecycle ----------------------------------------------------------
     async def start(self) -> int:
         """Bind and serve; returns the port. A port in use is an error, never a second listener."""
         self.hosting.bind_loop(asyncio.get_running_loop())
+        config = self.config
         server = grpc.aio.server(interceptors=[Gate(self.credentials, self.open_health)],
-                                 options=_protocol.server_options(self.max_message_size))
+                                 options=_protocol.server_options(config.max_message_size))
         pb_grpc.add_AgentServerServicer_to_server(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            address = format_address(self.host, self.port)
-            if self.tls is not None:
-                port = server.add_secure_port(address, self.tls.credentials())
+            address = format_address(config.bind_host, config.port)
+            if config.tls is not None:
+                port = server.add_secure_port(address, config.tls.credentials())
             else:
                 port = server.add_insecure_port(address)
         except RuntimeError as exc:
-            raise OSError(f"agentmesh: cannot listen on {self.host}:{self.port}: the port is in use "
+            raise OSError(f"agentmesh: cannot listen on {config.bind_host}:{config.port}: the port is in use "
                           f"or the address is not local ({exc})") from None
         self.port = port
         await self.credentials.addresses.start(port)
@@ -180,19 +95,23 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.open_health.set(health_pb2.HealthCheckResponse.SERVING)
         self.runtime.pool.local_servers[self.server_id] = self
         if self.metrics_port is not None:
-            self.metrics_port = self.runtime.serve_metrics(self.metrics_port, self.host or "0.0.0.0")
+            self.metrics_port = self.runtime.serve_metrics(self.metrics_port, config.bind_host or "0.0.0.0")
         if self.runtime.metrics is not None:
             self.hosting.metrics = self.runtime.metrics
             self.runtime.metrics.add_source(self._live_metrics)
         self._sweeper = asyncio.ensure_future(self._sweep_results())
-        if self.registry_options:
-            self.registration = Registration(self, **self.registry_options)
+        if config.registry:
+            self.registration = Registration(
+                config, self.hosting, port=port, metrics_port=self.metrics_port,
+                class_names=self.hosting.classes.names, started_at=self.started_at, key=self.credentials.key,
+                etcd_options=self.runtime.settings.etcd_options())
             self.hosting.listener = self.registration
             await self.registration.start(wait=2.0)
         self.pauses.start()
-        mode = "plaintext" if self.tls is None else "mutual TLS" if self.tls.mutual else "TLS"
-        log.info("agent server %s listening on %s:%d (%s), capacity %d%s", self.server_id, self.host, port, mode,
-                 self.capacity, f", /metrics on port {self.metrics_port}" if self.metrics_port is not None else "")
+        mode = "plaintext" if config.tls is None else "mutual TLS" if config.tls.mutual else "TLS"
+        log.info("agent server %s listening on %s:%d (%s), capacity %d%s", self.server_id, config.bind_host, port,
+                 mode, config.capacity,
+                 f", /metrics on port {self.metrics_port}" if self.metrics_port is not None else "")
         return port
 
     async def stop(self, grace: float = 5.0) -> None:
@@ -206,9 +125,9 @@ class AgentServer(pb_grpc.AgentServerServicer):
             await self.registration.stop()
         deadline = time.monotonic() + grace
         # Clients watching health move their agents away and close their sessions; running calls finish.
-        while (self.hosting.inflight or self._sessions) and time.monotonic() < deadline:
+        while (self.hosting.inflight or self.sessions) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for session in list(self._sessions):
+        for session in list(self.sessions):
             session.closed = True
             session.wake.set()
         await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
@@ -252,28 +171,26 @@ class AgentServer(pb_grpc.AgentServerServicer):
     # -- unary RPCs -------------------------------------------------------------
     async def CreateAgent(self, request: pb.CreateAgentRequest, context: grpc.aio.ServicerContext) -> pb.CreateAgentResponse:
         try:
-            begun = self.hosting.begin_create(request)
-            if isinstance(begun, pb.CreateAgentResponse):
-                return begun
-            return await self.hosting.finish_create(begun, request)
+            return await self.hosting.create(request)
         except Refusal as refusal:
             await context.abort(refusal.code, refusal.message, _status.trailing(refusal.status))
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: grpc.aio.ServicerContext) -> pb.DeleteAgentResponse:
         if request.moved:   # their owner re-created them elsewhere while this server did not answer
             ids = [request.agent_id, *request.agent_ids] if request.agent_id else list(request.agent_ids)
-            count = self.fence("their owner moved them elsewhere while this server did not answer", ids)
+            count = self.hosting.fence("their owner moved them elsewhere while this server did not answer", ids)
             return pb.DeleteAgentResponse(deleted=count > 0, count=count)
         deleted = self.hosting.delete(request.agent_id) if request.agent_id else False
         count = int(deleted) + sum(self.hosting.delete(agent_id) for agent_id in request.agent_ids)
         return pb.DeleteAgentResponse(deleted=deleted, count=count)
 
     async def GetInfo(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        hosting = self.hosting
         return pb.ServerInfo(
-            server_id=self.server_id, host=self.host, port=self.port, capacity=self.capacity,
-            agents=len(self.agents), inflight=self.inflight, classes=self.class_names,
-            python=_protocol.PYTHON_VERSION, version=__version__, epoch=self.epoch, pid=os.getpid(),
-            status="DRAINING" if self.draining else "SERVING", cpu_percent=self._cpu_percent(),
+            server_id=self.server_id, host=self.config.bind_host, port=self.port, capacity=self.config.capacity,
+            agents=len(hosting.agents), inflight=hosting.inflight, classes=hosting.classes.names,
+            python=_protocol.PYTHON_VERSION, version=__version__, epoch=hosting.epoch, pid=os.getpid(),
+            status="DRAINING" if hosting.draining else "SERVING", cpu_percent=self._cpu_percent(),
             memory_mib=resident_mib(), uptime=time.time() - self.started_at,
             file_dir=self.files.path if self.files else "")
 
@@ -285,18 +202,18 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     async def ListAgents(self, request: pb.ListAgentsRequest, context: grpc.aio.ServicerContext) -> pb.AgentList:
         return pb.AgentList(agents=[
-            pb.AgentSummary(agent_id=host.agent_id, name=host.name, type=host.cls_name.rpartition(":")[2],
-                            cls=host.cls_name, seq=host.seq, queued=host.queued, checkpoint=host.checkpoint)
-            for host in list(self.agents.values())])
+            pb.AgentSummary(agent_id=hosted.agent_id, name=hosted.name, type=hosted.cls_name.rpartition(":")[2],
+                            cls=hosted.cls_name, seq=hosted.seq, queued=hosted.queued, checkpoints_on=hosted.checkpoints_on)
+            for hosted in list(self.hosting.agents.values())])
 
     async def DeleteAllAgents(self, request: pb.DeleteAllAgentsRequest,
                               context: grpc.aio.ServicerContext) -> pb.DeleteAllAgentsResponse:
-        deleted = sum(self.hosting.delete(agent_id) for agent_id in list(self.agents))
+        deleted = sum(self.hosting.delete(agent_id) for agent_id in list(self.hosting.agents))
         log.info("agent server %s: deleted all %d agent(s) at a caller's request", self.server_id, deleted)
         return pb.DeleteAllAgentsResponse(deleted=deleted)
 
     async def StopServer(self, request: pb.StopRequest, context: grpc.aio.ServicerContext) -> pb.StopResponse:
-        grace = request.grace if request.grace > 0 else self.stop_grace
+        grace = request.grace if request.grace > 0 else self.config.grace
         log.info("agent server %s stopping: asked by %s", self.server_id, context.peer())
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.stop(grace)))
         return pb.StopResponse(server_id=self.server_id)
@@ -314,15 +231,15 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     async def ReadStream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext) -> None:
         await self.hosting.streams.serve(request.call_id, self.hosting.results, context,
-                                         _frames.frame_budget(self.max_message_size), self.server_id)
+                                         _frames.frame_budget(self.config.max_message_size), self.server_id)
 
     async def GetState(self, request: pb.StateRequest, context: grpc.aio.ServicerContext) -> pb.AgentState:
-        host = self.agents.get(request.agent_id)
-        if host is None or host.agent is None:
+        hosted = self.hosting.agents.get(request.agent_id)
+        if hosted is None or hosted.agent is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no agent {request.agent_id} on server {self.server_id}",
                                 _status.trailing(pb.UNKNOWN_AGENT))
-        state = await self.hosting.state_of(host)
-        return pb.AgentState(agent_id=host.agent_id, state=state, seq=host.seq)
+        state = await self.hosting.state_of(hosted)
+        return pb.AgentState(agent_id=hosted.agent_id, state=state, seq=hosted.seq)
 
     async def FetchResult(self, request: pb.FetchRequest, context: grpc.aio.ServicerContext) -> pb.Reply:
         reply = await self.fetch_result(request.call_id, request.agent_id, context.invocation_metadata())
@@ -336,24 +253,24 @@ class AgentServer(pb_grpc.AgentServerServicer):
         At most max_fetch_waiters wait at once: more are refused (OVERLOADED), not queued. trace: the
         fetcher's trace context (key, value pairs), when it traces.
         """
-        fetching = self.hosting.results.fetch(call_id, self.server_id, self.max_fetch_waiters)
+        fetching = self.hosting.results.fetch(call_id, self.server_id, self.config.max_fetch_waiters)
         tracing = self.runtime.tracing
         return await (tracing.serve_fetch(trace, agent_id, call_id, fetching) if tracing is not None and trace
                       else fetching)
 
     # -- the call path --------------------------------------------------------
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        session = _Session(self.session_backlog_bytes)
-        self._sessions.add(session)
+        session = ClientSession(self.config.session_backlog_bytes)
+        self.sessions.add(session)
         ticket = dict(context.invocation_metadata() or ()).get(_protocol.MD_AUTH, "")
         self.credentials.session_opened(ticket)   # the caller's other RPCs ride on it while the session lasts
         await context.write(pb.ServerFrame(hello=pb.Hello(
-            server_id=self.server_id, epoch=self.epoch, max_message_size=self.max_message_size,
+            server_id=self.server_id, epoch=self.hosting.epoch, max_message_size=self.config.max_message_size,
             file_dir=self.files.path if self.files else "")))
         reader = asyncio.ensure_future(self._read_session(request_iterator, session))
         reader.add_done_callback(lambda _: session.wake.set())
         wake = session.wake
-        budget = _frames.frame_budget(self.max_message_size)
+        budget = _frames.frame_budget(self.config.max_message_size)
         outbox = session.outbox
         try:
             while True:
@@ -370,11 +287,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
                         session.released(batch)
         finally:
             session.close()
-            self._sessions.discard(session)
+            self.sessions.discard(session)
             self.credentials.session_closed(ticket)
             reader.cancel()
 
-    async def _read_session(self, request_iterator: Any, session: _Session) -> None:
+    async def _read_session(self, request_iterator: Any, session: ClientSession) -> None:
         hosting = self.hosting
         try:
             async for frame in request_iterator:

@@ -6,7 +6,7 @@ import os
 import resource
 from typing import Any, Iterator
 
-from .. import _metrics
+from .. import _metrics, _status
 from ..v1 import agent_server_pb2 as pb
 
 
@@ -16,18 +16,27 @@ def live_metrics(server: Any) -> dict:
     queued = sum(len(h.ready or ()) + len(h.waiting or ()) for h in hosts)
     live = {
         "agentmesh_agents": ("Agents hosted, by class", "gauge", _metrics.by_class(hosts)),
-        "agentmesh_capacity": ("Agents this server accepts", "gauge", [({}, float(server.capacity))]),
+        "agentmesh_capacity": ("Agents this server accepts", "gauge", [({}, float(server.config.capacity))]),
         "agentmesh_inflight_calls": ("Calls accepted and not yet answered", "gauge",
                                      [({}, float(server.hosting.inflight))]),
         "agentmesh_queued_calls": ("Calls waiting to start (in mailboxes, or for arguments or construction)",
                                    "gauge", [({}, float(queued))]),
-        "agentmesh_sessions": ("Client sessions open on this server", "gauge", [({}, float(server.session_count))]),
+        "agentmesh_sessions": ("Client sessions open on this server", "gauge", [({}, float(len(server.sessions)))]),
         "agentmesh_stored_results": ("Results kept for replays and placeholder fetches", "gauge",
                                      [({}, float(len(server.hosting.results)))]),
     }
     if server.registration is not None:
         live.update(server.registration.live_metrics())
     return live
+
+
+def count_answer(metrics: Any, host: Any, work: Any, reply: pb.Reply, owned: pb.Reply | None) -> None:
+    """Count a finished call in the metrics: its status, latency and payload sizes."""
+    method = work.call.method if reply.status != pb.UNKNOWN_METHOD else "other"
+    metrics.answered(host.cls_name, method, _status.name(reply.status),
+                     _metrics.now() - work.received if work.received else None)
+    sent = owned if owned is not None else reply
+    metrics.payload(len(work.call.payload), len(sent.payload) + len(sent.state), len(sent.state))
 
 
 def resident_mib() -> float:

@@ -53,22 +53,22 @@ class ClassRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., blob: _Optional[bytes] = ...) -> None: ...
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoint", "answered")
+    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoints_on", "answered")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLS_FIELD_NUMBER: _ClassVar[int]
     INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
-    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_ON_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     cls: ClassRef
     init_args: bytes
     state: bytes
     state_seq: int
-    checkpoint: bool
+    checkpoints_on: bool
     answered: _containers.RepeatedCompositeFieldContainer[Reply]
-    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoint: _Optional[bool] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoints_on: _Optional[bool] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
 
 class CreateAgentResponse(_message.Message):
     __slots__ = ("agent_id", "name", "server_id", "epoch", "existed")
@@ -278,22 +278,22 @@ class ListAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentSummary(_message.Message):
-    __slots__ = ("agent_id", "name", "type", "cls", "seq", "queued", "checkpoint")
+    __slots__ = ("agent_id", "name", "type", "cls", "seq", "queued", "checkpoints_on")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     CLS_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
-    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_ON_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     name: str
     type: str
     cls: str
     seq: int
     queued: int
-    checkpoint: bool
-    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., cls: _Optional[str] = ..., seq: _Optional[int] = ..., queued: _Optional[int] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
+    checkpoints_on: bool
+    def __init__(self, agent_id: _Optional[str] = ..., name: _Optional[str] = ..., type: _Optional[str] = ..., cls: _Optional[str] = ..., seq: _Optional[int] = ..., queued: _Optional[int] = ..., checkpoints_on: _Optional[bool] = ...) -> None: ...
 
 class AgentList(_message.Message):
     __slots__ = ("agents",)

@@ -1,4 +1,4 @@
-"""Creating agents: the checks, and creations sent on sessions built in batches.
+"""Creating agents: the checks, the constructors, and creations sent on sessions built in batches.
 
 What arrives together is handed to workers together.
 
@@ -10,18 +10,21 @@ constructor holds up nobody else for long.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import grpc
 
 from .. import _codec, _status
 from ..v1 import agent_server_pb2 as pb
-from ._classes import ClassNotSent
-from ._host import AgentHost, construct
+from ._classes import ClassNotSent, HostedClasses
+from ._host import AgentHost, Work, construct
+from ._results import ResultStore
+from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
 
@@ -29,6 +32,8 @@ log = logging.getLogger("agentmesh.server")
 CREATION_CHUNK = 256
 #: a chunk whose constructors have run this long (s) hands the rest of it to another worker
 SLOW_CONSTRUCTOR = 0.05
+#: creations refused remembered, so the calls sent behind them get the same answer
+MAX_REFUSED = 10_000
 
 
 class Refusal(Exception):
@@ -43,43 +48,40 @@ class Refusal(Exception):
         return _status.TABLE[self.status].code
 
 
-class Creating:
-    """Creating agents, mixed into the server's Hosting: the checks, the constructor, the release of the
-    calls that waited for it (I/O loop, except the constructors)."""
+class Creator:
+    """Creates a server's agents and releases the calls that waited for them (I/O loop, but constructors).
 
-    server_id: str
-    epoch: int
-    capacity: int
-    draining: bool
-    agents: dict[str, AgentHost]
-    classes: Any
-    listener: Any
-    executor: Any
-    loop: Any
-    _failed: collections.OrderedDict[str, tuple[int, str]]
-    metrics: Any
-    results: Any
-    builds: "Builds"
+    It shares the server's agents and results; ready, abandon and release_together hand waiting calls
+    back to the mailboxes, added and restored report a creation.
+    """
 
-    def _answer(self, outbox: Any, reply: pb.Reply) -> None:
-        raise NotImplementedError   # implemented by Hosting, which this is mixed into
+    def __init__(self, *, server_id: str, capacity: int, agents: dict[str, AgentHost], classes: HostedClasses,
+                 results: ResultStore, executor: Workers, ready: Callable[[AgentHost, Work], None],
+                 abandon: Callable[[AgentHost, Work, int, str], None],
+                 release_together: Callable[[Callable[[], None]], None],
+                 added: Callable[[AgentHost], None], restored: Callable[[], None]) -> None:
+        self.server_id = server_id
+        self.capacity = capacity
+        self.agents = agents
+        self.classes = classes
+        self.results = results
+        self.executor = executor
+        self._ready, self._abandon, self._release_together = ready, abandon, release_together
+        self._added, self._restored = added, restored
+        #: agent_id -> (status, message) of creations refused (the latest MAX_REFUSED)
+        self.refused: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
+        self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
+        self._waiting: list[tuple[AgentHost, bytes, str, Any]] = []   # (agent, checkpoint, call id, outbox)
+        self._scheduled = False
 
-    def _ready(self, host: AgentHost, work: Any) -> None:
-        raise NotImplementedError   # implemented by Hosting, which this is mixed into
-
-    def _abandon(self, host: AgentHost, work: Any, status: int, message: str) -> None:
-        raise NotImplementedError   # implemented by Hosting, which this is mixed into
-
-    def release_together(self, fn: Any) -> None:
-        raise NotImplementedError   # implemented by Hosting, which this is mixed into
-
-    def begin_create(self, request: pb.CreateAgentRequest) -> AgentHost | pb.CreateAgentResponse:
-        """Check a creation and register the agent as under construction; raises Refusal.
+    def begin(self, request: pb.CreateAgentRequest, epoch: int,
+              draining: bool) -> AgentHost | pb.CreateAgentResponse:
+        """Check a creation and register the agent as under construction, at epoch; raises Refusal.
 
         Calls that arrive for it meanwhile wait in its mailbox.
         """
         agent_id = request.agent_id
-        if self.draining:
+        if draining:
             raise Refusal(pb.UNAVAILABLE, f"agent server {self.server_id} is draining")
         existing = self.agents.get(agent_id)
         if existing is not None:
@@ -104,19 +106,19 @@ class Creating:
         except Exception as exc:  # noqa: BLE001
             raise self._refuse(agent_id, pb.BAD_PAYLOAD, f"constructor arguments of {name} do not unpickle: "
                                                         f"{type(exc).__name__}: {exc}") from None
-        checkpoint = request.checkpoint and getattr(cls, "checkpoint", True) is not False
+        checkpoints_on = request.checkpoints_on and getattr(cls, "checkpoint", True) is not False
         host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
-                         checkpoint=checkpoint, seq=request.state_seq, epoch=self.epoch)
+                         checkpoints_on=checkpoints_on, seq=request.state_seq, epoch=epoch)
         host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
         for answer in request.answered:   # others' calls its checkpoint holds: a replay is answered, not run again
             self.results.finish(answer, agent_id)
-        if request.state and self.metrics is not None:   # moved in from another server
-            self.metrics.restored += 1
+        if request.state:   # moved in from another server
+            self._restored()
         return host
 
-    async def finish_create(self, host: AgentHost, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
+    async def finish(self, host: AgentHost, request: pb.CreateAgentRequest) -> pb.CreateAgentResponse:
         """Run the constructor in a worker thread; release the calls waiting for it."""
         cls, args, kwargs = host.build  # type: ignore[misc]
         host.build = None
@@ -133,9 +135,8 @@ class Creating:
         host.constructed.set_result(None)  # type: ignore[union-attr]
         host.constructed = None   # a pump already waiting holds it; nobody else needs it
         self._release_held(host, None)
-        self._failed.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
-        if self.listener is not None:
-            self.listener.agent_added(host.agent_id, host.name, host.cls_name)
+        self.refused.pop(host.agent_id, None)   # an earlier refusal (class not sent) no longer answers its calls
+        self._added(host)
         log.debug("created agent %s (%s)", host.agent_id, host.cls_name)
         return self.created(host, existed=False)
 
@@ -163,55 +164,44 @@ class Creating:
 
     def _refuse(self, agent_id: str, status: int, message: str) -> Refusal:
         """Remember why agent_id was not created, so calls sent behind its creation get the same answer."""
-        self._failed[agent_id] = (status, message)
-        if len(self._failed) > 10_000:
-            self._failed.popitem(last=False)
+        self.refused[agent_id] = (status, message)
+        if len(self.refused) > MAX_REFUSED:
+            self.refused.popitem(last=False)
         return Refusal(status, message)
-
-    def create_from_session(self, call: pb.Call, outbox: Any) -> None:
-        """A creation sent on the session stream, ahead of the agent's first calls."""
-        try:
-            request = pb.CreateAgentRequest.FromString(call.payload)
-        except Exception as exc:  # noqa: BLE001 - a malformed protobuf
-            self._answer(outbox, _status.refusal(call.call_id, pb.BAD_PAYLOAD,
-                                                 f"__create__ payload does not parse: {exc}", "DecodeError"))
-            return
-        try:
-            begun = self.begin_create(request)
-        except Refusal as refusal:
-            self._answer(outbox, _status.refusal(call.call_id, refusal.status, refusal.message))
-            return
-        if isinstance(begun, pb.CreateAgentResponse):   # its owner re-created it here (a new session)
-            self.agents[request.agent_id].owner = outbox
-            self._answer(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
-            return
-        begun.owner = outbox
-        self.builds.add(begun, request.state, call.call_id, outbox)
 
     def created(self, host: AgentHost, existed: bool) -> pb.CreateAgentResponse:
         return pb.CreateAgentResponse(agent_id=host.agent_id, name=host.name, server_id=self.server_id,
                                       epoch=host.epoch, existed=existed)
 
-class Builds:
-    """The creations waiting to be built, and the building (see the module docstring)."""
-
-    def __init__(self, hosting: Creating) -> None:
-        self.hosting = hosting
-        self._waiting: list[tuple[AgentHost, bytes, str, Any]] = []   # (agent, checkpoint, call id, outbox)
-        self._scheduled = False
-
-    def add(self, host: AgentHost, state: bytes, call_id: str, outbox: Any) -> None:
-        """A creation whose checks passed (I/O loop); it is built with the others received meanwhile."""
-        self._waiting.append((host, state, call_id, outbox))
+    # -- creations sent on sessions, built in batches ----------------------------
+    def from_session(self, call: pb.Call, outbox: Any, epoch: int, draining: bool) -> None:
+        """A creation sent on the session stream, ahead of the agent's first calls."""
+        try:
+            request = pb.CreateAgentRequest.FromString(call.payload)
+        except Exception as exc:  # noqa: BLE001 - a malformed protobuf
+            _send(outbox, _status.refusal(call.call_id, pb.BAD_PAYLOAD, f"__create__ payload does not parse: {exc}",
+                                          "DecodeError"))
+            return
+        try:
+            begun = self.begin(request, epoch, draining)
+        except Refusal as refusal:
+            _send(outbox, _status.refusal(call.call_id, refusal.status, refusal.message))
+            return
+        if isinstance(begun, pb.CreateAgentResponse):   # its owner re-created it here (a new session)
+            self.agents[request.agent_id].owner = outbox
+            _send(outbox, pb.Reply(call_id=call.call_id, status=pb.OK, payload=begun.SerializeToString()))
+            return
+        begun.owner = outbox
+        self._waiting.append((begun, request.state, call.call_id, outbox))
         if not self._scheduled:
             self._scheduled = True
-            self.hosting.loop.call_soon(self._start)
+            self.loop.call_soon(self._start)  # type: ignore[union-attr]
 
     def _start(self) -> None:
         self._scheduled = False
         batch, self._waiting = self._waiting, []
         for start in range(0, len(batch), CREATION_CHUNK):
-            self.hosting.executor.run(self._build, batch[start:start + CREATION_CHUNK])
+            self.executor.run(self._build, batch[start:start + CREATION_CHUNK])
 
     def _build(self, chunk: list) -> None:
         """Build a chunk of agents one after another (worker thread)."""
@@ -225,22 +215,24 @@ class Builds:
             except Exception as exc:  # noqa: BLE001 - the constructor raised
                 built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
             if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):
-                self.hosting.executor.run(self._build, chunk[n + 1:])
+                self.executor.run(self._build, chunk[n + 1:])
                 break
-        self.hosting.loop.call_soon_threadsafe(self._answer, built)
+        loop = self.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._release_together, lambda: self._answer(built))
 
     def _answer(self, built: list) -> None:
         """Answer a chunk's creations and release the calls waiting for them (I/O loop)."""
-        self.hosting.release_together(lambda: self._answer_all(built))
-
-    def _answer_all(self, built: list) -> None:
-        hosting = self.hosting
         for host, call_id, outbox, agent, failure in built:
             if failure is None:
-                response = hosting.built(host, agent)
+                response = self.built(host, agent)
                 reply = pb.Reply(call_id=call_id, status=pb.OK, payload=response.SerializeToString())
             else:
-                refusal = hosting.not_built(host, *failure)
+                refusal = self.not_built(host, *failure)
                 reply = _status.refusal(call_id, refusal.status, refusal.message, "AgentCreationError")
-            if outbox is not None:
-                outbox.send(reply)
+            _send(outbox, reply)
+
+
+def _send(outbox: Any, reply: pb.Reply) -> None:
+    if outbox is not None:
+        outbox.send(reply)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import grpc
-
-from . import _status, errors
-from ._classes import py_modules_hint
-from ._client.connection import Connection
-from ._runtime import Runtime
-from .v1 import agent_server_pb2 as pb
+from .. import errors
+from .._checkpoint import Checkpoint
+from .._class_cache import py_modules_hint
+from .._client.slot import Transport
+from .._runtime import Runtime
+from ..v1 import agent_server_pb2 as pb
 
 
 @dataclasses.dataclass
@@ -21,20 +20,26 @@ class AgentSpec:
     agent_id: str
     init_blob: bytes
     options: dict[str, Any]
-    state: bytes = b""
-    state_seq: int = 0
-    answered: list[pb.Reply] = dataclasses.field(default_factory=list)   # replies the state already holds
+    resume: Checkpoint = Checkpoint()   # the checkpoint to start from (empty: a fresh agent)
 
     @property
     def timeout(self) -> float | None:
         return self.options.get("max_timeout_seconds")
 
     @property
-    def checkpoint(self) -> bool:
+    def checkpoints_on(self) -> bool:
+        """Whether the agent's checkpoint comes back with each reply (the user's checkpoint= option)."""
         return self.options.get("checkpoint", True)
 
 
-async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.CreateAgentResponse:
+def creation_request(spec: AgentSpec, ref: pb.ClassRef) -> pb.CreateAgentRequest:
+    """The creation of spec's agent with its class as ref (by reference or by value): built here alone, for the
+    unary RPC and for the creation pipelined on a session."""
+    return pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
+                                 checkpoints_on=spec.checkpoints_on, state=spec.resume.state, state_seq=spec.resume.seq, answered=spec.resume.answered)
+
+
+async def create_on(runtime: Runtime, conn: Transport, spec: AgentSpec) -> pb.CreateAgentResponse:
     """Create spec's agent on the server behind conn (I/O loop).
 
     The class goes by reference when the server can import it, else by value;
@@ -45,30 +50,26 @@ async def create_on(runtime: Runtime, conn: Connection, spec: AgentSpec) -> pb.C
     by_value = classes.by_value(spec.cls)
     for _ in range(4):
         ref = classes.ref(spec.cls, conn.server_id, by_value)
-        request = pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
-                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq,
-                                        answered=spec.answered)
+        request = creation_request(spec, ref)
         check_size(request, conn)
         try:
-            response = await conn.stub.CreateAgent(request, metadata=conn.metadata, timeout=spec.timeout)
-        except grpc.aio.AioRpcError as exc:
-            status = _status.status_of(exc)
-            if status == pb.CLASS_NOT_SENT:
+            response = await conn.unary("CreateAgent", request, timeout=spec.timeout, what="agent creation")
+        except errors.AgentMeshError as error:
+            if error.status == pb.CLASS_NOT_SENT:
                 classes.forget(conn.server_id, ref.digest)
                 continue
-            if status == pb.CLASS_NOT_FOUND and not by_value:
+            if error.status == pb.CLASS_NOT_FOUND and not by_value:
                 by_value = True
                 continue
-            error = _status.rpc_error(exc, conn.address, "agent creation")
-            if status == pb.CLASS_NOT_FOUND:
-                error = type(error)(f"{error}{py_modules_hint(str(error))}")
-            raise error from None
+            if error.status == pb.CLASS_NOT_FOUND:
+                raise type(error)(f"{error}{py_modules_hint(str(error))}") from None
+            raise
         classes.mark_shipped(conn.server_id, ref.digest)
         return response
     raise errors.AgentCreationError(f"agent server {conn.address} keeps losing class {ref.name}")
 
 
-def check_size(request: pb.CreateAgentRequest, conn: Connection) -> None:
+def check_size(request: pb.CreateAgentRequest, conn: Transport) -> None:
     """MessageTooLargeError naming the size, the limit and what makes it up, when a creation would not fit.
 
     Checked here, before sending: gRPC would end the whole session over it, and

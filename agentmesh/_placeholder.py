@@ -1,21 +1,18 @@
-"""Placeholders: the AsyncResult an asynchronous call returns at once, the ReplyStream a generator method does."""
+"""AsyncResult: the placeholder an asynchronous call returns at once, which waits for or fetches the value.
+
+It is the client's; the server keeps the values themselves in ``server/_results.py``."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-from typing import Any, Callable, Generator, Mapping, Protocol
+from typing import Any, Callable, Generator, Mapping, NamedTuple, Protocol
 
-import grpc
-
-from . import _codec, _status, errors
+from . import _codec, errors
 from ._client import files
 from ._client.connection import Connection
-from ._client.pool import ResultRef
-from ._client.slot import CallSlot, decode_reply, raised
+from ._client.slot import CallSlot, ResultRef, decode_reply, raised
 from ._runtime import Runtime, default_runtime
 from ._tracing import end_span
-from .v1 import agent_server_pb2 as pb
 
 log = logging.getLogger("agentmesh")
 
@@ -27,8 +24,11 @@ class Retrying(Protocol):
         """func's value, once a try succeeds."""
 
 
-#: (seconds one wait for a result may last or None, the retry strategy or None)
-WaitPolicy = tuple["float | None", "Retrying | None"]
+class WaitPolicy(NamedTuple):
+    """How a proxy's placeholders wait for their value: its ``max_timeout_seconds`` and ``retry_strategy``."""
+
+    max_timeout_seconds: float | None   # how long one wait may last (None: as long as the call runs)
+    retry_strategy: Retrying | None     # how often to wait again after a wait timed out (None: never)
 
 
 class AsyncResult:
@@ -44,7 +44,7 @@ class AsyncResult:
     def __init__(self, slot: CallSlot | None = None, ref: ResultRef | None = None,
                  runtime: Runtime | None = None, policy: WaitPolicy | None = None) -> None:
         object.__setattr__(self, "_slot", slot)
-        object.__setattr__(self, "_ref", ref)   # (server_id, address, agent_id, call_id)
+        object.__setattr__(self, "_ref", ref)   # where a remote call runs (with no slot)
         object.__setattr__(self, "_resolved", None)
         object.__setattr__(self, "_runtime", runtime)   # fetches a remote value; None: the default one
         object.__setattr__(self, "_policy", policy)     # the proxy's max_timeout_seconds and retry_strategy
@@ -59,10 +59,11 @@ class AsyncResult:
         """
         policy = self._policy
         if timeout is None and policy is not None:
-            wait_for, retry = policy
+            retry = policy.retry_strategy
             if retry is not None:
-                return retry.retry(self._result_within, wait_for, expect_exception_type=TimeoutError)
-            timeout = wait_for
+                return retry.retry(self._result_within, policy.max_timeout_seconds,
+                                   expect_exception_type=TimeoutError)
+            timeout = policy.max_timeout_seconds
         return self._result_within(timeout)
 
     def _result_within(self, timeout: float | None) -> Any:
@@ -92,7 +93,7 @@ class AsyncResult:
             arrived = loop.create_future()
             slot.notify(loop, arrived)
             try:
-                await asyncio.wait_for(arrived, policy[0] if policy is not None else None)
+                await asyncio.wait_for(arrived, policy.max_timeout_seconds if policy is not None else None)
             except (asyncio.CancelledError, asyncio.TimeoutError):
                 slot.cancel()
                 raise
@@ -112,13 +113,14 @@ class AsyncResult:
         if slot is not None:
             slot.wait(timeout)
             return self._with_files(slot.value(), slot.conn)
+        ref = self._ref
         if self._resolved is None:    # a remote placeholder fetches its value
             runtime = self._runtime or default_runtime()
             tracing = runtime.tracing   # the span starts here, a child of this thread's current span
-            traced = tracing.start_fetch(self._ref[2], self._ref[3]) if tracing is not None else None
-            reply = runtime.run(_fetch(runtime, self._ref, traced), timeout)
-            object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
-        return self._with_files(self._resolved[0], (self._runtime or default_runtime()).pool.session_of(self._ref[1]))
+            traced = tracing.start_fetch(ref.agent_id, ref.call_id) if tracing is not None else None
+            reply = runtime.run(_fetch(runtime, ref, traced), timeout)
+            object.__setattr__(self, "_resolved", (decode_reply(reply, ref.agent_id, "result"),))
+        return self._with_files(self._resolved[0], (self._runtime or default_runtime()).pool.session_of(ref.address))
 
     def _with_files(self, value: Any, conn: Any) -> Any:
         """value, its urls under the server's file root swapped for local copies (once; a failure is a warning)."""
@@ -139,12 +141,13 @@ class AsyncResult:
             await self._slot.wait_async()
             return
         if self._resolved is None:
+            ref = self._ref
             runtime = self._runtime or default_runtime()
             tracing = runtime.tracing
-            traced = (tracing.start_fetch(self._ref[2], self._ref[3], dict(trace))
+            traced = (tracing.start_fetch(ref.agent_id, ref.call_id, dict(trace))
                       if tracing is not None and trace else None)
-            reply = await _fetch(runtime, self._ref, traced)
-            object.__setattr__(self, "_resolved", (decode_reply(reply, self._ref[2], "result"),))
+            reply = await _fetch(runtime, ref, traced)
+            object.__setattr__(self, "_resolved", (decode_reply(reply, ref.agent_id, "result"),))
 
     # -- AgentScope's names ----------------------------------------------------
     @property
@@ -163,7 +166,7 @@ class AsyncResult:
 
     @property
     def call_id(self) -> str:
-        return self._slot.call.call_id if self._slot is not None else self._ref[3]
+        return self._slot.call.call_id if self._slot is not None else self._ref.call_id
 
     # -- pickling ---------------------------------------------------------
     def __reduce__(self):
@@ -228,128 +231,6 @@ class AsyncResult:
 
     def __radd__(self, other: Any) -> Any:
         return other + self.result()
-
-
-class ReplyStream:
-    """The items a generator method yields, as the agent yields them: iterate it once, ``for`` or ``async for``.
-
-    The proxy returns it at once. It pickles, pending or not; whoever unpickles
-    it (an agent on another server) reads the items straight from the server
-    that makes them. If that server dies mid-stream, StreamBrokenError says how
-    many items had arrived (a stream does not resume).
-    """
-
-    __slots__ = ("_result", "_ref", "_method", "_runtime", "_reader", "_address", "_buffer", "_ended", "items", "_name")
-
-    def __init__(self, result: AsyncResult | None = None, ref: ResultRef | None = None, method: str = "",
-                 runtime: Runtime | None = None) -> None:
-        self._result = result      # the call, made by this process
-        self._ref = ref            # or where it runs: (server_id, address, agent_id, call_id)
-        self._method = method
-        self._runtime = runtime
-        self._reader: Any = None   # the ReadStream call, once open
-        self._address = ref[1] if ref else ""
-        self._buffer: collections.deque[bytes] = collections.deque()   # items received, not yet taken
-        self._ended: bool | BaseException = False   # True at the end; how it failed, to raise after the items
-        self.items = 0             # items taken so far
-        self._name = getattr(result._slot.owner, "name", "") if result is not None else ""   # errors name the agent
-
-    def _where(self) -> ResultRef:
-        if self._ref is not None:
-            return self._ref
-        return self._result._slot.ref()    # type: ignore[union-attr]
-
-    async def _open(self, runtime: Runtime) -> None:
-        """Start reading (I/O loop): from the session the call was answered on, or the ref's server."""
-        result = self._result
-        if result is not None:
-            slot = result._slot
-            reply = await slot.wait_async()
-            if not reply.stream:
-                value = slot.value()
-                error = raised(value)
-                raise error if error is not None else errors.AgentCallError(
-                    f"{slot.call.method}() on agent {slot.call.agent_id} returned {type(value).__name__}, not a "
-                    f"generator: nothing to stream", agent_id=slot.call.agent_id, method=slot.call.method)
-            conn = slot.conn
-            agent_id, call_id = slot.call.agent_id, slot.call.call_id
-        else:
-            server_id, address, agent_id, call_id = self._ref     # type: ignore[misc]
-            conn = await runtime.pool.get(address, expect=server_id)
-        self._address = conn.address
-        self._reader = conn.stub.ReadStream(pb.StreamRequest(call_id=call_id, agent_id=agent_id),
-                                            metadata=conn.metadata)
-
-    async def _fill(self, runtime: Runtime) -> None:
-        """Read the next message of the stream into the buffer, or learn how it ended (I/O loop)."""
-        if self._reader is None:
-            await self._open(runtime)
-        agent_id = self._where()[2]
-        try:
-            message = await self._reader.read()
-        except grpc.aio.AioRpcError as exc:
-            if _status.status_of(exc) is not None or exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise _status.rpc_error(exc, self._address, f"the stream of {self._method}()") from None
-            message, why = None, f"{exc.code().name}: {exc.details()}"
-        else:
-            why = "it ended without saying how"
-        if message is None or message is grpc.aio.EOF:
-            label, items = errors.agent_label(agent_id, self._name), self.items + len(self._buffer)
-            self._ended = errors.StreamBrokenError(f"the stream of {self._method}() on {label} broke after {items} "
-                                                   f"item(s): agent server {self._address} was lost ({why})", items)
-        elif message.HasField("end"):
-            self._ended = (_status.reply_error(message.end, agent_id, self._method, self._name)
-                           if message.end.status else True)
-        else:
-            self._buffer.extend(message.items)
-
-    def _take(self) -> tuple[bool, Any]:
-        """(True, the next item) from the buffer, else (False, None) at the end; raises how a stream failed."""
-        if self._buffer:
-            self.items += 1
-            value = decode_reply(pb.Reply(status=pb.OK, payload=self._buffer.popleft()), self._where()[2],
-                                 self._method, self._name)
-            error = raised(value)
-            if error is not None:
-                raise error
-            return True, value
-        if isinstance(self._ended, BaseException):
-            raise self._ended
-        return False, None
-
-    def __iter__(self) -> "ReplyStream":
-        return self
-
-    def __next__(self) -> Any:
-        if not self._buffer and not self._ended:
-            runtime = self._runtime or default_runtime()
-            runtime.run(self._fill(runtime))
-        more, value = self._take()
-        if not more:
-            raise StopIteration
-        return value
-
-    def __aiter__(self) -> "ReplyStream":
-        return self
-
-    async def __anext__(self) -> Any:
-        if not self._buffer and not self._ended:
-            runtime = self._runtime or default_runtime()
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._fill(runtime), runtime.loop.get()))
-        more, value = self._take()
-        if not more:
-            raise StopAsyncIteration
-        return value
-
-    def __reduce__(self):
-        return (_remote_stream, (self._where(), self._method))
-
-    def __repr__(self) -> str:
-        return f"<ReplyStream of {self._method}() on agent {self._where()[2]}, {self.items} item(s) read>"
-
-
-def _remote_stream(ref: ResultRef, method: str) -> ReplyStream:
-    return ReplyStream(ref=ref, method=method)
 
 
 async def _fetch(runtime: Runtime, ref: ResultRef, traced: tuple[Any, dict[str, str]] | None) -> Any:

@@ -11,22 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+import weakref
 
 from .. import _status, errors
-from .._client.checkpoint import Checkpoint
+from .._checkpoint import Checkpoint
 from .._client.connection import fail
 from .._client.slot import CallSlot, Transport
-from .._creation import AgentSpec, check_size, create_on
+from .._client.unreachable import Unreachable
 from .._ids import call_order
-from .._placement import place
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
-from ._evacuation import Evacuation, same_server_again
+from ._creation import AgentSpec, check_size, create_on, creation_request
+from ._evacuation import Evacuation, finish_on, same_server_again
+from ._placement import place
+from ._state import Relocation
 
 log = logging.getLogger("agentmesh.rpc")
-#: how long a draining server gets to finish our calls before the agent moves without them
-DRAIN_WAIT = 30.0
 #: stale-epoch refusals in a row (within STALE_WINDOW s) after which the calls fail instead of moving again
 MAX_STALE = 3
 STALE_WINDOW = 10.0
@@ -38,6 +38,7 @@ class Binding:
     def __init__(self, runtime: Runtime, *, agent_id: str, cls_name: str, address: str, server_id: str = "",
                  epoch: int = 0, name: str = "", spec: AgentSpec | None = None, relocatable: bool = False) -> None:
         self.runtime = runtime
+        self.relocation = Relocation.of(runtime)   # the owned agents and the move log
         self.agent_id = agent_id
         self.cls_name = cls_name
         self.name = name
@@ -46,9 +47,11 @@ class Binding:
         self.epoch = epoch
         self.spec = spec                  # set on the binding of the proxy that created the agent: it can re-create it
         self.relocatable = relocatable    # placement chose the server: a refusal moves on
-        self.conn: Any = None
+        self.conn: Transport | None = None
         self.creation: CallSlot | None = None   # the __create__ call while the agent is being built
-        self.checkpoint = Checkpoint()           # the agent's state after its last completed call
+        self.checkpoints = self.relocation.checkpoints   # where the creator keeps the agent's checkpoint
+        if spec is not None:                     # the creator's binding: its checkpoint goes when it does
+            weakref.finalize(self, self.checkpoints.delete, agent_id)
         self.held: list[CallSlot] | None = None  # calls waiting while the agent moves
         self.ended = ""                          # why the agent is gone for good (its server shut down)
         self.refused = ""                        # why it can never be created (its creation is too large)
@@ -56,45 +59,39 @@ class Binding:
         self._move_lock = threading.Lock()
 
     # -- the session ---------------------------------------------------------
-    def bind(self, conn: Any) -> None:
+    def bind(self, conn: Transport) -> None:
         old = self.conn
         self.conn = conn
-        conn.owners.add(self)
+        conn.attach(self, creator=self.spec is not None)   # the creator gets the checkpoints of others' calls
         if not self.server_id:         # a re-attached proxy learns its server's id, as a copy carries it
             self.server_id = conn.server_id
-        if self.spec is not None:      # the agent's creator: the server pushes it the checkpoints of others' calls
-            conn.creators[self.agent_id] = self
         if old is not None and old is not conn:
-            old.owners.discard(self)
-            if old.creators.get(self.agent_id) is self:   # a late push from the server it left is not news
-                del old.creators[self.agent_id]
-            old.close_if_unused()
+            old.detach(self)
 
-    def session(self) -> Any:
-        """The session to send on, connecting on first use (a dead server leads to a move)."""
+    def session(self) -> Transport:
+        """The session to send on, connecting on first use; a server that cannot be dialled leads to a move."""
         if self.ended:
             raise errors.ServerUnavailableError(self.ended)
         conn = self.conn
         if conn is None:
             try:
                 conn = self.runtime.pool.connect(self.address, expect=self.server_id)
-            except errors.ServerUnavailableError:
+            except errors.ServerUnavailableError as exc:
                 if not self.can_move():
                     raise
-                conn = self.runtime.pool.closed(self.address)
+                conn = Unreachable(self.address, self.server_id, str(exc), self.runtime.loop,
+                                   self.runtime.pool.dialing.max_message_size)
             self.bind(conn)
         return conn
 
-    def start_creation(self, conn: Any, spec: AgentSpec | None = None) -> None:
+    def start_creation(self, conn: Transport, spec: AgentSpec | None = None) -> None:
         """Send the creation (from spec's checkpoint, if any) ahead of the calls that follow on the same
         session (returns at once)."""
         spec = spec or self.spec
         assert spec is not None
         classes = self.runtime.classes
         ref = classes.ref(spec.cls, conn.server_id)
-        request = pb.CreateAgentRequest(agent_id=self.agent_id, cls=ref, init_args=spec.init_blob,
-                                        checkpoint=spec.checkpoint, state=spec.state, state_seq=spec.state_seq,
-                                        answered=spec.answered)
+        request = creation_request(spec, ref)
         slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__"),
                         self)
         self.creation = slot
@@ -107,7 +104,7 @@ class Binding:
         slot.call.payload = request.SerializeToString()
         conn.submit(slot)
 
-    def send(self, slot: CallSlot, conn: Any) -> None:
+    def send(self, slot: CallSlot, conn: Transport) -> None:
         """Send a call on conn (this binding's session), or hold it while the agent moves."""
         if self.refused:
             fail(self.runtime.loop, slot, pb.TOO_LARGE, self.refused)
@@ -116,7 +113,12 @@ class Binding:
 
     # -- CallOwner -------------------------------------------------------------
     def on_checkpoint(self, reply: pb.Reply) -> None:
-        self.checkpoint.advance(reply.seq, reply.state, reply.answered)
+        self.checkpoints.put(self.agent_id, reply.seq, reply.state, reply.answered)
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """The agent's latest checkpoint this process holds (empty before the first)."""
+        return self.checkpoints.get(self.agent_id) or Checkpoint()
 
     def on_created(self, conn: Transport, reply: pb.Reply) -> None:
         response = pb.CreateAgentResponse.FromString(reply.payload)
@@ -158,20 +160,20 @@ class Binding:
             return
         if not self.can_move():
             self._fail_held(f"agent server {conn.address} hosting {self._label()} was lost: {reason}")
-            if getattr(conn, "draining", False):
+            if conn.draining:
                 self._let_go(conn)   # nothing to move: the draining server need not wait for this session
             return
-        if getattr(conn, "draining", False) and not refused and not self._registry():
+        if conn.draining and not refused and not self._registry():
             self._end(conn)       # a deliberate shutdown: nowhere the registry offers, so the agent ends
             return
         if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):   # shipping the class is not a move
-            self.runtime.moves.begin(conn, conn.address, reason, self.agent_id)
-        if not refused and conn.closed and not getattr(conn, "draining", False):
+            self.relocation.moves.begin(conn, conn.address, reason, self.agent_id)
+        if not refused and conn.closed and not conn.draining:
             Evacuation.join(self.runtime, conn, reason, self)    # a crash: moved with the server's other agents
             return
         self.move_alone(conn, reason, refused)
 
-    def _refused_again(self, conn: Any, reason: str) -> bool:
+    def _refused_again(self, conn: Transport, reason: str) -> bool:
         """Count a stale-epoch refusal; after MAX_STALE in a row (within STALE_WINDOW s) fail the held calls
         with why instead of moving again. True when they were failed."""
         now = time.monotonic()
@@ -188,12 +190,12 @@ class Binding:
         self._fail_held(message)
         return True
 
-    def move_alone(self, lost: Any, reason: str, refused: int = 0) -> None:
+    def move_alone(self, lost: Transport, reason: str, refused: int = 0) -> None:
         """Move this agent on its own thread (a refusal, a drain, a fence, a copy of a proxy)."""
         threading.Thread(target=self._move, args=(lost, reason, refused), name="agentmesh-failover",
                          daemon=True).start()
 
-    def land(self, conn: Any, recreate: bool) -> int:
+    def land(self, conn: Transport, recreate: bool) -> int:
         """Bind to conn and replay the held calls there; with recreate, the agent's creation from its last
         checkpoint goes first on the same session (nobody waits for it). Returns the calls replayed."""
         spec = self._spec_now() if recreate else None
@@ -212,8 +214,8 @@ class Binding:
                 else:
                     conn.submit(slot)
             self.held = None
-        if self.agent_id in self.runtime.owned:
-            self.runtime.owned[self.agent_id] = conn.address
+        if self.agent_id in self.relocation.owned:
+            self.relocation.owned[self.agent_id] = conn.address
         return len(held)
 
     # -- moving --------------------------------------------------------------
@@ -224,21 +226,20 @@ class Binding:
         options = self.spec.options if self.spec is not None else {}
         return options.get("registry") or self.runtime.settings.registry
 
-    def _end(self, conn: Any) -> None:
+    def _end(self, conn: Transport) -> None:
         """The agent's server shut down on purpose and no registry offers another: it ends with it."""
         self.ended = (f"{self._label()} ended with agent server "
                       f"{conn.address}, which was shut down; without a registry there was no server to move "
                       f"it to")
         log.info("%s", self.ended)
-        self.runtime.owned.pop(self.agent_id, None)
+        self.relocation.owned.pop(self.agent_id, None)
         self._fail_held(self.ended)
         self._let_go(conn)
 
-    def _let_go(self, conn: Any) -> None:
+    def _let_go(self, conn: Transport) -> None:
         """Stop needing conn's session to a draining server: it closes once no owner, call or fetch needs it,
         so that server stops without waiting for it. A later call still goes there while it is open."""
-        conn.owners.discard(self)
-        conn.close_if_unused()
+        conn.detach(self, left=False)
 
     def _hold(self, slot: CallSlot) -> bool:
         with self._move_lock:
@@ -252,7 +253,7 @@ class Binding:
         later call fail at once with message (a MessageTooLargeError), and nothing of it is sent."""
         if not again:
             self.refused = message
-            self.runtime.owned.pop(self.agent_id, None)
+            self.relocation.owned.pop(self.agent_id, None)
             log.warning("%s; nothing was sent, its calls fail", message)
         for slot in slots:
             fail(self.runtime.loop, slot, pb.TOO_LARGE, message)
@@ -268,7 +269,7 @@ class Binding:
         """How messages name this agent: "agent 'Writer' (module:Writer, e68d...)"."""
         return errors.agent_label(self.agent_id, self.name, self.cls_name)
 
-    def _move(self, lost: Any, reason: str, refused: int = 0) -> None:
+    def _move(self, lost: Transport, reason: str, refused: int = 0) -> None:
         """Re-create the agent elsewhere with its last checkpoint and replay the held calls (own thread).
 
         refused: the server would not create the agent (full, or it could not
@@ -298,54 +299,33 @@ class Binding:
                 self._fail_held(f"{self._label()} lost with server {lost.address} ({reason}) and could not be "
                                 f"moved: {exc}")
             if refused not in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
-                self.runtime.moves.finish(lost, self, None)
-            if getattr(lost, "draining", False):
+                self.relocation.moves.finish(lost, self, None)
+            if lost.draining:
                 self._let_go(lost)   # nowhere to go: a later call tries again; the server need not wait for us
             return
         replayed = self.land(target, recreate=False)
         if refused in (pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT):
             log.debug("%s: %s on %s", self._label(), how, target.address)
             return
-        crash = not refused and lost.closed and not getattr(lost, "draining", False)   # summed up by one WARNING
-        self.runtime.moves.finish(lost, self, target.address, replayed,
-                                  how=f"{how}, in {time.monotonic() - start:.2f} s",
-                                  level=logging.DEBUG if crash else logging.INFO)
+        crash = not refused and lost.closed and not lost.draining   # summed up by one WARNING
+        self.relocation.moves.finish(lost, self, target.address, replayed,
+                                     how=f"{how}, in {time.monotonic() - start:.2f} s",
+                                     level=logging.DEBUG if crash else logging.INFO)
 
     def _spec_now(self) -> AgentSpec:
         """The creation spec with the last checkpoint in it."""
-        seq, state = self.checkpoint.last
         spec = self.spec
         assert spec is not None
-        return AgentSpec(spec.cls, self.agent_id, spec.init_blob, spec.options, state, seq,
-                         self.checkpoint.answered())
+        return AgentSpec(spec.cls, self.agent_id, spec.init_blob, spec.options, self.checkpoint)
 
-    def _create_again(self, conn: Any) -> Any:
+    def _create_again(self, conn: Transport) -> Transport:
         """Create on the same server through the unary path, which ships the class by value if needed."""
         response = self.runtime.run(create_on(self.runtime, conn, self._spec_now()))
         self.epoch = response.epoch
         self.name = response.name or self.name
         return conn
 
-    def _finish_on(self, lost: Any, timeout: float = DRAIN_WAIT) -> None:
-        """A draining server: let our calls there finish, and take the state they leave."""
-        deadline = time.monotonic() + timeout
-        while any(slot.owner is self for slot in list(lost.pending.values())):
-            if time.monotonic() > deadline or lost.closed:
-                return
-            time.sleep(0.005)
-        if not self.checkpoint.state:   # checkpoints off: ask the server for the state once
-            async def get_state() -> pb.AgentState:
-                return await lost.stub.GetState(pb.StateRequest(agent_id=self.agent_id),
-                                                metadata=lost.metadata, timeout=5.0)
-
-            try:
-                state = self.runtime.run(get_state())
-                self.checkpoint.advance(state.seq, state.state)
-            except Exception as exc:  # noqa: BLE001 - then it restarts from its constructor
-                log.warning("%s: could not fetch its state from draining %s: %s",
-                            self._label(), lost.address, exc)
-
-    def _relocate(self, lost: Any) -> tuple[Any, str]:
+    def _relocate(self, lost: Transport) -> tuple[Transport, str]:
         if self.spec is None:        # a copy of the proxy: follow the agent's record in the registry
             if lost.draining:
                 self._let_go(lost)   # a copy reads nothing more from a draining server: it need not wait for us
@@ -357,9 +337,10 @@ class Binding:
             self.epoch = 0
             return conn, "found in the registry"
         if lost.draining and not lost.closed:
-            self._finish_on(lost)
+            finish_on(self.runtime, lost, self, self.checkpoints, self._label())
         spec = self._spec_now()
-        conn, response = place(self.runtime, spec, exclude=(lost.server_id, lost.address))
-        self.epoch = response.epoch
-        return conn, (f"re-created from its checkpoint after call {spec.state_seq}" if spec.state
-                      else "re-created from its constructor arguments")
+        placed = place(self.runtime, self.cls_name, spec.options, exclude=(lost.server_id, lost.address),
+                       specs=[spec])[0]
+        self.epoch = placed.response.epoch
+        return placed.conn, (f"re-created from its checkpoint after call {spec.resume.seq}" if spec.resume.state
+                             else "re-created from its constructor arguments")

@@ -1,4 +1,6 @@
-"""Client side: a class is pickled once and shipped once to each server (by reference, or by value)."""
+"""The client's class cache: a class is pickled once and shipped once to each server (by reference, or by value).
+
+The server's end, which loads and keeps the classes it is sent, is ``server/_classes.py``."""
 from __future__ import annotations
 
 import hashlib
