@@ -39,15 +39,19 @@ def test_an_upward_import_or_a_circle_breaks_it(tmp_path):
     assert "BROKEN" in out.stdout
 
 
-def test_no_hand_written_module_is_over_400_lines():
-    """The package, the tests and the benchmarks; not generated code nor the peers' venvs."""
+#: the package's modules leave room to grow; tests and benchmarks may run longer
+MAX_LINES = {"agentmesh": 350, "tests": 400, "benchmarks": 400}
+
+
+def test_no_hand_written_module_is_over_its_size():
+    """The package (350 lines), the tests and the benchmarks (400); not generated code nor the peers' venvs."""
     skipped = {
         os.path.join(ROOT, "agentmesh", "v1"),            # generated code
         os.path.join(ROOT, "agentmesh", "etcdv3"),
         os.path.join(ROOT, "benchmarks", ".envs"),        # the peers' venvs
     }
     long = {}
-    for top in ("agentmesh", "tests", "benchmarks"):
+    for top, limit in MAX_LINES.items():
         for folder, subfolders, files in os.walk(os.path.join(ROOT, top)):
             subfolders[:] = [d for d in subfolders if d != "__pycache__"
                              and os.path.join(folder, d) not in skipped]
@@ -56,6 +60,6 @@ def test_no_hand_written_module_is_over_400_lines():
                     path = os.path.join(folder, name)
                     with open(path) as f:
                         lines = sum(1 for _ in f)
-                    if lines > 400:
+                    if lines > limit:
                         long[os.path.relpath(path, ROOT)] = lines
     assert not long, long
