@@ -44,6 +44,9 @@ class ServerView:
         self.timeout = timeout
         self.servers: dict[str, ServerRecord] = {}
         self._placed_at: dict[str, float] = {}   # server id: when we last placed an agent there
+        #: server id: its agents as we count them (its record's, plus ours not yet in it); a dict, not a new
+        #: record per placement, so a placement costs one dict write
+        self._agents: dict[str, int] = {}
         self.client = EtcdClient.from_url(url, timeout=timeout, **(etcd_options or {}))
         self._on_server_gone = on_server_gone
         self.ready = False
@@ -88,17 +91,19 @@ class ServerView:
             self._gone(server_id)
             return
         self.warnings.good(key)
-        old = self.servers.get(server_id)
-        if old is not None and time.monotonic() - self._placed_at.get(server_id, 0.0) < _PLACED_MEMORY:
+        counted = self._agents.get(server_id)
+        if counted is not None and time.monotonic() - self._placed_at.get(server_id, 0.0) < _PLACED_MEMORY:
             # our own recent placements may not be in the server's record yet (it writes every 0.2 s)
-            record = dataclasses.replace(record, agents=max(record.agents, old.agents))
+            self._agents[server_id] = max(record.agents, counted)
+        else:
+            self._agents[server_id] = record.agents
         self.servers[server_id] = record
 
     async def _follow(self) -> None:
         try:
             async for event in self._watch:
                 if event.type == "RESYNC":
-                    self.servers, self._placed_at = {}, {}
+                    self.servers, self._placed_at, self._agents = {}, {}, {}
                     for snap in event.snapshot:
                         self._put(snap.key, snap.value, snap.lease)
                 elif event.type == "PUT":
@@ -114,19 +119,23 @@ class ServerView:
 
     def _gone(self, server_id: str) -> None:
         self._placed_at.pop(server_id, None)
+        self._agents.pop(server_id, None)
         if self.servers.pop(server_id, None) is not None and self._on_server_gone is not None:
             asyncio.ensure_future(self._on_server_gone(server_id))
 
     def _fitting(self, labels: dict[str, str] | None, cls_name: str | None,
-                 exclude: set[str] | frozenset) -> Iterator[ServerRecord]:
-        """Each fresh server that serves, fits and has room, and is not excluded (by id or address)."""
+                 exclude: set[str] | frozenset) -> Iterator[tuple[int, ServerRecord]]:
+        """(free room, record) of each fresh server that serves, fits and has room, and is not excluded (by id
+        or address); the room counts the agents we placed there that its record does not show yet."""
+        agents = self._agents
         for record in self.current():
-            if record.status != "SERVING" or record.server_id in exclude or record.address in exclude:
+            if record.status != "SERVING" or (exclude and (record.server_id in exclude or record.address in exclude)):
                 continue
             if record.python != _protocol.PYTHON_VERSION or not record.fits(labels, cls_name):
                 continue
-            if record.free > 0:
-                yield record
+            free = record.capacity - agents.get(record.server_id, record.agents)
+            if free > 0:
+                yield free, record
 
     def current(self) -> list[ServerRecord]:
         """The servers' records that are still fresh (a server rewrites its record every few seconds)."""
@@ -143,15 +152,15 @@ class ServerView:
     def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
                    exclude: set[str] | frozenset = frozenset()) -> list[ServerRecord]:
         """Servers that fit, with room, most free capacity first (ties at random); exclude: ids or addresses."""
-        fits = [(record.free, random.random(), record) for record in self._fitting(labels, cls_name, exclude)]
+        fits = [(free, random.random(), record) for free, record in self._fitting(labels, cls_name, exclude)]
         fits.sort(key=lambda f: (-f[0], f[1]))
-        return [record for _, _, record in fits]
+        return [record if record.capacity - free == record.agents
+                else dataclasses.replace(record, agents=record.capacity - free) for free, _, record in fits]
 
     def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None) -> ServerRecord | None:
         """The first of candidates() in one pass, without sorting (a placement per to_dist() asks this)."""
         best, most, ties = None, 0, 0
-        for record in self._fitting(labels, cls_name, frozenset()):
-            free = record.free
+        for free, record in self._fitting(labels, cls_name, frozenset()):
             if free > most:
                 best, most, ties = record, free, 1
             elif free == most:
@@ -164,14 +173,14 @@ class ServerView:
         """Count an agent we just placed before the server's own update arrives."""
         record = self.servers.get(server_id)
         if record is not None:
-            self.servers[server_id] = dataclasses.replace(record, agents=record.agents + 1)
+            self._agents[server_id] = self._agents.get(server_id, record.agents) + 1
             self._placed_at[server_id] = time.monotonic()
 
     def full(self, server_id: str) -> None:
         """The server refused for lack of room: treat it as full until it says otherwise."""
         record = self.servers.get(server_id)
         if record is not None:
-            self.servers[server_id] = dataclasses.replace(record, agents=record.capacity)
+            self._agents[server_id] = record.capacity
 
     async def locate(self, agent_id: str, avoid: str = "", timeout: float = 10.0,
                      avoid_server: str = "") -> tuple[str, str] | None:
