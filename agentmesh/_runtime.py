@@ -122,9 +122,7 @@ class Runtime:
             metrics = Metrics()
             metrics.add_source(self._live_metrics)
             self.metrics = metrics
-            self.pool.metrics = metrics
-            for conn in self.pool.open_sessions():
-                conn.metrics = metrics
+            self.pool.record_into(metrics)
         return self.metrics.serve(port, host)
 
     def enable_tracing(self, on: bool = True) -> None:

@@ -79,6 +79,20 @@ class Pool:
                                       f"(the server chosen is gone)")
         return conn
 
+    def record_into(self, metrics: Any) -> None:
+        """Metrics were turned on: the open sessions and those opened from now on record calls into them."""
+        self.metrics = metrics
+        for conn in self.open_sessions():
+            conn.metrics = metrics
+
+    def add_local(self, server_id: str, server: LocalServer) -> None:
+        """A server started in this process: results it holds are fetched from it without the network."""
+        self.local_servers[server_id] = server
+
+    def remove_local(self, server_id: str) -> None:
+        """That server stopped."""
+        self.local_servers.pop(server_id, None)
+
     async def _dial(self, address: str, timeout: float | None, expect: str, namespace: str | None) -> Connection:
         fut = asyncio.get_running_loop().create_future()
         self._connecting[address] = fut

@@ -93,7 +93,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(_protocol.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.open_health.set(health_pb2.HealthCheckResponse.SERVING)
-        self.runtime.pool.local_servers[self.server_id] = self
+        self.runtime.pool.add_local(self.server_id, self)
         if self.metrics_port is not None:
             self.metrics_port = self.runtime.serve_metrics(self.metrics_port, config.bind_host or "0.0.0.0")
         if self.runtime.metrics is not None:
@@ -133,7 +133,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         await self._server.stop(max(0.0, min(0.5, deadline - time.monotonic())))
         if self._sweeper:
             self._sweeper.cancel()
-        self.runtime.pool.local_servers.pop(self.server_id, None)
+        self.runtime.pool.remove_local(self.server_id)
         if self.runtime.metrics is not None:
             self.runtime.metrics.remove_source(self._live_metrics)
         self.hosting.executor.shutdown(wait=False)
