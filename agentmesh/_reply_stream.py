@@ -70,7 +70,9 @@ class ReplyStream:
         try:
             message = await self._reader.read()
         except grpc.aio.AioRpcError as exc:
-            if _status.status_of(exc) is not None or exc.code() != grpc.StatusCode.UNAVAILABLE:
+            # a lost server shows as UNAVAILABLE, or as CANCELLED when its session closed the channel first
+            if _status.status_of(exc) is not None or exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                                                          grpc.StatusCode.CANCELLED):
                 raise _status.rpc_error(exc, self._address, f"the stream of {self._method}()") from None
             message, why = None, f"{exc.code().name}: {exc.details()}"
         else:

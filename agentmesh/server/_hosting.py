@@ -20,6 +20,7 @@ from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import HostedClasses
 from ._creator import Creator, Refusal
+from ._fencing import Fencing
 from ._host import AgentHost, Work
 from ._outbox import Outbox, deliver
 from ._results import ResultStore
@@ -29,8 +30,6 @@ from ._telemetry import count_answer
 from ._workers import Workers
 
 log = logging.getLogger("agentmesh.server")
-#: agents remembered as moved away, so their late calls are told where to look
-MAX_MOVED_AWAY = 100_000
 
 
 class Listener(Protocol):
@@ -68,9 +67,12 @@ class Hosting:
                                added=self._added, restored=self._restored)
         self.releasing: list[AgentHost] | None = None   # see release_together
         self.metrics: Any = None   # this process's metrics while they are on
-        #: agents dropped because their callers moved them: agent_id -> why (the latest MAX_MOVED_AWAY)
-        self.moved_away: collections.OrderedDict[str, str] = collections.OrderedDict()
-        self.held_calls: list[tuple[pb.Call, Outbox | None]] | None = None   # see hold_calls
+        #: agents dropped because their callers moved them, and what waits while a stop is checked
+        self.fencing = Fencing(self.server_id)
+        self.moved_away = self.fencing.moved_away
+        self.release = self.fencing.release
+        #: asks whether this process was just stopped (set by the service); a stop holds calls and replies
+        self.check_pause: Callable[[], None] = lambda: None
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -112,24 +114,18 @@ class Hosting:
         if not dropped:
             return 0
         self.epoch = max(time.time_ns(), self.epoch + 1)
-        for agent_id in dropped:
-            self.moved_away[agent_id] = why
-        while len(self.moved_away) > MAX_MOVED_AWAY:
-            self.moved_away.popitem(last=False)
+        self.fencing.moved(dropped, why)
         log.warning("agent server %s dropped %d agent(s) that moved elsewhere (%s); new epoch %d",
                     self.server_id, len(dropped), why, self.epoch)
         return len(dropped)
 
     def hold_calls(self) -> None:
-        """Keep calls back until release_calls() (any thread): local state is being checked."""
-        if self.held_calls is None:
-            self.held_calls = []
+        """Keep calls, and replies, back until release_calls() (any thread): local state is being checked."""
+        self.fencing.hold()
 
     def release_calls(self) -> None:
-        """Dispatch the calls held back, in the order they came (I/O loop)."""
-        held, self.held_calls = self.held_calls or [], None
-        for call, outbox in held:
-            self.dispatch(call, outbox)
+        """The check is over: the replies and calls held back go on (I/O loop; see Fencing.end)."""
+        self.fencing.end(self.agents.__contains__, self.dispatch)
 
     def delete(self, agent_id: str) -> bool:
         """Drop an agent and the results of its calls (those still running are not kept either)."""
@@ -164,8 +160,9 @@ class Hosting:
         if done is not None:                       # a replay of a finished call: answer from its result
             self._answer_replay(call, done, outbox)
             return
-        if self.held_calls is not None:
-            self.held_calls.append((call, outbox))
+        held = self.fencing.calls
+        if held is not None:
+            held.append((call, outbox))
             return
         call_id = call.call_id
         host = self.agents.get(call.agent_id)
@@ -324,19 +321,20 @@ class Hosting:
 
     def _answered(self, queue: collections.deque[Done]) -> None:
         """Hand finished replies to their sessions and the result store (I/O loop)."""
+        self.check_pause()   # a stop that just ended holds these back until it is checked
         results = self.results
         metrics = self.metrics
         while queue:
             host, work, reply, owned = queue.popleft()
             if work.replay is not None:     # sent again, not run again: nothing to count or store
-                deliver(None, work.sessions, host.agent_id, reply, owned)
+                deliver(None, work.sessions, host.agent_id, reply, owned, self.release)
                 continue
             host.queued -= 1
             if not work.interleaved:
                 host.seq += 1
             self.inflight -= 1
             results.finish(reply, host.agent_id, keep=not host.deleted)
-            deliver(host.owner, work.sessions, host.agent_id, reply, owned)
+            deliver(host.owner, work.sessions, host.agent_id, reply, owned, self.release)
             if metrics is not None:
                 count_answer(metrics, host, work, reply, owned)
         if self.listener is not None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .._frames import kept_bytes
 from .._protocol import ANSWERED_BYTES
@@ -27,8 +27,17 @@ def entry_cost(entry: tuple[pb.Reply, int]) -> int:
     return entry[1]
 
 
+#: release(agent_id, outbox, reply): send a finished call's reply (held back while a stop is checked)
+Release = Callable[[str, "Outbox", pb.Reply], None]
+
+
+def send_now(agent_id: str, outbox: "Outbox", reply: pb.Reply) -> None:
+    """The release of a server with nothing to check: send at once."""
+    outbox.send(reply)
+
+
 def deliver(owner: "ClientSession | None", sessions: list, agent_id: str, reply: pb.Reply,
-            owned: pb.Reply | None) -> None:
+            owned: pb.Reply | None, release: Release = send_now) -> None:
     """Send a finished call's reply to its callers' sessions (I/O loop). owned is the reply with the agent's
     state: the agent's creator (owner) gets it; when the creator did not make the call, the state goes to it
     as a push and the callers get the plain reply once that push is written."""
@@ -36,7 +45,7 @@ def deliver(owner: "ClientSession | None", sessions: list, agent_id: str, reply:
         owner.push(agent_id, owned, [(outbox, reply) for outbox in sessions])
         return
     for outbox in sessions:
-        outbox.send(owned if owned is not None else reply)
+        release(agent_id, outbox, owned if owned is not None else reply)
 
 
 def answered(releases: list[tuple["ClientSession", pb.Reply]]) -> list[pb.Reply]:
@@ -68,9 +77,10 @@ class ClientSession:
     client back) until half of it is written. Replies are never dropped.
     """
 
-    __slots__ = ("outbox", "wake", "closed", "backlog", "budget", "room", "pushes")
+    __slots__ = ("release", "outbox", "wake", "closed", "backlog", "budget", "room", "pushes")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, release: Release = send_now) -> None:
+        self.release = release   # how replies waiting on a push go out once it is written
         self.outbox: collections.deque[tuple[pb.Reply, int]] = collections.deque()
         self.wake = asyncio.Event()
         self.closed = False
@@ -115,15 +125,15 @@ class ClientSession:
                 if entry is not None and entry[0] is reply:
                     del self.pushes[reply.agent_id]
                     for outbox, waiting in entry[1]:
-                        outbox.send(waiting)
+                        self.release(reply.agent_id, outbox, waiting)
 
     def close(self) -> None:
         """The session ended: nothing more is written to it; replies waiting on its pushes go out anyway."""
         self.closed = True
         pushes, self.pushes = self.pushes, {}
-        for _, releases in pushes.values():
+        for agent_id, (_, releases) in pushes.items():
             for outbox, waiting in releases:
-                outbox.send(waiting)
+                self.release(agent_id, outbox, waiting)
 
     def written(self, cost: int) -> None:
         """cost bytes of replies went out: let calls in again once the backlog is down to half the budget."""

@@ -108,6 +108,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             self.hosting.listener = self.registration
             await self.registration.start(wait=2.0)
         self.pauses.start()
+        self.hosting.check_pause = self._check_pause
         mode = "plaintext" if config.tls is None else "mutual TLS" if config.tls.mutual else "TLS"
         log.info("agent server %s listening on %s:%d (%s), capacity %d%s", self.server_id, config.bind_host, port,
                  mode, config.capacity,
@@ -140,6 +141,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.hosting.coroutines.stop()
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)
+
+    def _check_pause(self) -> None:
+        """Assess a pause now if one is overdue (a stop is reported at once, holding calls and replies)."""
+        if self.pauses.overdue():
+            self.pauses.assess()
 
     def _stopped(self, paused: float) -> None:
         """The process was stopped for `paused` s (any thread): callers may have moved agents off it. With a
@@ -260,7 +266,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
 
     # -- the call path --------------------------------------------------------
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
-        session = ClientSession(self.config.session_backlog_bytes)
+        session = ClientSession(self.config.session_backlog_bytes, self.hosting.release)
         self.sessions.add(session)
         ticket = dict(context.invocation_metadata() or ()).get(_protocol.MD_AUTH, "")
         self.credentials.session_opened(ticket)   # the caller's other RPCs ride on it while the session lasts
@@ -284,8 +290,10 @@ class AgentServer(pb_grpc.AgentServerServicer):
                     await context.write(pb.ServerFrame(replies=[reply for reply, _ in batch]))
                     session.written(sum(cost for _, cost in batch))
                     if session.pushes:
+                        self._check_pause()   # written during a stop that just ended: hold the releases
                         session.released(batch)
         finally:
+            self._check_pause()
             session.close()
             self.sessions.discard(session)
             self.credentials.session_closed(ticket)
