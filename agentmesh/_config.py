@@ -66,6 +66,7 @@ ENVIRONMENT = {
     "insecure": "AGENTMESH_INSECURE",
     "download_dir": "AGENTMESH_DOWNLOAD_DIR",
 }
+ENV_STATE_STORE_PASSWORD_FILE = "AGENTMESH_STATE_STORE_PASSWORD_FILE"  # the state store's password, in a file
 #: read by the server command only
 ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
 ENV_LOG_LEVEL = "AGENTMESH_LOG_LEVEL"

@@ -30,4 +30,14 @@ if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     $missing) >&2 || echo "warning: could not install$missing; the tests that need them will fail" >&2
 fi
+# PostgreSQL (the state store's tests start servers of their own with initdb and postgres): Debian's package,
+# without the system-wide cluster it would otherwise create and start.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1; then
+  echo "installing Debian's postgresql for the tests" >&2
+  (mkdir -p /etc/postgresql-common/createcluster.d && echo "create_main_cluster = false" \
+    > /etc/postgresql-common/createcluster.d/agentmesh-tests.conf) 2>/dev/null || true
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postgresql) >&2 || echo "warning: could not install postgresql; the state store tests will fail" >&2
+fi
 export PATH="$VENV/bin:$PATH"

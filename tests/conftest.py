@@ -129,6 +129,19 @@ def etcd():
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server of the tests' own (initdb in a temp dir, password auth, loopback), for the session."""
+    from agentmesh.testing import PostgresProcess
+
+    proc = PostgresProcess(name="agentmesh-test-postgres")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture
 def dev_registry(tmp_path):
     """The development registry (etcd with auth on, as `agentmesh registry up` starts it), stopped by PID after."""

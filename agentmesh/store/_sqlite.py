@@ -1,0 +1,138 @@
+"""The SQLite store: one file (WAL mode) that every server of one machine shares; stdlib sqlite3 only.
+
+Each thread uses a connection of its own (sqlite3 connections are not safe
+to share); writers take the file's write lock at ``BEGIN IMMEDIATE`` and wait
+for it up to the busy timeout. ``synchronous=FULL``: a committed state survives
+a power cut, not only a process crash.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Iterator
+
+from ._errors import StoreError, StoreUnavailableError
+from ._schema import AGENTS, NAME_CONSTRAINT, SCHEMA, SCHEMA_TABLE, check_version, pending
+from ._sql import DuplicateKey, SqlStore
+
+log = logging.getLogger("agentmesh.store")
+
+#: seconds a writer waits for another process's transaction before the store counts as unavailable
+DEFAULT_BUSY_TIMEOUT = 30.0
+
+
+class SqliteStore(SqlStore):
+    """A state store in one SQLite file; opening it creates the file (mode 0600) and migrates its schema."""
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.url = f"sqlite://{self.path}"
+        self.busy_timeout = float(busy_timeout)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        folder = os.path.dirname(self.path)
+        if not os.path.isdir(folder):
+            raise StoreUnavailableError(f"state store {self.url}: its directory {folder} does not exist; "
+                                        f"create it (writable by the servers' user) or name another file")
+        self._create_private()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_private(self) -> None:
+        """Create the file readable by its owner only (the WAL files SQLite makes copy its mode)."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreUnavailableError(f"state store {self.url} cannot be created ({exc.strerror})") from None
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date in one transaction; concurrent openers wait on the write lock."""
+        with self._transaction() as cur:
+            cur.execute(SCHEMA_TABLE["sqlite"])
+            cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {SCHEMA}")
+            found = int(cur.fetchone()[0])
+            check_version(found, self.url)
+            for migration in pending(found):
+                for statement in migration.sqlite:
+                    cur.execute(statement)
+                cur.execute(f"INSERT INTO {SCHEMA} (version, applied_at) VALUES (?, ?)",
+                            (migration.version, time.time()))
+                log.info("state store %s: schema migrated to version %d", self.url, migration.version)
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise StoreError(f"state store {self.url} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"state store {self.url} is closed")
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreUnavailableError(f"state store {self.url} cannot be opened ({exc})") from None
+            self._connections.append(conn)
+        self._local.conn = conn
+        with self._mapped():
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            conn.execute("PRAGMA synchronous=FULL")
+        if str(mode).lower() != "wal":
+            log.warning("state store %s: WAL mode refused (journal mode %s); writers will block readers",
+                        self.url, mode)
+        return conn
+
+    @contextlib.contextmanager
+    def _mapped(self) -> Iterator[None]:
+        """sqlite3's errors as the store's: a unique violation as DuplicateKey, the rest as unavailable."""
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            if "UNIQUE" not in str(exc):
+                raise StoreError(f"state store {self.url}: {exc}") from None
+            raise DuplicateKey(on_name=str(exc).endswith(f"{AGENTS}.name") or NAME_CONSTRAINT in str(exc)) from None
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"state store {self.url} could not be used ({exc})") from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """A cursor in a ``BEGIN IMMEDIATE`` transaction (the write lock taken at once, waited for)."""
+        conn = self._connection()
+        with self._mapped():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn.cursor()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Any]:
+        """A cursor outside any transaction: each statement reads the last committed data."""
+        conn = self._connection()
+        with self._mapped():
+            yield conn.cursor()
+
+    def close(self) -> None:
+        """Close every thread's connection; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

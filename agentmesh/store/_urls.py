@@ -1,0 +1,124 @@
+"""State store URLs: ``sqlite:///abs/path.db``, ``sqlite:relative/path.db``, ``postgresql://user@host:5432/db``.
+
+A PostgreSQL password never travels in the URL (it would show in argv, logs
+and errors): it comes from a file, and a URL carrying one is refused without
+echoing it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import urllib.parse
+
+from ._errors import StoreUrlError
+
+DEFAULT_PG_PORT = 5432
+#: libpq options a PostgreSQL URL may carry as ``?name=value`` (TLS and the connect timeout)
+PG_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "connect_timeout")
+_FORMS = ("sqlite:///absolute/path/state.db, sqlite:relative/path/state.db (from the current directory), "
+          "postgresql://user@host:5432/dbname")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreUrl:
+    """A parsed store URL: ``kind`` "sqlite" (``path``, absolute) or "postgresql" (host, port, dbname, user)."""
+
+    kind: str
+    path: str = ""
+    host: str = ""
+    port: int = DEFAULT_PG_PORT
+    dbname: str = ""
+    user: str | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The URL for messages and logs: it never holds a secret."""
+        if self.kind == "sqlite":
+            return f"sqlite://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        user = f"{urllib.parse.quote(self.user, safe='')}@" if self.user else ""
+        query = "?" + urllib.parse.urlencode(self.options) if self.options else ""
+        return f"postgresql://{user}{host}:{self.port}/{urllib.parse.quote(self.dbname, safe='')}{query}"
+
+
+def redact_store_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for messages; a URL without one comes back unchanged.
+
+    Everything between the user name's colon and the last ``@`` is masked, so
+    a password holding an unencoded ``@``, ``/`` or ``?`` does not leak either;
+    so is the value of a ``password=`` option, up to the next ``&``.
+    """
+    url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hosts = rest.rpartition("@")
+    name, colon, secret = userinfo.partition(":")
+    if not (at and colon and secret):
+        return url
+    return f"{scheme}{sep}{name}:***@{hosts}"
+
+
+def parse_store_url(url: str) -> StoreUrl:
+    """Check and split a store URL; StoreUrlError naming what is wrong (the URL shown without its secret)."""
+    if not isinstance(url, str) or not url.strip():
+        raise StoreUrlError(f"no state store URL given; expected one of {_FORMS}")
+    text = url.strip()
+    shown = redact_store_url(text)
+    scheme, colon, rest = text.partition(":")
+    scheme = scheme.lower()
+    if not colon or scheme not in ("sqlite", "postgresql", "postgres"):
+        raise StoreUrlError(f"state store URL {shown!r}: unknown kind {scheme!r}; expected one of {_FORMS}")
+    if scheme == "sqlite":
+        return _sqlite(rest, shown)
+    return _postgres(text, shown)
+
+
+def _sqlite(rest: str, shown: str) -> StoreUrl:
+    """``///abs`` (and ``////abs``) is an absolute path; a path without ``//`` is relative to the current directory."""
+    if "?" in rest or "#" in rest:
+        raise StoreUrlError(f"state store URL {shown!r}: a SQLite URL takes no query or fragment")
+    if rest.startswith("//"):
+        host, _, path = rest[2:].partition("/")
+        if host:
+            raise StoreUrlError(f"state store URL {shown!r}: a SQLite URL names no host ({host!r}); "
+                                f"write sqlite:///absolute/path/state.db")
+        path = "/" + path.lstrip("/") if path.strip("/") else ""
+    else:
+        path = rest
+    if not path or path.endswith("/") or path in (":memory:", "/:memory:"):
+        raise StoreUrlError(f"state store URL {shown!r}: names no database file; expected {_FORMS}")
+    return StoreUrl(kind="sqlite", path=os.path.abspath(urllib.parse.unquote(path)))
+
+
+def _postgres(text: str, shown: str) -> StoreUrl:
+    """``postgresql://[user@]host[:port]/dbname[?sslmode=...]``; a password in it is refused."""
+    carries = StoreUrlError(f"state store URL {shown!r} carries a password: drop it from the URL and put it in "
+                            f"a file (mode 0600) named by AGENTMESH_STATE_STORE_PASSWORD_FILE or password_file=")
+    if shown != text:                # in the user part, or as a password= option: refused before anything else
+        raise carries
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise StoreUrlError(f"state store URL {shown!r}: bad host or port") from None
+    if parts.password is not None:   # an empty one ("user:@host")
+        raise carries
+    if not parts.hostname:
+        raise StoreUrlError(f"state store URL {shown!r} names no host; expected postgresql://user@host:5432/dbname")
+    raw_dbname = parts.path.lstrip("/")
+    dbname = urllib.parse.unquote(raw_dbname)
+    if not dbname or "/" in raw_dbname:
+        raise StoreUrlError(f"state store URL {shown!r} names no database (or more than a database name) after "
+                            f"the host; expected postgresql://user@host:5432/dbname")
+    if parts.fragment:
+        raise StoreUrlError(f"state store URL {shown!r}: a PostgreSQL URL takes no fragment")
+    options = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
+    unknown = sorted({name for name, _ in options} - set(PG_OPTIONS))
+    if unknown:
+        raise StoreUrlError(f"state store URL {shown!r}: unknown option(s) {', '.join(unknown)}; a PostgreSQL URL "
+                            f"accepts {', '.join(PG_OPTIONS)} (the password goes in a file, never the URL)")
+    return StoreUrl(kind="postgresql", host=parts.hostname, port=port or DEFAULT_PG_PORT, dbname=dbname,
+                    user=urllib.parse.unquote(parts.username) if parts.username else None, options=options)
