@@ -72,3 +72,16 @@ def check_port(port: object, what: str = "port") -> int | None:
     if isinstance(port, bool) or str(number) != str(port).strip() or not 0 < number <= 65535:
         raise ValueError(f"{what} {port!r} is outside 1-65535: give 1-65535, or None/0/-1 for a free port")
     return number
+
+
+def redact_userinfo(url: str) -> str:
+    """url with the password of its user info masked (``user:***@host``); the last ``@`` is the one, so a
+    password holding an unencoded ``@`` or ``/`` does not leak, nor one in a URL missing its scheme."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hosts = rest.rpartition("@")
+    name, colon, secret = userinfo.partition(":")
+    if not (at and colon and secret):
+        return url
+    return f"{scheme}{sep}{name}:***@{hosts}"

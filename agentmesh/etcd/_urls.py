@@ -4,6 +4,8 @@ from __future__ import annotations
 import urllib.parse
 from typing import Sequence
 
+from .._address import redact_userinfo
+
 DEFAULT_PORT = 2379
 
 
@@ -46,14 +48,7 @@ def redact_url(url: str) -> str:
     ``/`` does not leak either, nor one in a URL missing its scheme
     (``root:secret@h`` -> ``root:***@h``).
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, hosts = rest.rpartition("@")
-    name, colon, secret = userinfo.partition(":")
-    if not (at and colon and secret):
-        return url
-    return f"{scheme}{sep}{name}:***@{hosts}"
+    return redact_userinfo(url)
 
 
 def with_port(host: str, url: str) -> str:

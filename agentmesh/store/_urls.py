@@ -11,6 +11,7 @@ import os
 import re
 import urllib.parse
 
+from .._address import redact_userinfo
 from ._errors import StoreUrlError
 
 DEFAULT_PG_PORT = 5432
@@ -51,14 +52,7 @@ def redact_store_url(url: str) -> str:
     so is the value of a ``password=`` option, up to the next ``&``.
     """
     url = re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, hosts = rest.rpartition("@")
-    name, colon, secret = userinfo.partition(":")
-    if not (at and colon and secret):
-        return url
-    return f"{scheme}{sep}{name}:***@{hosts}"
+    return redact_userinfo(url)
 
 
 def parse_store_url(url: str) -> StoreUrl:
