@@ -207,3 +207,63 @@ def test_concurrent_placement_from_several_processes_respects_capacity(etcd, nam
         assert w.wait(30) == 0
     # the workers deleted their agents on exit
     wait_until(lambda: server_info(a).agents == 0 and server_info(b).agents == 0)
+
+
+class _Load:
+    """The live load a Registration reads: the server's agents, and the ones it was made to drop."""
+
+    inflight, epoch, draining = 0, 1, False
+
+    def __init__(self):
+        self.agents, self.dropped = {}, []
+
+    def fence(self, why, agent_ids):
+        self.dropped += agent_ids
+        return len(agent_ids)
+
+
+def test_a_stop_check_drops_only_agents_whose_record_was_written_after_our_copy(etcd, namespace):
+    """A copy created here during a stop's check, whose record still names its old (dead, lease not yet
+    expired) home, is not moved away: only a record newer than our copy says its owner moved it."""
+    import asyncio
+
+    from agentmesh import _trust
+    from agentmesh._config import ServerConfig
+    from agentmesh.discovery.registration import Registration
+    from agentmesh.etcd import EtcdClient
+
+    key = _trust.namespace_key(MESH_TOKEN, namespace)
+
+    async def scenario():
+        other = EtcdClient.from_url(etcd.url)
+        lease = await other.lease(30)
+
+        async def record_elsewhere(agent_id):
+            path = keys.agent_key(namespace, agent_id)
+            rec = {"agent_id": agent_id, "name": "", "class": "m:C", "server_id": "oldhome", "address": "x:1"}
+            await other.put_many([(path, _trust.sign_record(key, path, rec, lease.id), lease.id)])
+
+        await record_elsewhere("fresh")                  # its old home's record, from before our copy
+        config = ServerConfig(registry=etcd.url, namespace=namespace, token=MESH_TOKEN, server_id="here")
+        load = _Load()
+        registration = Registration(config, load, port=1, metrics_port=None, class_names=[], started_at=0.0,
+                                    key=key, min_interval=30.0)
+        await registration.start(wait=5.0)
+        try:
+            registration.load_changed()               # one write, then the writer rests min_interval s
+            deadline = time.monotonic() + 5
+            while registration._dirty.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            for agent_id in ("fresh", "moved"):
+                load.agents[agent_id] = object()
+                registration.agent_added(agent_id, "", "m:C")   # created here; records not written yet
+            await record_elsewhere("moved")              # its owner moved it after our copy came
+            assert await registration.drop_moved("a test's stop") == 1
+            assert load.dropped == ["moved"]
+        finally:
+            await registration.stop()
+            await lease.revoke()
+            await other.close()
+
+    asyncio.run(scenario())

@@ -84,6 +84,10 @@ class Registration:
         self.registered = asyncio.Event()
         self._dirty = asyncio.Event()
         self._agents_changed: dict[str, dict | None] = {}
+        #: agents whose record we have not written yet -> the store revision we knew when they came: a record
+        #: of another server no newer than that predates our copy (its old home's, say), so it moves nothing
+        self._unwritten: dict[str, int] = {}
+        self.revision = 0             # the newest store revision etcd told us
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._lost = asyncio.Event()
@@ -104,10 +108,12 @@ class Registration:
     def agent_added(self, agent_id: str, name: str, cls_name: str) -> None:
         self._agents_changed[agent_id] = {"agent_id": agent_id, "name": name, "class": cls_name,
                                           "server_id": self.server_id, "address": f"{self.host}:{self.port}"}
+        self._unwritten[agent_id] = self.revision
         self.load_changed()
 
     def agent_removed(self, agent_id: str) -> None:
         self._agents_changed[agent_id] = None
+        self._unwritten.pop(agent_id, None)
         self.load_changed()
 
     def live_metrics(self) -> dict:
@@ -172,6 +178,10 @@ class Registration:
                          redact_url(self.url), exc)
             except asyncio.CancelledError:
                 return
+            except Exception:  # noqa: BLE001 - registering must go on whatever failed; say what it was
+                self.errors["register"] = self.errors.get("register", 0) + 1
+                log.warning("server %s: registering in %s failed unexpectedly; retrying", self.server_id,
+                            redact_url(self.url), exc_info=True)
             self.registered.clear()
             if self._stopping:
                 return
@@ -218,7 +228,9 @@ class Registration:
     async def drop_moved(self, why: str) -> int:
         """Agents whose records now name another server were moved while we were cut off or stopped: drop
         them (only them), so calls aimed at our old copies are refused; how many."""
-        kvs, _ = await self.client.get_prefix(keys.agents_prefix(self.namespace))
+        kvs, revision = await self.client.get_prefix(keys.agents_prefix(self.namespace))
+        self.revision = max(self.revision, revision)
+        unwritten = self._unwritten
         elsewhere = set()
         for kv in kvs:
             try:
@@ -226,8 +238,9 @@ class Registration:
                                       kv.lease)
             except _trust.BadRecord:
                 continue      # unsigned, forged, replayed, lease-less or malformed: it moves nothing
-            if record["server_id"] != self.server_id:
-                elsewhere.add(record["agent_id"])
+            agent_id = record["agent_id"]
+            if record["server_id"] != self.server_id and kv.mod_revision > unwritten.get(agent_id, -1):
+                elsewhere.add(agent_id)   # written after our copy came: its owner moved it
         moved = [aid for aid in self.load.agents if aid in elsewhere]
         return self.load.fence(f"{why}, their registry records named another server", moved) if moved else 0
 
@@ -244,8 +257,10 @@ class Registration:
                 deletes.append(path)
             else:
                 puts.append((path, _trust.sign_record(sign, path, rec, lease_id), lease_id))
-        await self.client.put_many(puts, deletes)
+        self.revision = max(self.revision, await self.client.put_many(puts, deletes))
         self._signed_at = time.monotonic()
+        for agent_id in agents:
+            self._unwritten.pop(agent_id, None)
 
     async def _update_until_lost(self) -> None:
         """Write the record when the load changes, when REFRESH_EVERY s passed, or when someone else wrote it."""

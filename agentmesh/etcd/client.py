@@ -167,13 +167,16 @@ class EtcdClient:
         return await self._unary("Txn", request)
 
     async def put_many(self, puts: Iterable[tuple[str, bytes | str, int]],
-                       deletes: Iterable[str] = ()) -> None:
-        """Write (key, value, lease) triples and delete keys, atomically per batch of 100 ops."""
+                       deletes: Iterable[str] = ()) -> int:
+        """Write (key, value, lease) triples and delete keys, atomically per batch of 100 ops; returns the
+        store revision after the last batch (0 when there was nothing to write)."""
         ops = [pb.PutRequest(key=to_bytes(k), value=to_bytes(v), lease=lease)
                for k, v, lease in puts]
         ops += [pb.DeleteRangeRequest(key=to_bytes(k)) for k in deletes]
+        revision = 0
         for start in range(0, len(ops), 100):  # etcd's default --max-txn-ops is 128
-            await self.txn([], ops[start:start + 100], [])
+            revision = (await self.txn([], ops[start:start + 100], [])).header.revision
+        return revision
 
     async def compact(self, revision: int, physical: bool = False) -> None:
         """Discard history before ``revision`` (watches from older revisions get RESYNC)."""

@@ -88,12 +88,25 @@ class SqliteStore(SqlStore):
             self._connections.append(conn)
         self._local.conn = conn
         with self._mapped():
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
         if str(mode).lower() != "wal":
             log.warning("state store %s: WAL mode refused (journal mode %s); writers will block readers",
                         self.url, mode)
         return conn
+
+    def _wal(self, conn: sqlite3.Connection) -> str:
+        """Switch to WAL; the journal mode's change skips the busy handler when another process opening a fresh
+        file changes it at the same moment ("database is locked" at once), so it is retried up to the busy
+        timeout."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextlib.contextmanager
     def _mapped(self) -> Iterator[None]:
