@@ -18,7 +18,7 @@ from .errors import AgentCallError, AgentCreationError  # noqa: E402
 from .message import Msg  # noqa: E402
 from . import pipelines  # noqa: E402
 from .msghub import msghub  # noqa: E402 - agentmesh.msghub is the function, as agentscope.msghub is
-from .rpc import AsyncResult, ReplyStream, RpcMeta, RpcObject, async_func, sync_func  # noqa: E402
+from .rpc import AsyncResult, ReplyStream, RpcMeta, RpcObject, async_func, delete_agent, get_agent, sync_func  # noqa: E402
 from .server import RpcAgentServerLauncher  # noqa: E402
 
 
@@ -38,6 +38,12 @@ def init(registry: str | None = None, namespace: str | None = None, token: str |
     give ``token`` or ``token_file``, not both. ``etcd_password_file``
     (``AGENTMESH_ETCD_PASSWORD_FILE``) holds the password of the user named in
     the registry URL (``etcd://USER@host:2379``).
+
+    ``state_store`` (``AGENTMESH_STATE_STORE``): the store of durable agents'
+    state, ``sqlite:///path/state.db`` or ``postgresql://user@host/db`` (its
+    password in the file ``AGENTMESH_STATE_STORE_PASSWORD_FILE`` names); it
+    lets ``to_dist(name=..., lifetime="detached")``, ``get_agent`` and
+    ``delete_agent`` work, and child servers use it.
 
     TLS: ``tls_ca`` (the CA agent servers' certificates chain to), ``tls_cert``
     and ``tls_key`` (this process's certificate, for servers that require
@@ -113,6 +119,8 @@ __all__ = [
     "AgentBase",
     "Msg",
     "RpcObject",
+    "get_agent",
+    "delete_agent",
     "AsyncResult",
     "ReplyStream",
     "RpcMeta",

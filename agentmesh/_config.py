@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from . import _tls
 from ._address import is_loopback
+from ._env import env, env_flag, read_secret
 from ._tokens import check_token, local_token
 
 log = logging.getLogger("agentmesh")
@@ -65,6 +66,7 @@ ENVIRONMENT = {
     "etcd_password_file": "AGENTMESH_ETCD_PASSWORD_FILE",
     "insecure": "AGENTMESH_INSECURE",
     "download_dir": "AGENTMESH_DOWNLOAD_DIR",
+    "state_store": "AGENTMESH_STATE_STORE",
 }
 ENV_STATE_STORE_PASSWORD_FILE = "AGENTMESH_STATE_STORE_PASSWORD_FILE"  # the state store's password, in a file
 #: read by the server command only
@@ -80,37 +82,6 @@ def check_capacity(capacity: object, what: str = "capacity") -> int:
     return capacity
 
 
-def env(name: str, default: str | None = None, environ: Mapping[str, str] | None = None) -> str | None:
-    """An AGENTMESH_* variable; empty counts as unset."""
-    return (os.environ if environ is None else environ).get(name) or default
-
-
-def read_secret(path: str, what: str = "token file") -> str:
-    """The secret held in a file, read now: one line, its trailing newline stripped.
-
-    A file that cannot be read, is empty or holds more than one line is a
-    ValueError naming it; one that group or others may read or write gets a
-    warning (``chmod 600``). The secret itself is never logged.
-    """
-    try:
-        with open(path, "rb") as fh:
-            mode = os.fstat(fh.fileno()).st_mode
-            data = fh.read()
-    except OSError as exc:
-        raise ValueError(f"{what} {path!r} cannot be read ({exc.strerror or exc}); give the path of a "
-                         f"readable file holding the secret on one line") from None
-    try:
-        secret = data.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise ValueError(f"{what} {path!r} is not UTF-8 text; put the secret on one line") from None
-    if not secret.strip():
-        raise ValueError(f"{what} {path!r} is empty; put the secret on its first line")
-    if "\n" in secret or "\r" in secret:
-        raise ValueError(f"{what} {path!r} holds more than one line; put the secret alone on one line")
-    if os.name == "posix" and mode & 0o077:
-        log.warning("agentmesh: %s %s is accessible to group or others (mode %03o); run chmod 600 %s",
-                    what, path, mode & 0o777, path)
-    return secret
 def check_options(given: Iterable[str], accepted: Iterable[str], kept: Iterable[str], what: str) -> None:
     """TypeError naming each unknown option of given (with its close match: a typo) and the accepted ones.
 
@@ -149,16 +120,6 @@ def check_py_modules(modules: object, what: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def env_flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """An AGENTMESH_* on/off variable: 1/true/yes is on, 0/false/no or unset is off, anything else a ValueError."""
-    value = (env(name, "", environ) or "").strip().lower()
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("", "0", "false", "no"):
-        return False
-    raise ValueError(f"{name}={value!r} is neither on (1, true, yes) nor off (0, false, no)")
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """What a process of the mesh uses: registry, namespace, token, TLS and tuning."""
@@ -186,6 +147,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     #: modules (by name) whose code travels with every class shipped to a server (py_modules=)
     py_modules: tuple[str, ...] = ()
+    #: the URL of the store where agents' state outlives processes (checked by the runtime; never a password)
+    state_store: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -343,6 +306,8 @@ class ServerConfig:
     max_workers: int = DEFAULT_MAX_WORKERS
     roster: str | None = None               # a child server's: its parent's list of children, where it adds its port
     own_calls: OwnCalls | None = None       # how a server process makes its own calls (in-process: unused)
+    state_store: str | None = None          # the URL of its state store (checked where it is built); None: none
+    state_store_password_file: str | None = None   # a file holding the store's password (never the password)
 
     def __post_init__(self) -> None:
         mutual = self.tls is not None and self.tls.mutual

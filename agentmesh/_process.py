@@ -26,11 +26,12 @@ log = logging.getLogger("agentmesh.server")
 
 READY_PREFIX = "AGENTMESH_READY"
 #: variables a server process takes from its configuration instead (registry, namespace, secrets, TLS files,
-#: insecure): its parent sends the settings and the credentials that go with them together, so a registry
-#: inherited from the environment never arrives without its token
+#: insecure, state store): its parent sends the settings and the credentials that go with them together, so a
+#: registry inherited from the environment never arrives without its token. AGENTMESH_STATE_STORE_PASSWORD_FILE
+#: is inherited: the state store's password file, where the config names none
 _CONFIG_ONLY_ENV = frozenset(ENVIRONMENT[name] for name in ("registry", "namespace", "token", "token_file", "tls_ca",
                                                             "tls_cert", "tls_key", "etcd_ca", "etcd_cert", "etcd_key",
-                                                            "etcd_password_file", "insecure"))
+                                                            "etcd_password_file", "insecure", "state_store"))
 ERROR_PREFIX = "AGENTMESH_ERROR"
 
 

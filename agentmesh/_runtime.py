@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import threading
+import urllib.parse
 from typing import Any
 
 from . import _ids, _trust
@@ -39,6 +40,7 @@ class Runtime:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_env()
         self.settings.check()
+        check_state_store(self.settings.state_store)   # AGENTMESH_STATE_STORE: refused at start, named
         self._generated_token = secrets.token_urlsafe(32)
         self.loop = IoLoop()
         self.classes = ClassCache()
@@ -68,6 +70,7 @@ class Runtime:
         settings = self.settings.replace(**options)
         if settings.registry:
             parse_registry_url(settings.registry)   # a clear ValueError now (nothing changed), not a hang later
+        check_state_store(settings.state_store)     # StoreUrlError naming what is wrong, nothing changed
         self.settings = settings
         self._apply()
 
@@ -96,11 +99,13 @@ class Runtime:
         our CA and our certificate as its client certificate. Its own calls
         follow our registry (it does not register there) with our token and etcd
         credentials, whether our settings came from init() or the environment.
+        It uses our state store (its password file comes in the environment).
         """
         s = self.settings.absolute()
         cert, key = (s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else (None, None)
         return ServerConfig(bind_host="127.0.0.1", capacity=s.child_capacity, token=self.token, namespace=s.namespace,
                             max_message_size=s.max_message_size, roster=self.children.roster(),
+                            state_store=check_state_store(s.state_store),
                             own_calls=OwnCalls(token=s.token, registry=s.registry, client_cert=cert, client_key=key,
                                                **self.process_options()))
 
@@ -211,6 +216,34 @@ class Runtime:
     def _at_exit(self) -> None:
         self.close()
         self.loop.stop()
+
+
+def check_state_store(url: str | None, password_file: str | None = None) -> str | None:
+    """A state store URL (and password file) checked before anything starts; None or "" stays None.
+
+    StoreUrlError (a ValueError) names what is wrong without the password: a
+    URL the stores cannot use (one carrying a password among them), a
+    password file that is missing, one with a SQLite store, or one without a
+    store. Returns the URL as a server process anywhere reads it: a relative
+    SQLite path is made absolute.
+    """
+    if not url:
+        if password_file:
+            from .store import StoreUrlError
+            raise StoreUrlError(f"a state store password file ({password_file}) was given without a state store "
+                                f"URL; give one (--state-store, state_store=, AGENTMESH_STATE_STORE)")
+        return None
+    from .store import StoreUrlError, parse_store_url   # here: importing agentmesh needs no store
+    parsed = parse_store_url(url)
+    if password_file and parsed.kind == "sqlite":
+        raise StoreUrlError(f"state store {parsed.shown} is a SQLite file: it takes no password file "
+                            f"({password_file})")
+    if password_file and not os.path.isfile(password_file):
+        raise StoreUrlError(f"state store password file {password_file!r} is not a file; give the path of a "
+                            f"0600 file holding the password on one line")
+    if parsed.kind == "sqlite" and not url.strip().partition(":")[2].startswith("//"):
+        return "sqlite://" + urllib.parse.quote(parsed.path)
+    return url
 
 
 _default: Runtime | None = None

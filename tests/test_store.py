@@ -29,13 +29,14 @@ SECRET = "Sup3r-secret_pw"
 
 
 def test_the_schema_is_made_once_and_versioned(place):
-    assert place.execute("SELECT version FROM agentmesh_schema") == [(SCHEMA_VERSION,)]
+    applied = [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+    assert place.execute("SELECT version FROM agentmesh_schema ORDER BY version") == applied
     again = place.open()                                    # a second open migrates nothing
     try:
         assert again.schema_version() == SCHEMA_VERSION
     finally:
         again.close()
-    assert place.execute("SELECT version FROM agentmesh_schema") == [(SCHEMA_VERSION,)]
+    assert place.execute("SELECT version FROM agentmesh_schema ORDER BY version") == applied
     assert isinstance(again, SqliteStore if place.kind == "sqlite" else PostgresStore)
 
 
@@ -160,6 +161,30 @@ store = open_store(sys.argv[1], sys.argv[2] or None)
 print(store.schema_version(), flush=True)
 store.close()
 """
+
+
+def test_a_store_of_schema_1_is_migrated_and_its_rows_stay_readable(place):
+    """A store written by the first schema (no constructor arguments) is brought up to date on open, and its
+    rows read as they were, with empty constructor arguments."""
+    from agentmesh.store import MIGRATIONS
+
+    place.execute("DROP TABLE agentmesh_agents")
+    place.execute("DELETE FROM agentmesh_schema")
+    statements = MIGRATIONS[0].sqlite if place.kind == "sqlite" else MIGRATIONS[0].postgres
+    for statement in statements:
+        place.execute(statement)
+    place.execute("INSERT INTO agentmesh_schema (version, applied_at) VALUES (1, 0)")
+    place.execute("INSERT INTO agentmesh_agents (agent_id, namespace, name, cls, lifetime, state, seq, version, "
+                  "epoch, updated_at) VALUES ('old', 'ns', 'veteran', 'm:C', 'detached', ?, 7, 8, 3, 0)", (b"st",))
+    store = place.open()
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        row = store.by_name("ns", "veteran")
+        assert (row.agent_id, row.state, row.seq, row.epoch, row.init_args) == ("old", b"st", 7, 3, b"")
+        made = store.create("new", "ns", "rookie", "m:C", "owned", init_args=b"args")
+        assert store.get("new").init_args == b"args" == made.init_args
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -10,13 +10,15 @@ import sys
 from typing import Sequence
 
 from .. import _tls
-from .._config import DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_TLS_CLIENT_CA, ENVIRONMENT, env
-from .._runtime import Runtime, set_default_runtime
+from .._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_STATE_STORE_PASSWORD_FILE,
+                       ENV_TLS_CLIENT_CA, ENVIRONMENT, env)
+from .._runtime import Runtime, check_state_store, set_default_runtime
 from .._tokens import new_token
 from .._version import __version__
 from ..rpc import RpcMeta
 from ..server import OwnCalls, ServerConfig, classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
+from ..store import parse_store_url
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
                     _metrics_port_arg, _port_arg, _settings, command_error)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
@@ -48,6 +50,25 @@ def _load_class(spec: str) -> type:
     return obj
 
 
+def state_store_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """The server's ``state_store`` and ``state_store_password_file`` (for its ServerConfig), checked now: a URL
+    it cannot use ends the command with one line naming what is wrong (never the password).
+
+    AGENTMESH_STATE_STORE_PASSWORD_FILE serves a PostgreSQL store only (a
+    SQLite one has no password); --state-store-password-file with a SQLite
+    store, or without a store, is refused.
+    """
+    password_file = args.state_store_password_file
+    try:
+        url = check_state_store(args.state_store)
+        if password_file is None and url and parse_store_url(url).kind == "postgresql":
+            password_file = env(ENV_STATE_STORE_PASSWORD_FILE)
+        check_state_store(url, password_file)
+    except ValueError as exc:
+        raise command_error("server", exc) from None
+    return {"state_store": url, "state_store_password_file": password_file and os.path.abspath(password_file)}
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     if args.token:
         log.warning("agentmesh server: --token on the command line can be read by every local user (ps, "
@@ -56,9 +77,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.token and args.token_file:
         raise SystemExit("agentmesh server: both --token and --token-file were given; give one")
     secrets = {name: value for name, value in (("token", args.token), ("token_file", args.token_file)) if value}
+    store = state_store_options(args)
     # AGENTMESH_TLS_CERT/_KEY are this command's server certificate (--tls-cert), which serve_forever also
     # makes its client certificate; the runtime starts without them so the CA check sees the right pair.
-    settings = _settings(args, tls_cert=None, tls_key=None, tls_ca=args.tls_ca, **secrets)
+    settings = _settings(args, tls_cert=None, tls_key=None, tls_ca=args.tls_ca, state_store=store["state_store"],
+                         **secrets)
     set_default_runtime(Runtime(settings))   # the server's runtime: secret files are not read a second time
     token = settings.token
     try:
@@ -81,7 +104,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                           capacity=args.capacity, namespace=args.namespace, token=token, tls=tls,
                           registry=args.registry, registry_ttl=args.ttl, labels=args.labels,
                           agent_classes=tuple(classes), file_dir=args.file_dir, metrics_port=args.metrics_port,
-                          grace=args.grace, max_message_size=args.max_message_size, own_calls=own_calls,
+                          grace=args.grace, max_message_size=args.max_message_size, own_calls=own_calls, **store,
                           **({"server_id": args.server_id} if args.server_id else {}))
     return serve_forever(config)
 
@@ -138,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--metrics-port", type=_metrics_port_arg, default=None, metavar="PORT",
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (0: a free port; default: off); "
                              "the port goes into the registry record")
+    server.add_argument("--state-store", default=env(ENVIRONMENT["state_store"]), metavar="URL",
+                        help="the store where agents' state outlives this server: sqlite:///path/state.db, "
+                             "sqlite:relative/path.db or postgresql://user@host:5432/dbname, with no password in "
+                             "it (default: AGENTMESH_STATE_STORE, else none)")
+    server.add_argument("--state-store-password-file", default=None, metavar="FILE",
+                        help="file holding the PostgreSQL store's password on one line, mode 0600 "
+                             "(default: AGENTMESH_STATE_STORE_PASSWORD_FILE)")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)

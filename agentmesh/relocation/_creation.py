@@ -27,6 +27,11 @@ class AgentSpec:
         return self.options.get("max_timeout_seconds")
 
     @property
+    def durable(self) -> bool:
+        """Whether the agent has a row in the state store (to_dist(name=...) or lifetime="detached")."""
+        return bool(self.options.get("durable"))
+
+    @property
     def checkpoints_on(self) -> bool:
         """Whether the agent's checkpoint comes back with each reply (the user's checkpoint= option)."""
         return self.options.get("checkpoint", True)
@@ -36,7 +41,8 @@ def creation_request(spec: AgentSpec, ref: pb.ClassRef) -> pb.CreateAgentRequest
     """The creation of spec's agent with its class as ref (by reference or by value): built here alone, for the
     unary RPC and for the creation pipelined on a session."""
     return pb.CreateAgentRequest(agent_id=spec.agent_id, cls=ref, init_args=spec.init_blob,
-                                 checkpoints_on=spec.checkpoints_on, state=spec.resume.state, state_seq=spec.resume.seq, answered=spec.resume.answered)
+                                 checkpoints_on=spec.checkpoints_on, state=spec.resume.state, state_seq=spec.resume.seq,
+                                 answered=spec.resume.answered, durable=spec.durable)
 
 
 async def create_on(runtime: Runtime, conn: Transport, spec: AgentSpec) -> pb.CreateAgentResponse:

@@ -14,7 +14,9 @@ from .._reply_stream import ReplyStream
 from .._runtime import Runtime, default_runtime
 from ..relocation import AgentSpec, Binding, Relocation, choose, counted
 from ..v1 import agent_server_pb2 as pb
+from ..store import NameTakenError
 from ._methods import CallMode, method_table
+from ._named import bind_named, durable_options, store_new
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
 from .._ids import new_id
@@ -22,7 +24,7 @@ from .._ids import new_id
 log = logging.getLogger("agentmesh.rpc")
 #: what to_dist() takes (as keywords, or in its dict / DistConf)
 TO_DIST_OPTIONS = frozenset({"host", "port", "labels", "registry", "namespace", "checkpoint", "max_timeout_seconds",
-                             "retry_strategy", "agent_id", "py_modules"})
+                             "retry_strategy", "agent_id", "py_modules", "name", "lifetime", "get_if_exists"})
 #: AgentScope 0.1.6's to_dist() / DistConf options that set nothing here, accepted for ported code
 AGENTSCOPE_TO_DIST_OPTIONS = frozenset({"max_pool_size", "max_expire_time", "local_mode", "lazy_launch"})
 
@@ -274,11 +276,19 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
         raise ValueError(f"max_timeout_seconds must be a positive number of seconds, not {timeout!r}")
     retry = retry_strategy_of(options.get("retry_strategy"))
     agent_id = options.pop("agent_id", None) or new_id()
+    name, lifetime, get_if_exists = durable_options(cls, options)
     try:
         init_blob = _codec.dumps_plain_first((args, kwargs))
     except Exception as exc:  # noqa: BLE001
         raise errors.AgentCreationError(
             f"constructor arguments of {cls.__name__} cannot be pickled: {type(exc).__name__}: {exc}") from exc
+    if options.get("durable"):
+        try:
+            store_new(runtime, cls, agent_id, init_blob, options, name, lifetime)
+        except NameTakenError:
+            if not get_if_exists:
+                raise
+            return get_agent(name, options.get("namespace"), runtime)  # type: ignore[arg-type]
     if host is not None and port not in (None, "", -1, "-1"):
         conn, relocatable = runtime.pool.connect(format_address(host, port)), False
         counted(runtime, "explicit")
@@ -288,9 +298,17 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
                       server_id=conn.server_id, name=_name_from(args, kwargs),
                       spec=AgentSpec(cls, agent_id, init_blob, options), relocatable=relocatable)
     binding.bind(conn)
-    Relocation.of(runtime).owned[agent_id] = conn.address
+    if lifetime == "owned":    # a detached agent outlives this process: it is not deleted when the runtime closes
+        Relocation.of(runtime).owned[agent_id] = conn.address
     binding.start_creation(conn)
     return RpcObject._bound(binding, method_table(cls), timeout, retry)
+
+
+def get_agent(name: str, namespace: str | None = None, runtime: Runtime | None = None, **to_dist: Any) -> RpcObject:
+    """A proxy of the durable agent called name, from any process with the same state store (see _named)."""
+    binding, cls = bind_named(name, namespace, runtime or default_runtime(), to_dist)
+    return RpcObject._bound(binding, method_table(cls), to_dist.get("max_timeout_seconds"),
+                            retry_strategy_of(to_dist.get("retry_strategy")))
 
 
 # -- what msghub and an agent's audience use of a proxy: functions, so that a proxy's public names stay its agent's

@@ -22,6 +22,7 @@ import grpc
 from .. import _codec, _status
 from ..v1 import agent_server_pb2 as pb
 from ._classes import ClassNotSent, HostedClasses
+from ._durable import Durable, Stored
 from ._host import AgentHost, Work, construct
 from ._results import ResultStore
 from ._workers import Workers
@@ -72,6 +73,7 @@ class Creator:
         self.refused: collections.OrderedDict[str, tuple[int, str]] = collections.OrderedDict()
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
         self._waiting: list[tuple[AgentHost, bytes, str, Any]] = []   # (agent, checkpoint, call id, outbox)
+        self.durable: Durable | None = None   # the server's state store, when it has one
         self._scheduled = False
 
     def begin(self, request: pb.CreateAgentRequest, epoch: int,
@@ -107,8 +109,13 @@ class Creator:
             raise self._refuse(agent_id, pb.BAD_PAYLOAD, f"constructor arguments of {name} do not unpickle: "
                                                         f"{type(exc).__name__}: {exc}") from None
         checkpoints_on = request.checkpoints_on and getattr(cls, "checkpoint", True) is not False
+        if request.durable and self.durable is None:
+            raise self._refuse(agent_id, pb.CREATION_FAILED, f"agent {agent_id} ({name}) is durable, but agent server "
+                                                            f"{self.server_id} has no state store (--state-store)")
         host = AgentHost(agent_id, None, name, getattr(cls, "max_concurrency", 1) or 1,
                          checkpoints_on=checkpoints_on, seq=request.state_seq, epoch=epoch)
+        if request.durable:
+            host.stored = Stored()    # activated in the store on the worker thread, before the constructor
         host.constructed = self.loop.create_future()  # type: ignore[union-attr]
         host.build = (cls, args, kwargs)
         self.agents[agent_id] = host
@@ -124,10 +131,16 @@ class Creator:
         host.build = None
         try:
             agent = await self.loop.run_in_executor(  # type: ignore[union-attr]
-                self.executor, construct, cls, host.agent_id, args, kwargs, request.state)
+                self.executor, self._construct, host, cls, args, kwargs, request.state)
         except Exception as exc:  # noqa: BLE001 - the constructor raised
             raise self.not_built(host, exc, traceback.format_exc()) from None
         return self.built(host, agent)
+
+    def _construct(self, host: AgentHost, cls: type, args: tuple, kwargs: dict, state: bytes) -> Any:
+        """Build the agent (worker thread); a durable one is activated in the store first, from the newer state."""
+        if host.stored is not None:
+            state = self.durable.activate(host, state, host.seq)  # type: ignore[union-attr]
+        return construct(cls, host.agent_id, args, kwargs, state)
 
     def built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
         """The constructor returned: the agent serves, and the calls waiting for it go on (I/O loop)."""
@@ -211,7 +224,7 @@ class Creator:
             cls, args, kwargs = host.build
             host.build = None
             try:
-                built.append((host, call_id, outbox, construct(cls, host.agent_id, args, kwargs, state), None))
+                built.append((host, call_id, outbox, self._construct(host, cls, args, kwargs, state), None))
             except Exception as exc:  # noqa: BLE001 - the constructor raised
                 built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
             if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):

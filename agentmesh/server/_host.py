@@ -52,7 +52,8 @@ class AgentHost:
     """
 
     __slots__ = ("agent_id", "agent", "cls_name", "checkpoints_on", "max_concurrency", "lock", "ready", "active",
-                 "waiting", "constructed", "build", "pump", "queued", "seq", "checkpoint_seq", "deleted", "epoch", "owner")
+                 "waiting", "constructed", "build", "pump", "queued", "seq", "checkpoint_seq", "deleted", "epoch", "owner",
+                 "stored")
 
     def __init__(self, agent_id: str, agent: Any, cls_name: str, max_concurrency: int,
                  checkpoints_on: bool = False, seq: int = 0, epoch: int = 0) -> None:
@@ -74,6 +75,7 @@ class AgentHost:
         self.seq = seq         # calls completed (counting those before a restore from a checkpoint)
         self.checkpoint_seq = seq    # the same, counted by the worker threads for checkpoints
         self.deleted = False   # set by DeleteAgent: its results are not kept
+        self.stored: Any = None   # a durable agent's row in the state store (_durable.Stored); None: not durable
 
     # -- the mailbox (its queues exist while calls are in them) ---------------------
     def hold(self, work: Work) -> None:

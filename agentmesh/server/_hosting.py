@@ -20,6 +20,7 @@ from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._classes import HostedClasses
 from ._creator import Creator, Refusal
+from ._durable import Durable
 from ._fencing import Fencing
 from ._host import AgentHost, Work
 from ._outbox import Outbox, deliver
@@ -74,6 +75,14 @@ class Hosting:
         #: asks whether this process was just stopped (set by the service); a stop holds calls and replies
         self.check_pause: Callable[[], None] = lambda: None
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
+        self.durable: Durable | None = None   # the state store of durable agents (use_store)
+
+    def use_store(self, durable: Durable) -> None:
+        """Host durable agents: activated from durable's store, their state committed before their replies; a copy
+        whose commit the store refuses (a newer activation exists elsewhere) is dropped (on the I/O loop)."""
+        self.durable = self.creator.durable = self.runner.durable = durable
+        self.runner.drop_stale = lambda host: self.fence("its state store holds a newer activation of it", [
+            host.agent_id]) if self.agents.get(host.agent_id) is host else None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = self.streams.io = self.runner.loop = self.creator.loop = loop

@@ -10,6 +10,7 @@ from .. import _status
 from .._runtime import Runtime
 from ..v1 import agent_server_pb2 as pb
 from ._coroutines import AgentLoop
+from ._durable import Durable
 from ._host import AgentHost, Work
 from ._streams import Streams
 from ._telemetry import serving
@@ -33,6 +34,9 @@ class Runner:
         self.loop: asyncio.AbstractEventLoop | None = None   # the I/O loop, bound at start
         self._done: collections.deque[Done] = collections.deque()
         self._done_scheduled = False
+        #: the server's state store (durable agents), and how a copy the store refused is dropped (I/O loop)
+        self.durable: Durable | None = None
+        self.drop_stale: Callable[[AgentHost], None] = lambda host: None
 
     def run(self, host: AgentHost) -> None:
         """Work through an agent's ready calls (worker thread)."""
@@ -59,7 +63,33 @@ class Runner:
                 "CancelledError"), None)
         else:
             owned = host.checkpointed(reply) if host.checkpoints_on and not work.interleaved else None
-            self._finished(host, work, reply, owned)
+            if host.stored is not None and not work.interleaved and self.durable is not None:
+                self._commit_first(host, work, reply, owned)
+            else:
+                self._finished(host, work, reply, owned)
+
+    def _commit_first(self, host: AgentHost, work: Work, reply: pb.Reply, owned: pb.Reply | None) -> None:
+        """A durable agent's call: its reply goes once its state is committed (worker thread; see _durable)."""
+        durable = self.durable
+        call_id = work.call.call_id
+
+        def release(ok: bool | None) -> None:
+            if ok:
+                self._finished(host, work, reply, owned)
+            elif ok is False:     # a newer activation owns the row (or it was deleted): this copy goes
+                self._finished(host, work, _status.refusal(call_id, pb.STALE_EPOCH, (
+                    f"agent {host.agent_id} on server {durable.server_id}: its state store refused this copy's "
+                    f"commit (a newer activation exists, or it was deleted); the copy is dropped")), None)
+                self.loop.call_soon_threadsafe(self.drop_stale, host)  # type: ignore[union-attr]
+            else:
+                self._finished(host, work, _status.refusal(call_id, pb.ERROR, (
+                    f"{work.call.method}() on agent {host.agent_id} ran, but state store {durable.store.url} did "
+                    f"not take its state within {durable.commit_wait:g} s; it is committed when the store answers "
+                    f"again"), "StoreUnavailableError"), None)
+
+        instead = durable.commit(host, call_id, owned, release)
+        if instead is not None:
+            self._finished(host, work, instead, None)
 
     def _execute(self, host: AgentHost, work: Work) -> pb.Reply:
         """Run the call (worker thread), inside a server span when the caller traces and so does this process."""

@@ -21,11 +21,13 @@ from .._version import __version__
 from ..discovery.records import check_labels
 from ..discovery.registration import Registration
 from ..etcd import redact_url
+from ..store import open_store
 from ..v1 import agent_server_pb2 as pb
 from ..v1 import agent_server_pb2_grpc as pb_grpc
 from ._addresses import AddressBook
 from ._auth import Credentials, Gate
 from ._classes import HostedClasses, classes_in_folder
+from ._durable import Durable
 from ._files import FileRoot
 from ._hosting import Hosting, Refusal
 from ._open_health import OpenHealth
@@ -73,6 +75,11 @@ class AgentServer(pb_grpc.AgentServerServicer):
         """Bind and serve; returns the port. A port in use is an error, never a second listener."""
         self.hosting.bind_loop(asyncio.get_running_loop())
         config = self.config
+        if config.state_store:   # refused here, naming what is wrong, before the server serves anything
+            store = await asyncio.get_running_loop().run_in_executor(
+                None, open_store, config.state_store, config.state_store_password_file)
+            self.hosting.use_store(Durable(store, self.server_id))
+            log.info("agent server %s commits durable agents to state store %s", self.server_id, store.url)
         server = grpc.aio.server(interceptors=[Gate(self.credentials, self.open_health)],
                                  options=_protocol.server_options(config.max_message_size))
         pb_grpc.add_AgentServerServicer_to_server(self, server)
@@ -138,6 +145,8 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if self.runtime.metrics is not None:
             self.runtime.metrics.remove_source(self._live_metrics)
         self.hosting.executor.shutdown(wait=False)
+        if self.hosting.durable is not None:   # what is queued is written before the store closes
+            await asyncio.get_running_loop().run_in_executor(None, self.hosting.durable.close)
         self.hosting.coroutines.stop()
         self.finished.set()
         log.info("agent server %s stopped", self.server_id)

@@ -13,7 +13,7 @@ from .._address import check_port, format_address, is_loopback
 from .._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, OwnCalls, ServerConfig, Settings, check_capacity,
                        read_secret)
 from .._process import ServerProcess
-from .._runtime import default_runtime
+from .._runtime import check_state_store, default_runtime
 from ..discovery.records import check_labels
 from ..etcd import parse_registry_url
 from ._files import FileRoot
@@ -100,6 +100,8 @@ def _process_settings(current: Settings, config: ServerConfig) -> dict[str, Any]
         options["tls_ca"] = ca
     if own.insecure:
         options["insecure"] = True
+    if config.state_store:   # the child servers it starts use its store too
+        options["state_store"] = config.state_store
     return options
 
 
@@ -159,6 +161,15 @@ class RpcAgentServerLauncher:
     token or mutual TLS); ``insecure=True`` allows either to be missing, with a
     warning, and lets the server's own calls use plaintext on the network.
 
+    State: ``state_store`` is the URL of the store where agents' state
+    outlives processes (``sqlite:///path/state.db`` or
+    ``postgresql://user@host:5432/dbname``; default: this process's
+    ``state_store`` setting, ``AGENTMESH_STATE_STORE``; ``""``: none). A URL
+    the stores cannot use, one carrying a password included, is a ValueError
+    naming what is wrong. The PostgreSQL password comes from the file
+    ``state_store_password_file`` names (default: the server's
+    ``AGENTMESH_STATE_STORE_PASSWORD_FILE``), never from the URL.
+
     The arguments are checked and built once into ``config``, a ``ServerConfig``.
     """
 
@@ -167,7 +178,8 @@ class RpcAgentServerLauncher:
                  namespace: str | None = None, labels: dict[str, str] | None = None, token: str | None = None,
                  insecure: bool = False, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  grace: float = 5.0, tls_cert: str | None = None, tls_key: str | None = None,
-                 tls_client_ca: str | None = None, token_file: str | None = None, **options: Any) -> None:
+                 tls_client_ca: str | None = None, token_file: str | None = None, state_store: str | None = None,
+                 state_store_password_file: str | None = None, **options: Any) -> None:
         self.host = host
         self.port = check_port(port)   # where it listens, once launched
         capacity = check_capacity(capacity)
@@ -177,6 +189,8 @@ class RpcAgentServerLauncher:
         if registry:
             parse_registry_url(registry)     # a ValueError naming the URL (redacted) before anything starts
         labels = check_labels(labels)     # a ValueError naming the bad label, before anything starts
+        state_store = check_state_store(settings.state_store if state_store is None else state_store,
+                                        state_store_password_file)   # StoreUrlError naming what is wrong
         if token is not None and token_file is not None:
             raise ValueError("both token= and token_file= were given to RpcAgentServerLauncher; give one")
         token = read_secret(token_file) if token_file is not None else token if token is not None else settings.token
@@ -194,7 +208,9 @@ class RpcAgentServerLauncher:
         self.config = ServerConfig(bind_host=host, port=self.port or 0, capacity=capacity,
                                    agent_classes=tuple(custom_agent_classes or ()), registry=registry or None,
                                    namespace=namespace or settings.namespace, labels=labels, token=token, tls=tls,
-                                   max_message_size=max_message_size, grace=grace, **kept)
+                                   max_message_size=max_message_size, grace=grace, state_store=state_store,
+                                   state_store_password_file=state_store_password_file and os.path.abspath(
+                                       state_store_password_file), **kept)
         self.server_id = ""
         #: where the server serves /metrics once launched (metrics_port= given; 0 picks a free port), else None
         self.metrics_port: int | None = None

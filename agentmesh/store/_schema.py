@@ -14,7 +14,8 @@ SCHEMA = "agentmesh_schema"
 #: the UNIQUE (namespace, name) constraint: its violation means "name taken"
 NAME_CONSTRAINT = "agentmesh_agents_name"
 #: the columns of a Row, in its field order
-COLUMNS = ("agent_id", "namespace", "name", "cls", "lifetime", "state", "seq", "version", "epoch", "updated_at")
+COLUMNS = ("agent_id", "namespace", "name", "cls", "lifetime", "state", "seq", "version", "epoch", "updated_at",
+           "init_args")
 #: PostgreSQL's advisory lock key held while migrating ("agentmsh" in ASCII)
 PG_MIGRATION_LOCK = 0x6167656E746D7368
 
@@ -56,6 +57,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1,
               sqlite=(_agents_table("TEXT", "BLOB", "INTEGER", "REAL"),),
               postgres=(_agents_table("TEXT", "BYTEA", "BIGINT", "DOUBLE PRECISION"),)),
+    # 2: the constructor arguments (a pickle of (args, kwargs)): any process can build the agent again
+    Migration(2,
+              sqlite=(f"ALTER TABLE {AGENTS} ADD COLUMN init_args BLOB NOT NULL DEFAULT x''",),
+              postgres=(f"ALTER TABLE {AGENTS} ADD COLUMN init_args BYTEA NOT NULL DEFAULT ''::bytea",)),
 )
 #: the newest schema this code knows
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -17,7 +17,7 @@ from ._types import LIFETIMES, Commit, Row
 log = logging.getLogger("agentmesh.store")
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM {AGENTS}"
-_LISTED = ", ".join(c for c in COLUMNS if c != "state")
+_LISTED = ", ".join(c for c in COLUMNS if c not in ("state", "init_args"))
 
 
 class DuplicateKey(Exception):
@@ -50,10 +50,10 @@ class SqlStore:
 
     # -- the protocol -------------------------------------------------------------------------------------
     def create(self, agent_id: str, namespace: str, name: str | None, cls: str, lifetime: str,
-               state: bytes = b"", seq: int = 0) -> Row:
+               state: bytes = b"", seq: int = 0, init_args: bytes = b"") -> Row:
         """Insert a new agent at epoch 0 and version 1; NameTakenError when ``name`` lives in ``namespace``."""
         _check_new(agent_id, namespace, name, cls, lifetime, state, seq)
-        row = Row(agent_id, namespace, name, cls, lifetime, bytes(state), seq, 1, 0, time.time())
+        row = Row(agent_id, namespace, name, cls, lifetime, bytes(state), seq, 1, 0, time.time(), bytes(init_args))
         try:
             with self._transaction() as cur:
                 cur.execute(self._sql(f"INSERT INTO {AGENTS} ({', '.join(COLUMNS)}) VALUES "
@@ -134,7 +134,7 @@ class SqlStore:
             return cur.rowcount > 0
 
     def list(self, namespace: str) -> list[Row]:
-        """The namespace's agents ordered by id, their ``state`` left out (``b""``)."""
+        """The namespace's agents ordered by id, their ``state`` and ``init_args`` left out (``b""``)."""
         with self._read() as cur:
             cur.execute(self._sql(f"SELECT {_LISTED} FROM {AGENTS} WHERE namespace = ? ORDER BY agent_id"),
                         (namespace,))
@@ -182,11 +182,11 @@ def _check_new(agent_id: str, namespace: str, name: str | None, cls: str, lifeti
 def _values(row: Row) -> tuple:
     """A row's column values, in COLUMNS order."""
     return (row.agent_id, row.namespace, row.name, row.cls, row.lifetime, row.state, row.seq, row.version,
-            row.epoch, row.updated_at)
+            row.epoch, row.updated_at, row.init_args)
 
 
 def _row(found: Sequence[Any]) -> Row:
     """A Row from a full SELECT."""
     return Row(found[0], found[1], found[2], found[3], found[4], bytes(found[5]), int(found[6]), int(found[7]),
-               int(found[8]), float(found[9]))
+               int(found[8]), float(found[9]), bytes(found[10]))
 

@@ -27,6 +27,7 @@ class Row:
     version: int
     epoch: int
     updated_at: float
+    init_args: bytes = b""   # the constructor's arguments, a pickle of (args, kwargs)
 
     def __repr__(self) -> str:  # the state is an agent's pickled data: its size says enough
         return (f"Row(agent_id={self.agent_id!r}, namespace={self.namespace!r}, name={self.name!r}, "
@@ -55,7 +56,7 @@ class StateStore(Protocol):
     url: str
 
     def create(self, agent_id: str, namespace: str, name: str | None, cls: str, lifetime: str,
-               state: bytes = b"", seq: int = 0) -> Row:
+               state: bytes = b"", seq: int = 0, init_args: bytes = b"") -> Row:
         """Insert a new agent at epoch 0; NameTakenError when ``name`` already lives in ``namespace``."""
 
     def activate(self, agent_id: str) -> Row:

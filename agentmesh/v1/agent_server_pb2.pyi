@@ -53,7 +53,7 @@ class ClassRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., blob: _Optional[bytes] = ...) -> None: ...
 
 class CreateAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoints_on", "answered")
+    __slots__ = ("agent_id", "cls", "init_args", "state", "state_seq", "checkpoints_on", "answered", "durable")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     CLS_FIELD_NUMBER: _ClassVar[int]
     INIT_ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class CreateAgentRequest(_message.Message):
     STATE_SEQ_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_ON_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     cls: ClassRef
     init_args: bytes
@@ -68,7 +69,8 @@ class CreateAgentRequest(_message.Message):
     state_seq: int
     checkpoints_on: bool
     answered: _containers.RepeatedCompositeFieldContainer[Reply]
-    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoints_on: _Optional[bool] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ...) -> None: ...
+    durable: bool
+    def __init__(self, agent_id: _Optional[str] = ..., cls: _Optional[_Union[ClassRef, _Mapping]] = ..., init_args: _Optional[bytes] = ..., state: _Optional[bytes] = ..., state_seq: _Optional[int] = ..., checkpoints_on: _Optional[bool] = ..., answered: _Optional[_Iterable[_Union[Reply, _Mapping]]] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class CreateAgentResponse(_message.Message):
     __slots__ = ("agent_id", "name", "server_id", "epoch", "existed")

@@ -1,0 +1,152 @@
+"""A server's state store: durable agents are activated from it and commit their state to it before replying.
+
+Activation (worker thread, before the constructor): the agent's row takes a
+new epoch (compare-and-set in the store), and the newer of the row's state and
+the creation's checkpoint is restored. After each completed call whose state
+changed (its pickle differs from the last one handed to the store), the state
+is queued on the CommitWriter; the call's reply is released only once the
+write succeeded. A write the store refuses (a newer activation exists, or the
+agent was deleted) drops this copy: its reply becomes a STALE_EPOCH refusal, so
+the caller finds the agent where it lives now. Agents without a store are not
+touched by any of this.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .. import _checkpoint, _status
+from ..store import Commit, CommitWriter, NoSuchAgentError, StateStore, StoreError
+from ..v1 import agent_server_pb2 as pb
+from ._host import AgentHost
+
+log = logging.getLogger("agentmesh.server")
+
+#: how long a reply waits for its commit while the store does not answer, before the call fails (s)
+DEFAULT_COMMIT_WAIT = 30.0
+#: how often replies waiting on commits are checked against that bound (s)
+_SWEEP_EVERY = 0.25
+
+
+class Stored:
+    """What a durable agent's host keeps about its row: the activation epoch, the digest of the last state
+    handed to the store (an unchanged state writes nothing)."""
+
+    __slots__ = ("epoch", "digest")
+
+    def __init__(self, epoch: int = 0, digest: bytes = b"") -> None:
+        self.epoch = epoch
+        self.digest = digest
+
+
+def _digest(state: bytes) -> bytes:
+    return hashlib.blake2b(state, digest_size=16).digest()
+
+
+class _Waiting:
+    """A reply held until its commit is written (or refused, or its wait runs out)."""
+
+    __slots__ = ("release", "since", "settled")
+
+    def __init__(self, release: Callable[[bool | None], None]) -> None:
+        self.release = release
+        self.since = time.monotonic()
+        self.settled = False
+
+
+class Durable:
+    """The store of one server, its group-commit writer, and the replies waiting on their commits."""
+
+    def __init__(self, store: StateStore, server_id: str, commit_wait: float = DEFAULT_COMMIT_WAIT) -> None:
+        self.store = store
+        self.server_id = server_id
+        self.commit_wait = commit_wait
+        self.writer = CommitWriter(store, name=f"agentmesh-store-writer-{server_id}")
+        self._lock = threading.Lock()
+        self._waiting: set[_Waiting] = set()
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(target=self._sweep, name="agentmesh-store-wait", daemon=True)
+        self._sweeper.start()
+
+    # -- activation -------------------------------------------------------------------------------------------
+    def activate(self, host: AgentHost, state: bytes, seq: int) -> bytes:
+        """Take a new epoch for host's agent and return the state to build it from: the stored one when it is
+        newer than the creation's checkpoint (state, seq). Worker thread; raises StoreError."""
+        try:
+            row = self.store.activate(host.agent_id)
+        except NoSuchAgentError:
+            raise StoreError(f"state store {self.store.url} holds no agent {host.agent_id}: it was deleted, or "
+                             f"never made durable") from None
+        if row.seq > seq and row.state:
+            state, seq = row.state, row.seq
+        with host.lock:
+            host.seq = host.checkpoint_seq = seq
+        host.stored = Stored(row.epoch, _digest(state) if state else b"")
+        log.debug("agent %s activated from %s at epoch %d (seq %d)", host.agent_id, self.store.url, row.epoch, seq)
+        return state
+
+    # -- commits ----------------------------------------------------------------------------------------------
+    def commit(self, host: AgentHost, call_id: str, owned: pb.Reply | None,
+               release: Callable[[bool | None], None]) -> pb.Reply | None:
+        """After a completed call (worker thread): queue host's state if it changed; release(True) once written,
+        release(False) when refused, release(None) when the store stayed away too long. Returns None when the
+        reply waits for that, or the reply to send at once instead: an error when the state cannot be pickled.
+        When nothing changed, release(True) is called here."""
+        stored = host.stored
+        if owned is not None and owned.state:
+            state, seq = owned.state, owned.seq
+        else:
+            try:
+                state = _checkpoint.checkpoint_of(host.agent)
+            except Exception as exc:  # noqa: BLE001 - an unpicklable attribute: this call's error, not a crash
+                return _status.refusal(call_id, pb.ERROR, (
+                    f"agent {host.agent_id} ({host.cls_name}) is durable, but its state after this call cannot be "
+                    f"pickled ({type(exc).__name__}: {exc}); the call's effects are not committed"),
+                    "StateNotPicklableError")
+            with host.lock:
+                host.checkpoint_seq += 1
+                seq = host.checkpoint_seq
+        digest = _digest(state)
+        if digest == stored.digest:
+            release(True)
+            return None
+        stored.digest = digest
+        waiting = _Waiting(release)
+        with self._lock:
+            self._waiting.add(waiting)
+        self.writer.submit(Commit(host.agent_id, stored.epoch, seq, state), lambda ok: self._settle(waiting, ok))
+        return None
+
+    def _settle(self, waiting: _Waiting, ok: bool | None) -> None:
+        with self._lock:
+            if waiting.settled:
+                return
+            waiting.settled = True
+            self._waiting.discard(waiting)
+        waiting.release(ok)
+
+    def _sweep(self) -> None:
+        """Fail the replies whose commit has waited longer than commit_wait (the store is down)."""
+        while not self._stop.wait(_SWEEP_EVERY):
+            now = time.monotonic()
+            with self._lock:
+                late = [w for w in self._waiting if now - w.since > self.commit_wait]
+            for waiting in late:
+                self._settle(waiting, None)
+
+    def close(self) -> None:
+        """Write what is queued (bounded by the writer) and close the store."""
+        self._stop.set()
+        try:
+            self.writer.close()
+        finally:
+            self.store.close()
+
+    def live(self) -> dict[str, Any]:
+        """The writer's counters, for metrics."""
+        writer = self.writer
+        return {"submitted": writer.submitted, "commits": writer.commits, "transactions": writer.transactions,
+                "refused": writer.refused, "failures": writer.failures, "waiting": len(self._waiting)}
