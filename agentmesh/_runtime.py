@@ -242,7 +242,8 @@ def check_state_store(url: str | None, password_file: str | None = None) -> str 
         raise StoreUrlError(f"state store password file {password_file!r} is not a file; give the path of a "
                             f"0600 file holding the password on one line")
     if parsed.kind == "sqlite" and not url.strip().partition(":")[2].startswith("//"):
-        return "sqlite://" + urllib.parse.quote(parsed.path)
+        return "sqlite://" + urllib.parse.quote(parsed.path) + (
+            "?" + urllib.parse.urlencode(parsed.options) if parsed.options else "")
     return url
 
 

@@ -35,7 +35,7 @@ WITH_RAY = ("aio", "stream")
 SYSTEMS = [
     System("agentmesh", "agentmesh", "workloads_agentmesh.py",
            COMMON + WITH_RAY + ("async_threads", "registry", "failover", "checkpoint", "metrics", "tracing", "scale",
-                                "simulation"), False),
+                                "simulation", "durable"), False),
     System("agentscope", "AgentScope", "workloads_agentscope.py", COMMON, True),
     System("ray", "Ray", "workloads_ray.py", COMMON + WITH_RAY, True),
 ]
@@ -102,6 +102,16 @@ ROWS = [
     Row("scale: agentmesh.shutdown() with 100,000 owned agents", "scale", "shutdown", "s", LOWER, True),
     Row("scale: server RSS per idle agent, 100,000 on one server", "scale", "idle_kb", "KB", LOWER, True),
     Row("scale: client RSS per proxy", "scale", "proxy_kb", "KB", LOWER, True),
+] + [Row(f"durable ({store}): {what}", "durable", f"{kind}_{key}", unit, better, True)
+     for kind, store in (("sqlite", "SQLite"), ("pg", "PostgreSQL"))
+     for what, key, unit, better in (
+         ("inc() round trip without a store", "rtt_plain", "µs", LOWER),
+         ("inc() round trip, durable (committed before the reply)", "rtt", "µs", LOWER),
+         ("durable round trip / plain round trip", "ratio", "×", LOWER),
+         ("pipelined inc() over 1,000 agents without a store", "pipe_plain", "calls/s", HIGHER),
+         ("pipelined inc() over 1,000 durable agents", "pipe", "calls/s", HIGHER),
+         ("SIGKILL of a server of 10,000 detached agents, creator gone -> all answered", "back", "s", LOWER),
+         ("answers wrong in that re-activation", "back_wrong", "answers", LOWER))
 ] + [Row(f"simulation N = {n}: {what}", "simulation", f"{key}{i}", unit, LOWER, True)
      for i, n in enumerate(("1,000", "10,000", "100,000"))
      for what, key, unit in (("set-up", "setup", "s"), ("round", "round", "s"),
@@ -120,6 +130,12 @@ TARGETS = [
 
 #: the issue's goals for agentmesh alone: (row name, at least or at most, value)
 GOALS = [
+    ("durable (SQLite): durable round trip / plain round trip", "≤", 1.5),
+    ("durable (PostgreSQL): durable round trip / plain round trip", "≤", 2.0),
+    ("durable (SQLite): pipelined inc() over 1,000 durable agents", "≥", 5_000),
+    ("durable (PostgreSQL): pipelined inc() over 1,000 durable agents", "≥", 3_000),
+    ("durable (SQLite): SIGKILL of a server of 10,000 detached agents, creator gone -> all answered", "≤", 3.0),
+    ("durable (PostgreSQL): SIGKILL of a server of 10,000 detached agents, creator gone -> all answered", "≤", 3.0),
     ("metrics cost per call (median on vs off)", "≤", 5.0),
     ("scale: 10,000 to_dist() through the registry (4 servers)", "≥", 10_000),
     ("scale: SIGKILL of a server of 10,000 agents -> all answered", "≤", 2.0),
@@ -190,6 +206,14 @@ def how_measured(sz: dict) -> list[str]:
         f"{', '.join(f'{n:,}' for n in sz['sim_sizes'])} participants over 4 registered servers: set-up, a round "
         "(median of 3), server memory per participant, a round whose busiest server is SIGKILLed after the calls "
         "were sent.",
+        f"**durable** (agentmesh, `workloads_durable.py`, run once, for a SQLite file in its default mode (WAL, "
+        "synchronous=NORMAL) and a PostgreSQL of its own with fsync and synchronous commits on): the round trip of "
+        f"`inc()` (a state change, so a commit per call) on a detached agent beside a plain one, {sz['durable_calls']:,}"
+        f" calls each in interleaved blocks of 100; {sz['durable_pipe_calls']} `inc()` calls to each of "
+        f"{sz['durable_agents']:,} agents sent without waiting, then every answer read (calls/s), with and without "
+        f"a store; {sz['durable_detached']:,} detached agents made on one server by a process that then exits, "
+        "found by name (`get_agent`) in this one, their server SIGKILLed, one call each: time until all answered "
+        "(each activated from the store on the other server).",
     ]
 
 

@@ -98,3 +98,18 @@ class AsyncNoop(AgentBase):
 
     def threads(self):
         return threading.active_count()
+
+
+class Counter(AgentBase):
+    """The durable agents' benchmark agent: inc() changes its state (a commit per call), peek() does not."""
+
+    def __init__(self, name):
+        super().__init__(name)
+        self.count = 0
+
+    def inc(self):
+        self.count += 1
+        return self.count
+
+    def peek(self):
+        return self.count

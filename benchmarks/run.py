@@ -53,7 +53,7 @@ from _report import (  # noqa: E402,F401  (ROWS: tests/test_benchmarks_smoke.py 
 LOG_DIR = os.path.join(envs.ENVS, "logs")
 
 #: workloads of minutes that run once even with --repeat
-ONCE = {"scale", "simulation"}
+ONCE = {"scale", "simulation", "durable"}
 
 FULL = {
     "tutorial_agents": 5, "tutorial_sleep": 5.0,
@@ -68,6 +68,7 @@ FULL = {
     "ckpt_calls": 3000,
     "scale_agents": 10_000, "scale_idle_agents": 100_000, "sim_sizes": [1_000, 10_000, 100_000],
     "aio_calls": 3000, "aio_batch": 100, "stream_items": 20_000, "async_agents": 10_000, "async_wait": 2.0,
+    "durable_calls": 2000, "durable_agents": 1000, "durable_pipe_calls": 20, "durable_detached": 10_000,
 }
 QUICK = {
     "tutorial_agents": 5, "tutorial_sleep": 0.2,
@@ -82,6 +83,7 @@ QUICK = {
     "ckpt_calls": 100,
     "scale_agents": 100, "scale_idle_agents": 300, "sim_sizes": [50, 100, 200],
     "aio_calls": 20, "aio_batch": 10, "stream_items": 100, "async_agents": 50, "async_wait": 0.2,
+    "durable_calls": 100, "durable_agents": 20, "durable_pipe_calls": 3, "durable_detached": 50,
 }
 
 

@@ -23,6 +23,7 @@ from agentmesh.testing import default_runtime  # noqa: E402
 
 import _common as C  # noqa: E402
 import workloads_async as aio_workloads  # noqa: E402
+import workloads_durable as durable_workloads  # noqa: E402
 import workloads_observe as observe  # noqa: E402
 from _servers import HOST, TOKEN, launch, shutdown  # noqa: E402
 from bench_agents import Noop, WebAgent  # noqa: E402
@@ -329,7 +330,7 @@ def simulation(sz: dict) -> dict:
 WORKLOADS = {f.__name__: f for f in (tutorial, sync_call, pipelined, nn, creation, payload, memory,
                                      registry, failover, checkpoint, scale, simulation, observe.metrics,
                                      observe.tracing, aio_workloads.aio, aio_workloads.stream,
-                                     aio_workloads.async_threads)}
+                                     aio_workloads.async_threads, durable_workloads.durable)}
 
 if __name__ == "__main__":
     C.main(WORKLOADS, info)

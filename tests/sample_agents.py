@@ -389,3 +389,4 @@ class TeamMember(AgentBase):
         answer = Msg(self.name, f"{self.name} heard {self.memory.size()}")
         self.memory.add(answer)
         return answer
+

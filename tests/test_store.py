@@ -85,6 +85,17 @@ def test_list_gives_a_namespace_without_state(store):
     assert store.list("empty") == []
 
 
+def test_many_agents_are_activated_in_one_transaction(place, store):
+    ids = place.seed(1200, epoch=3)
+    store.create("named", "ns", "n", "mod:C", "detached", b"st", 4, init_args=b"args")
+    rows = store.activate_many([*ids, "named", "missing"])
+    assert len(rows) == 1201 and "missing" not in rows
+    assert {r.epoch for aid, r in rows.items() if aid != "named"} == {4}
+    assert (rows["named"].epoch, rows["named"].state, rows["named"].seq, rows["named"].init_args) == (1, b"st", 4,
+                                                                                                      b"args")
+    assert store.get(ids[-1]).epoch == 4 and store.activate_many([]) == {}
+
+
 def test_activate_takes_a_new_epoch_each_time(place, store):
     store.create("a", "ns", None, "mod:C", "owned", b"state", 7)
     first = store.activate("a")
@@ -279,3 +290,36 @@ def test_an_unreachable_or_unauthorised_postgres_is_refused_at_open(postgres, tm
     assert SECRET not in caplog.text and postgres.password not in caplog.text
     with pytest.raises(StoreError, match="closed"):
         good.get("x")
+
+
+def test_a_sqlite_url_may_choose_full_synchronous_commits(tmp_path):
+    from agentmesh.store import StoreUrlError, parse_store_url
+
+    assert parse_store_url(f"sqlite://{tmp_path}/a.db").options == ()
+    full = open_store(f"sqlite://{tmp_path}/a.db?synchronous=FULL")
+    try:
+        assert full.url.endswith("?synchronous=full")
+        assert full._connection().execute("PRAGMA synchronous").fetchone()[0] == 2     # FULL
+    finally:
+        full.close()
+    normal = open_store(f"sqlite://{tmp_path}/a.db")
+    try:
+        assert normal._connection().execute("PRAGMA synchronous").fetchone()[0] == 1   # NORMAL
+    finally:
+        normal.close()
+    for bad in ("?synchronous=off", "?cache=shared", "#frag"):
+        with pytest.raises(StoreUrlError, match="synchronous|fragment"):
+            parse_store_url(f"sqlite://{tmp_path}/a.db{bad}")
+
+
+def test_reads_on_one_thread_see_every_later_commit(place, store):
+    """A read left unfinished must not pin a snapshot: the same thread's next read sees a newer commit."""
+    store.create("r", "ns", "n", "mod:C", "detached")
+    epoch = store.activate("r").epoch
+    writer = place.open()
+    try:
+        for seq in range(1, 6):
+            writer.commit([Commit("r", epoch, seq, b"s%d" % seq)])
+            assert store.get("r").seq == seq and store.by_name("ns", "n").state == b"s%d" % seq
+    finally:
+        writer.close()

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..rpc import RpcMeta
 from ..server import OwnCalls, ServerConfig, classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
-from ..store import parse_store_url
+from ..store import StoreError, parse_store_url
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
                     _metrics_port_arg, _port_arg, _settings, command_error)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
@@ -106,7 +106,10 @@ def cmd_server(args: argparse.Namespace) -> int:
                           agent_classes=tuple(classes), file_dir=args.file_dir, metrics_port=args.metrics_port,
                           grace=args.grace, max_message_size=args.max_message_size, own_calls=own_calls, **store,
                           **({"server_id": args.server_id} if args.server_id else {}))
-    return serve_forever(config)
+    try:
+        return serve_forever(config)
+    except StoreError as exc:   # a store it cannot open or use: one line naming it (never its password)
+        raise command_error("server", exc) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,8 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     agents.add_argument("--server", default=None, metavar="ID", help="only the agents of this server")
     agents.add_argument("--class", dest="cls", default=None, metavar="NAME",
                         help="only the agents of this class (module:Class, or the class name alone)")
-    agents.add_argument("--name", default=None, metavar="GLOB", help="only the agents whose name matches "
-                                                                     "this shell pattern (Writer*)")
+    agents.add_argument("--name", default=None, metavar="GLOB", help="only the agents whose name (or stored name) "
+                                                                     "matches this shell pattern (Writer*)")
+    agents.add_argument("--state-store", default=env(ENVIRONMENT["state_store"]), metavar="URL",
+                        help="also show each agent's stored name and lifetime, and the stored agents no server "
+                             "hosts now, from this state store (its password only from the file "
+                             "AGENTMESH_STATE_STORE_PASSWORD_FILE names) (default: AGENTMESH_STATE_STORE, else none)")
     agents.add_argument("--json", action="store_true", help="JSON instead of a table")
     agents.set_defaults(func=cmd_agents)
 

@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import fnmatch
 import json
+import os
 import signal
 import threading
 import time
@@ -18,8 +19,14 @@ from ..discovery import ServerRecord, ServerView, keys
 from ..discovery.records import RecordWarnings, agent_record, printable, server_record
 from ..discovery.prometheus import write_from_registry
 from ..etcd import EtcdClient, EtcdError, redact_url
+from ..store import Row, StoreError, StoreUrlError, open_store, parse_store_url
 from ..testing import start_dev_registry
 from ._args import _settings, command_error
+
+#: the SERVER of a stored agent that no server hosts now
+NOT_ACTIVE = "(stored, not active)"
+#: seconds `agentmesh agents` waits for a PostgreSQL state store
+STORE_CONNECT_TIMEOUT = 5.0
 
 
 def _registry_url(args: argparse.Namespace) -> str:
@@ -136,28 +143,79 @@ def cmd_servers(args: argparse.Namespace) -> int:
 
 
 def _selected(record: dict, args: argparse.Namespace) -> bool:
-    """Whether an agent record passes the --server, --class and --name filters."""
-    cls = record.get("class", "")
+    """Whether an agent (a registry record, with its stored fields when a store is given) passes the --server,
+    --class and --name filters; --name matches the agent's name or its stored (durable) name."""
+    cls = record.get("class") or ""
+    names = [record.get("name") or "", *([record["stored_name"]] if record.get("stored_name") else [])]
     return ((not args.server or record.get("server_id") == args.server)
             and (not args.cls or args.cls in (cls, cls.rpartition(":")[2]))
-            and (not args.name or fnmatch.fnmatchcase(record.get("name", ""), args.name)))
+            and (not args.name or any(fnmatch.fnmatchcase(name, args.name) for name in names)))
+
+
+def _stored_agents(args: argparse.Namespace) -> tuple[list[Row], str] | None:
+    """The namespace's agents in the state store (--state-store, AGENTMESH_STATE_STORE) and the store's URL
+    without secret; None when no store is given. A store that cannot be read ends the command with one line
+    naming it (its password, from AGENTMESH_STATE_STORE_PASSWORD_FILE only, never shown)."""
+    if not args.state_store:
+        return None
+    try:
+        parsed = parse_store_url(args.state_store)
+        if parsed.kind == "sqlite" and not os.path.isfile(parsed.path):   # a listing makes no new, empty store
+            raise StoreUrlError(f"state store {parsed.shown}: no such file (servers and clients make it on first "
+                                f"use: is the path the one they were given?)")
+        store = open_store(args.state_store, connect_timeout=STORE_CONNECT_TIMEOUT)
+        try:
+            return store.list(args.namespace), store.url
+        finally:
+            store.close()
+    except (StoreError, ValueError) as exc:
+        raise command_error("agents", " ".join(str(exc).split())) from None
+
+
+def _with_stored(records: list[dict], rows: list[Row]) -> list[dict]:
+    """The registry's records with each one's stored name and lifetime (None: no row), then the stored agents
+    that no server hosts now (not active)."""
+    by_id = {row.agent_id: row for row in rows}
+    live = []
+    for record in records:
+        row = by_id.get(record.get("agent_id"))
+        live.append({**record, "stored_name": row.name if row else None, "lifetime": row.lifetime if row else None,
+                     "active": True})
+    hosted = {r.get("agent_id") for r in records}
+    stored = [{"agent_id": row.agent_id, "name": None, "class": row.cls, "server_id": None, "address": None,
+               "stored_name": row.name, "lifetime": row.lifetime, "active": False}
+              for row in rows if row.agent_id not in hosted]
+    return live + stored
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
     url = _registry_url(args)
-    found, unverified = asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), _settings(args),
+    settings = _settings(args)
+    stored = _stored_agents(args)   # first: an agent activated meanwhile shows live rather than "not active"
+    found, unverified = asyncio.run(_read_records(url, keys.agents_prefix(args.namespace), settings,
                                                   args.namespace))
     _check_token("agents", found, unverified, "agent", args.namespace)
-    records = sorted((r for r in found if _selected(r, args)),
-                     key=lambda r: (r.get("address", ""), r.get("name", "")))
+    every = found if stored is None else _with_stored(found, stored[0])
+    records = sorted((r for r in every if _selected(r, args)),
+                     key=lambda r: (not r.get("active", True), r.get("address") or "", r.get("name") or "",
+                                    r.get("stored_name") or "", r.get("agent_id", "")))
     if args.json:
         print(json.dumps(records, indent=2, sort_keys=True))
         return 0
-    rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
-             r.get("address", "")] for r in records]
-    print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
-    shown = f"{len(records)} of {len(found)}" if len(records) != len(found) else f"{len(records)}"
-    print(f"{shown} agent(s) in namespace {args.namespace!r} of {redact_url(url)}")
+    shown = f"{len(records)} of {len(every)}" if len(records) != len(every) else f"{len(records)}"
+    summary = f"{shown} agent(s) in namespace {args.namespace!r} of {redact_url(url)}"
+    if stored is None:
+        rows = [[r.get("agent_id", ""), r.get("name", ""), r.get("class", ""), r.get("server_id", ""),
+                 r.get("address", "")] for r in records]
+        print(_table(["ID", "NAME", "CLASS", "SERVER", "ADDRESS"], rows))
+        print(summary)
+        return 0
+    rows = [[r["agent_id"], r.get("name") or "-", r["stored_name"] or "-", r["lifetime"] or "-", r.get("class", ""),
+             r.get("server_id") if r["active"] else NOT_ACTIVE, r.get("address") if r["active"] else "-"]
+            for r in records]
+    print(_table(["ID", "NAME", "STORED NAME", "LIFETIME", "CLASS", "SERVER", "ADDRESS"], rows))
+    live = sum(r["active"] for r in records)
+    print(f"{summary}: {live} live, {len(records) - live} stored and not active (state store {stored[1]})")
     return 0
 
 

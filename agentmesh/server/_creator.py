@@ -136,10 +136,12 @@ class Creator:
             raise self.not_built(host, exc, traceback.format_exc()) from None
         return self.built(host, agent)
 
-    def _construct(self, host: AgentHost, cls: type, args: tuple, kwargs: dict, state: bytes) -> Any:
-        """Build the agent (worker thread); a durable one is activated in the store first, from the newer state."""
+    def _construct(self, host: AgentHost, cls: type, args: tuple, kwargs: dict, state: bytes,
+                   row: Any = None) -> Any:
+        """Build the agent (worker thread); a durable one is activated in the store first (unless row is its
+        activation already taken), from the newer state."""
         if host.stored is not None:
-            state = self.durable.activate(host, state, host.seq)  # type: ignore[union-attr]
+            state = self.durable.activate(host, state, host.seq, row)  # type: ignore[union-attr]
         return construct(cls, host.agent_id, args, kwargs, state)
 
     def built(self, host: AgentHost, agent: Any) -> pb.CreateAgentResponse:
@@ -220,11 +222,14 @@ class Creator:
         """Build a chunk of agents one after another (worker thread)."""
         built = []
         began = time.monotonic()
+        durable = [host for host, _, _, _ in chunk if host.stored is not None and host.build is not None]
+        rows = self.durable.activate_many(durable) if durable else {}  # type: ignore[union-attr]
         for n, (host, state, call_id, outbox) in enumerate(chunk):
             cls, args, kwargs = host.build
             host.build = None
             try:
-                built.append((host, call_id, outbox, self._construct(host, cls, args, kwargs, state), None))
+                built.append((host, call_id, outbox, self._construct(host, cls, args, kwargs, state,
+                                                                     rows.get(host.agent_id)), None))
             except Exception as exc:  # noqa: BLE001 - the constructor raised
                 built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
             if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):

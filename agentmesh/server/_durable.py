@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable
 
 from .. import _checkpoint, _status
-from ..store import Commit, CommitWriter, NoSuchAgentError, StateStore, StoreError
+from ..store import Commit, CommitWriter, NoSuchAgentError, Row, StateStore, StoreError
 from ..v1 import agent_server_pb2 as pb
 from ._host import AgentHost
 
@@ -72,14 +72,26 @@ class Durable:
         self._sweeper.start()
 
     # -- activation -------------------------------------------------------------------------------------------
-    def activate(self, host: AgentHost, state: bytes, seq: int) -> bytes:
-        """Take a new epoch for host's agent and return the state to build it from: the stored one when it is
-        newer than the creation's checkpoint (state, seq). Worker thread; raises StoreError."""
+    def activate_many(self, hosts: list[AgentHost]) -> dict[str, Row]:
+        """Take the new epochs of many agents about to be built in one transaction (worker thread); their rows,
+        for activate(). A store error leaves each to activate() alone."""
         try:
-            row = self.store.activate(host.agent_id)
-        except NoSuchAgentError:
-            raise StoreError(f"state store {self.store.url} holds no agent {host.agent_id}: it was deleted, or "
-                             f"never made durable") from None
+            return self.store.activate_many([host.agent_id for host in hosts])
+        except StoreError as exc:
+            log.info("state store %s: activating %d agent(s) together failed (%s); one by one", self.store.url,
+                     len(hosts), exc)
+            return {}
+
+    def activate(self, host: AgentHost, state: bytes, seq: int, row: Row | None = None) -> bytes:
+        """Take a new epoch for host's agent (unless row, taken by activate_many, has it) and return the state to
+        build it from: the stored one when it is newer than the creation's checkpoint (state, seq). Worker
+        thread; raises StoreError."""
+        if row is None:
+            try:
+                row = self.store.activate(host.agent_id)
+            except NoSuchAgentError:
+                raise StoreError(f"state store {self.store.url} holds no agent {host.agent_id}: it was deleted, "
+                                 f"or never made durable") from None
         if row.seq > seq and row.state:
             state, seq = row.state, row.seq
         with host.lock:

@@ -18,7 +18,7 @@ def open_store(url: str, password_file: str | os.PathLike[str] | None = None, *,
     """Open the store a URL names, its schema migrated; refused at once, naming what is wrong, when unusable.
 
     ``sqlite:///abs/path.db`` (``sqlite:rel/path.db``: from the current
-    directory) or ``postgresql://user@host:5432/dbname`` (``postgres://`` too).
+    directory; ``?synchronous=full`` to survive a power cut, not only a crash) or ``postgresql://user@host:5432/dbname`` (``postgres://`` too).
     A PostgreSQL password is read from ``password_file``, else from the file
     that ``AGENTMESH_STATE_STORE_PASSWORD_FILE`` names; never from the URL.
     """
@@ -26,7 +26,7 @@ def open_store(url: str, password_file: str | os.PathLike[str] | None = None, *,
     if parsed.kind == "sqlite":
         if password_file is not None:
             raise StoreUrlError(f"state store {parsed.shown} is a SQLite file: it takes no password file")
-        return SqliteStore(parsed.path)
+        return SqliteStore(parsed.path, synchronous=dict(parsed.options).get("synchronous", "normal"))
     path = os.fspath(password_file) if password_file is not None else env(ENV_STATE_STORE_PASSWORD_FILE,
                                                                             environ=environ)
     password = None

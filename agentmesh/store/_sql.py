@@ -78,6 +78,25 @@ class SqlStore:
         log.debug("agent %s activated at epoch %d (seq %d)", agent_id, row.epoch, row.seq)
         return row
 
+    def activate_many(self, agent_ids: Sequence[str]) -> dict[str, Row]:
+        """activate() for many agents in one transaction: {agent_id: its row at its new epoch}; absent ids are
+        left out."""
+        rows: dict[str, Row] = {}
+        if not agent_ids:
+            return rows
+        now = time.time()
+        with self._transaction() as cur:
+            for start in range(0, len(agent_ids), 500):
+                part = list(agent_ids[start:start + 500])
+                marks = ", ".join("?" * len(part))
+                cur.execute(self._sql(f"UPDATE {AGENTS} SET epoch = epoch + 1, updated_at = ? "
+                                      f"WHERE agent_id IN ({marks})"), (now, *part))
+                cur.execute(self._sql(f"{_SELECT} WHERE agent_id IN ({marks})"), part)
+                for found in cur.fetchall():
+                    row = _row(found)
+                    rows[row.agent_id] = row
+        return rows
+
     def commit(self, batch: Sequence[Commit]) -> set[str]:
         """Write every commit of the batch in one transaction; the ids refused (stale epoch, or not stored)."""
         if not batch:

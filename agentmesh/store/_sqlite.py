@@ -2,8 +2,11 @@
 
 Each thread uses a connection of its own (sqlite3 connections are not safe
 to share); writers take the file's write lock at ``BEGIN IMMEDIATE`` and wait
-for it up to the busy timeout. ``synchronous=FULL``: a committed state survives
-a power cut, not only a process crash.
+for it up to the busy timeout. ``synchronous=NORMAL`` by default: a committed
+state survives the death of any process (it is in the WAL before the commit
+returns), a power cut may lose the last commits but never corrupts the file;
+``?synchronous=full`` in the URL survives a power cut too, at the cost of an
+fsync per commit (measured here: 478 µs per commit against 24 µs).
 """
 from __future__ import annotations
 
@@ -28,9 +31,13 @@ DEFAULT_BUSY_TIMEOUT = 30.0
 class SqliteStore(SqlStore):
     """A state store in one SQLite file; opening it creates the file (mode 0600) and migrates its schema."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 synchronous: str = "normal") -> None:
+        if synchronous.lower() not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', not {synchronous!r}")
         self.path = os.path.abspath(os.fspath(path))
-        self.url = f"sqlite://{self.path}"
+        self.synchronous = synchronous.upper()
+        self.url = f"sqlite://{self.path}" + ("?synchronous=full" if self.synchronous == "FULL" else "")
         self.busy_timeout = float(busy_timeout)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -89,7 +96,7 @@ class SqliteStore(SqlStore):
         self._local.conn = conn
         with self._mapped():
             mode = self._wal(conn)
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
         if str(mode).lower() != "wal":
             log.warning("state store %s: WAL mode refused (journal mode %s); writers will block readers",
                         self.url, mode)
@@ -136,10 +143,16 @@ class SqliteStore(SqlStore):
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:
-        """A cursor outside any transaction: each statement reads the last committed data."""
+        """A cursor outside any transaction: each statement reads the last committed data. It is closed after
+        use: a statement left unfinished (fetchone) would hold its read snapshot open, so later reads on this
+        thread saw old data and the WAL could not be checkpointed."""
         conn = self._connection()
-        with self._mapped():
-            yield conn.cursor()
+        cur = conn.cursor()
+        try:
+            with self._mapped():
+                yield cur
+        finally:
+            cur.close()
 
     def close(self) -> None:
         """Close every thread's connection; the store cannot be used afterwards."""

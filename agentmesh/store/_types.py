@@ -62,6 +62,10 @@ class StateStore(Protocol):
     def activate(self, agent_id: str) -> Row:
         """Take the next epoch (compare-and-set) and return the row with it; NoSuchAgentError if absent."""
 
+    def activate_many(self, agent_ids: Sequence[str]) -> dict[str, Row]:
+        """activate() for many agents in one transaction: {agent_id: its row at its new epoch}; absent ids are
+        left out."""
+
     def commit(self, batch: Sequence[Commit]) -> set[str]:
         """Write the batch in one transaction; return the ids whose commit was refused (stale epoch or gone).
 

@@ -21,6 +21,10 @@ _FORMS = ("sqlite:///absolute/path/state.db, sqlite:relative/path/state.db (from
           "postgresql://user@host:5432/dbname")
 
 
+#: SQLite's synchronous settings a URL may choose (?synchronous=...)
+SQLITE_SYNCHRONOUS = ("normal", "full")
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreUrl:
     """A parsed store URL: ``kind`` "sqlite" (``path``, absolute) or "postgresql" (host, port, dbname, user)."""
@@ -37,7 +41,7 @@ class StoreUrl:
     def shown(self) -> str:
         """The URL for messages and logs: it never holds a secret."""
         if self.kind == "sqlite":
-            return f"sqlite://{self.path}"
+            return f"sqlite://{self.path}" + ("?" + urllib.parse.urlencode(self.options) if self.options else "")
         host = f"[{self.host}]" if ":" in self.host else self.host
         user = f"{urllib.parse.quote(self.user, safe='')}@" if self.user else ""
         query = "?" + urllib.parse.urlencode(self.options) if self.options else ""
@@ -72,8 +76,15 @@ def parse_store_url(url: str) -> StoreUrl:
 
 def _sqlite(rest: str, shown: str) -> StoreUrl:
     """``///abs`` (and ``////abs``) is an absolute path; a path without ``//`` is relative to the current directory."""
-    if "?" in rest or "#" in rest:
-        raise StoreUrlError(f"state store URL {shown!r}: a SQLite URL takes no query or fragment")
+    if "#" in rest:
+        raise StoreUrlError(f"state store URL {shown!r}: a SQLite URL takes no fragment")
+    rest, _, query = rest.partition("?")
+    options = tuple(urllib.parse.parse_qsl(query, keep_blank_values=True))
+    for name, value in options:
+        if name != "synchronous" or value.lower() not in SQLITE_SYNCHRONOUS:
+            raise StoreUrlError(f"state store URL {shown!r}: a SQLite URL takes only ?synchronous=normal (the "
+                                f"default: a commit survives any process's death) or ?synchronous=full (a power "
+                                f"cut too, at the cost of an fsync per commit), not {name}={value!r}")
     if rest.startswith("//"):
         host, _, path = rest[2:].partition("/")
         if host:
@@ -84,13 +95,15 @@ def _sqlite(rest: str, shown: str) -> StoreUrl:
         path = rest
     if not path or path.endswith("/") or path in (":memory:", "/:memory:"):
         raise StoreUrlError(f"state store URL {shown!r}: names no database file; expected {_FORMS}")
-    return StoreUrl(kind="sqlite", path=os.path.abspath(urllib.parse.unquote(path)))
+    return StoreUrl(kind="sqlite", path=os.path.abspath(urllib.parse.unquote(path)),
+                    options=tuple((name, value.lower()) for name, value in options))
 
 
 def _postgres(text: str, shown: str) -> StoreUrl:
     """``postgresql://[user@]host[:port]/dbname[?sslmode=...]``; a password in it is refused."""
     carries = StoreUrlError(f"state store URL {shown!r} carries a password: drop it from the URL and put it in "
-                            f"a file (mode 0600) named by AGENTMESH_STATE_STORE_PASSWORD_FILE or password_file=")
+                            f"a file (mode 0600) named by AGENTMESH_STATE_STORE_PASSWORD_FILE (or agentmesh "
+                            f"server --state-store-password-file, RpcAgentServerLauncher(state_store_password_file=))")
     if shown != text:                # in the user part, or as a password= option: refused before anything else
         raise carries
     try:
