@@ -103,9 +103,10 @@ class AsyncNoop(AgentBase):
 class Counter(AgentBase):
     """The durable agents' benchmark agent: inc() changes its state (a commit per call), peek() does not."""
 
-    def __init__(self, name):
+    def __init__(self, name, size=0):
         super().__init__(name)
         self.count = 0
+        self.ballast = bytes(range(256)) * (size // 256)   # state of about that size
 
     def inc(self):
         self.count += 1

@@ -29,9 +29,38 @@ NAMESPACE = "bench-durable"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _done(servers: list) -> None:
+    """This process lets go of its agents first (closing its sessions), then the servers are killed: so no proxy
+    of a part moves its agents to child servers while the next part is measured."""
+    agentmesh.shutdown()
+    shutdown(servers)
+
+
+def _records(url: str, at_least: int, timeout: float = 60.0) -> None:
+    """Wait until the registry holds at_least agent records of the namespace (servers write them in batches)."""
+    import asyncio
+
+    from agentmesh.discovery import keys
+    from agentmesh.etcd import EtcdClient
+
+    async def count() -> int:
+        client = EtcdClient.from_url(url)
+        try:
+            return len((await client.get_prefix(keys.agents_prefix(NAMESPACE)))[0])
+        finally:
+            await client.close()
+
+    deadline = time.monotonic() + timeout
+    while asyncio.run(count()) < at_least:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {at_least} agent records after {timeout} s")
+        time.sleep(0.1)
+
+
 def _round_trip(url: str, sz: dict) -> dict:
     """Median round trip of inc() (a state change) on a durable agent and on a plain one, in interleaved
     blocks, on one server with the store."""
+    agentmesh.init(state_store=url)
     servers = launch(1, classes=(Counter,), state_store=url)
     try:
         pin = {"host": HOST, "port": servers[0].port}
@@ -47,13 +76,14 @@ def _round_trip(url: str, sz: dict) -> dict:
         assert durable.peek() == sz["sync_warmup"] + len(lat_durable)
         return {"plain": p["median"], "durable": d["median"], "ratio": round(d["median"] / p["median"], 2)}
     finally:
-        shutdown(servers)
+        _done(servers)
 
 
 def _pipelined(url: str, sz: dict) -> dict:
     """inc() sent to each of n durable agents k times without waiting, then every answer read: calls/s (and the
     same without a store, for comparison)."""
     n, k = sz["durable_agents"], sz["durable_pipe_calls"]
+    agentmesh.init(state_store=url)
     servers = launch(1, classes=(Counter,), state_store=url, capacity=2 * n + 10)
     try:
         pin = {"host": HOST, "port": servers[0].port}
@@ -69,7 +99,42 @@ def _pipelined(url: str, sz: dict) -> dict:
             assert max(values) == k
         return rates
     finally:
-        shutdown(servers)
+        _done(servers)
+
+
+def _store_bytes(url: str) -> int:
+    """The store's size on disk: the SQLite file and its WAL, or the PostgreSQL table with its TOAST and indexes."""
+    if url.startswith("sqlite"):
+        path = url[len("sqlite://"):].split("?")[0]
+        return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    from agentmesh.store import open_store
+    store = open_store(url)
+    try:
+        with store._read() as cur:
+            cur.execute("SELECT pg_total_relation_size('agentmesh_agents')")
+            return int(cur.fetchone()[0])
+    finally:
+        store.close()
+
+
+def _bounded(url: str, sz: dict) -> dict:
+    """n durable agents with states of about 10 KB, k calls each (pipelined): the store's size and the server's
+    RSS after k/4 calls each and after all k: both stay flat as calls go on (a row per agent, rewritten)."""
+    n, k, size = sz["durable_agents"], sz["durable_pipe_calls"], 10_000
+    agentmesh.init(state_store=url)
+    servers = launch(1, classes=(Counter,), state_store=url, capacity=n + 10)
+    try:
+        agents = [Counter(f"b{i}", size).to_dist(host=HOST, port=servers[0].port, lifetime="detached")
+                  for i in range(n)]
+        marks = []
+        for calls in (max(1, k // 4), k - max(1, k // 4)):
+            for p in [a.inc.aio() for _ in range(calls) for a in agents]:
+                p.result()
+            marks.append((_store_bytes(url), C.rss_kb(servers[0].pid)))
+        return {"store_mb_quarter": round(marks[0][0] / 2**20, 1), "store_mb": round(marks[1][0] / 2**20, 1),
+                "rss_mb_quarter": round(marks[0][1] / 1024, 1), "rss_mb": round(marks[1][1] / 1024, 1)}
+    finally:
+        _done(servers)
 
 
 CREATOR = textwrap.dedent("""
@@ -96,6 +161,7 @@ def _detached_back(url: str, sz: dict, env: dict) -> dict:
                                AGENTMESH_NAMESPACE=NAMESPACE, **env)
             subprocess.run([sys.executable, "-c", CREATOR, str(started[0].port), str(n), TOKEN, url], check=True,
                            env=creator_env, timeout=600)
+            _records(etcd.url, n)      # every agent's record written: get_agent finds it where it lives
             agentmesh.init(registry=etcd.url, namespace=NAMESPACE, token=TOKEN, state_store=url)
             begin = time.perf_counter()
             agents = [agentmesh.get_agent(f"d{i}") for i in range(n)]
@@ -125,19 +191,19 @@ def durable(sz: dict) -> dict:
                       ("pg", pg.create_database, {"AGENTMESH_STATE_STORE_PASSWORD_FILE": pg.password_file})]
             for kind, make, env in stores:
                 os.environ.update(env)
-                url = make(f"rt_{kind}")
-                agentmesh.init(state_store=url)
-                rt = _round_trip(url, sz)
-                agentmesh.shutdown()
-                url = make(f"pipe_{kind}")
-                agentmesh.init(state_store=url)
-                pipe = _pipelined(url, sz)
-                agentmesh.shutdown()
+                rt = _round_trip(make(f"rt_{kind}"), sz)
+                pipe = _pipelined(make(f"pipe_{kind}"), sz)
+                bounded = _bounded(make(f"big_{kind}"), sz)
                 back = _detached_back(make(f"back_{kind}"), sz, env)
                 metrics.update({f"{kind}_rtt_plain": rt["plain"], f"{kind}_rtt": rt["durable"],
                                 f"{kind}_ratio": rt["ratio"], f"{kind}_pipe_plain": pipe["plain"],
                                 f"{kind}_pipe": pipe["durable"], f"{kind}_back": back["back_s"],
-                                f"{kind}_back_wrong": back["wrong"]})
+                                f"{kind}_back_wrong": back["wrong"], f"{kind}_store_mb": bounded["store_mb"],
+                                f"{kind}_rss_mb": bounded["rss_mb"]})
+                notes.append(f"{kind}: {sz['durable_agents']:,} agents of ~10 KB: store {bounded['store_mb_quarter']} "
+                             f"MB after {max(1, sz['durable_pipe_calls'] // 4)} calls each, {bounded['store_mb']} MB "
+                             f"after {sz['durable_pipe_calls']}; server RSS {bounded['rss_mb_quarter']} -> "
+                             f"{bounded['rss_mb']} MB")
                 notes.append(f"{kind}: get_agent() {back['get_agent_ms']} ms per agent (a lookup by name and one "
                              f"in the registry)")
                 for name in env:

@@ -272,3 +272,23 @@ def test_the_store_away_for_5_s_under_load_delays_calls_and_loses_or_repeats_non
         agentmesh.init(state_store="")
         if own_pg is not None:
             own_pg.stop()
+
+
+def test_a_server_s_store_shows_in_its_metrics(servers, tmp_path):
+    import urllib.request
+
+    url = f"sqlite://{tmp_path}/m.db"
+    server = servers(capacity=10, state_store=url, metrics_port=0)
+    agentmesh.init(state_store=url)
+    try:
+        agent = Echo("m").to_dist(host="127.0.0.1", port=server.port, lifetime="detached")
+        assert [agent(agentmesh.Msg("u", i)).content["count"] for i in range(3)] == [1, 2, 3]
+        agent.get_count()                                    # no change of state: nothing written
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+        values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                  if line.startswith("agentmesh_store_")}
+        assert values["agentmesh_store_commits_total"] == 3.0 and values["agentmesh_store_refused_total"] == 0.0
+        assert values["agentmesh_store_waiting_replies"] == 0.0 and values["agentmesh_store_transactions_total"] >= 1
+    finally:
+        agentmesh.shutdown()
+        agentmesh.init(state_store="")

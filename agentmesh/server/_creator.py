@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 import traceback
@@ -218,12 +219,14 @@ class Creator:
         for start in range(0, len(batch), CREATION_CHUNK):
             self.executor.run(self._build, batch[start:start + CREATION_CHUNK])
 
-    def _build(self, chunk: list) -> None:
-        """Build a chunk of agents one after another (worker thread)."""
+    def _build(self, chunk: list, rows: dict | None = None) -> None:
+        """Build a chunk of agents one after another (worker thread); its durable agents are activated first, in
+        one transaction (rows: their activations, when taken already for a chunk this is the rest of)."""
         built = []
+        if rows is None:
+            durable = [host for host, _, _, _ in chunk if host.stored is not None and host.build is not None]
+            rows = self.durable.activate_many(durable) if durable else {}  # type: ignore[union-attr]
         began = time.monotonic()
-        durable = [host for host, _, _, _ in chunk if host.stored is not None and host.build is not None]
-        rows = self.durable.activate_many(durable) if durable else {}  # type: ignore[union-attr]
         for n, (host, state, call_id, outbox) in enumerate(chunk):
             cls, args, kwargs = host.build
             host.build = None
@@ -233,7 +236,7 @@ class Creator:
             except Exception as exc:  # noqa: BLE001 - the constructor raised
                 built.append((host, call_id, outbox, None, (exc, traceback.format_exc())))
             if time.monotonic() - began > SLOW_CONSTRUCTOR and n + 1 < len(chunk):
-                self.executor.run(self._build, chunk[n + 1:])
+                self.executor.run(functools.partial(self._build, rows=rows), chunk[n + 1:])
                 break
         loop = self.loop
         assert loop is not None

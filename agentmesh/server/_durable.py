@@ -157,8 +157,17 @@ class Durable:
         finally:
             self.store.close()
 
-    def live(self) -> dict[str, Any]:
-        """The writer's counters, for metrics."""
-        writer = self.writer
-        return {"submitted": writer.submitted, "commits": writer.commits, "transactions": writer.transactions,
-                "refused": writer.refused, "failures": writer.failures, "waiting": len(self._waiting)}
+    def live_metrics(self) -> dict[str, Any]:
+        """The store's families for a scrape: commits written, transactions, refusals, failures, replies waiting."""
+        w = self.writer
+        return {
+            "agentmesh_store_commits": ("Agent states written to the state store", "counter", [({}, float(w.commits))]),
+            "agentmesh_store_transactions": ("Transactions of grouped commits", "counter",
+                                             [({}, float(w.transactions))]),
+            "agentmesh_store_refused": ("Commits the store refused (a newer activation, or a deleted agent)",
+                                        "counter", [({}, float(w.refused))]),
+            "agentmesh_store_failures": ("Attempts to write to the store that failed (retried)", "counter",
+                                         [({}, float(w.failures))]),
+            "agentmesh_store_waiting_replies": ("Replies held until their agent's state is committed", "gauge",
+                                                [({}, float(len(self._waiting)))]),
+        }

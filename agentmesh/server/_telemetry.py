@@ -27,6 +27,8 @@ def live_metrics(server: Any) -> dict:
     }
     if server.registration is not None:
         live.update(server.registration.live_metrics())
+    if server.hosting.durable is not None:
+        live.update(server.hosting.durable.live_metrics())
     return live
 
 
