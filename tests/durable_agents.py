@@ -1,10 +1,13 @@
-"""Agents of the durable-agent tests (importable by name in every process of a test)."""
+"""Agents of the durable-agent tests (importable by name in every process of a test), a process's RSS and a
+store's size on disk."""
 from __future__ import annotations
 
+import os
 import time
 
 from agentmesh import AgentBase
 from agentmesh.rpc import async_func
+from agentmesh.store import open_store
 
 
 class Tally(AgentBase):
@@ -26,3 +29,39 @@ class Tally(AgentBase):
 
     def unchanged(self) -> int:
         return self.total
+
+
+class Ballast(AgentBase):
+    """A counter carrying about ``size`` bytes of state."""
+
+    def __init__(self, name: str, size: int = 0) -> None:
+        super().__init__(name)
+        self.count = 0
+        self.ballast = bytes(range(256)) * (size // 256)
+
+    def inc(self) -> int:
+        self.count += 1
+        return self.count
+
+    def peek(self) -> int:
+        return self.count
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of a process (kB), from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def store_bytes(url: str) -> int:
+    """The store's size on disk: the SQLite file and its WAL, or the PostgreSQL table with TOAST and indexes."""
+    if url.startswith("sqlite"):
+        path = url[len("sqlite://"):].split("?")[0]
+        return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    store = open_store(url)
+    try:
+        with store._read() as cur:
+            cur.execute("SELECT pg_total_relation_size('agentmesh_agents')")
+            return int(cur.fetchone()[0])
+    finally:
+        store.close()

@@ -181,3 +181,33 @@ def test_commits_wait_out_a_postgres_outage_and_none_is_lost(own_postgres):
         row = s.get(agent_id)
         assert (row.seq, row.state) == (4, b"during 4"), row
     s.close()
+
+
+def test_an_inline_commit_is_written_on_the_caller_s_thread_unless_the_writer_is_busy(store):
+    """inline=True with nothing queued: written and answered on the submitting thread; while the writer holds a
+    transaction, inline submits queue behind it and are written in order; a failing store queues them too."""
+    store.create("a", "ns", None, "m:C", "owned")
+    epoch = store.activate("a").epoch
+    gated = GatedStore(store)
+    writer = CommitWriter(gated, min_backoff=0.01, max_backoff=0.05)
+    threads: list[str] = []
+    try:
+        writer.submit(Commit("a", epoch, 1, b"1"), lambda ok: threads.append(threading.current_thread().name),
+                      inline=True)
+        assert threads == [threading.current_thread().name] and store.get("a").seq == 1
+        gated.gate.clear()                                       # the writer's next transaction waits
+        writer.submit(Commit("a", epoch, 2, b"2"), lambda ok: threads.append("2"))
+        assert gated.entered.wait(10)
+        answers = Answers()
+        for seq in (3, 4):
+            writer.submit(Commit("a", epoch, seq, b"%d" % seq), answers.done(seq), inline=True)
+        assert not answers.told and threads[-1] != "2"          # queued behind the transaction in flight
+        gated.gate.set()
+        assert writer.flush(timeout=10) and answers.told == {3: True, 4: True} and store.get("a").seq == 4
+        gated.down = True
+        writer.submit(Commit("a", epoch, 5, b"5"), answers.done(5), inline=True)   # fails inline: queued
+        assert 5 not in answers.told and writer.failures >= 1
+        gated.down = False
+        assert writer.flush(timeout=10) and answers.told[5] and store.get("a").seq == 5
+    finally:
+        writer.close()

@@ -130,17 +130,22 @@ def bind_named(name: str, namespace: str | None, runtime: Runtime, to_dist: dict
     if namespace != runtime.settings.namespace:
         options["namespace"] = namespace
     spec = AgentSpec(cls, row.agent_id, row.init_args, options, Checkpoint())
-    located = None
+    conn = None
     if runtime.settings.registry and namespace == runtime.settings.namespace:
         located = runtime.run(runtime.locate(row.agent_id, timeout=0.0))
-    if located is not None:
-        conn = runtime.pool.connect(located[1], expect=located[0])
-    else:
+        if located is not None:
+            try:
+                conn = runtime.pool.connect(located[1], expect=located[0])
+            except (errors.AgentMeshError, OSError, TimeoutError) as exc:   # its server died; its record lingers
+                log.info("agent %r: its registry record names %s, which does not answer (%s); activating it again",
+                         name, located[1], exc)
+    found = conn is not None
+    if conn is None:
         conn = choose(runtime, cls, options)
     binding = Binding(runtime, agent_id=row.agent_id, cls_name=row.cls, address=conn.address,
                       server_id=conn.server_id, name=name, spec=spec, relocatable=True)
     binding.bind(conn)
-    if located is None:
+    if not found:
         binding.start_creation(conn)   # activated from the store, ahead of the first call on the session
     return binding, cls
 

@@ -129,7 +129,8 @@ class Durable:
         waiting = _Waiting(release)
         with self._lock:
             self._waiting.add(waiting)
-        self.writer.submit(Commit(host.agent_id, stored.epoch, seq, state), lambda ok: self._settle(waiting, ok))
+        self.writer.submit(Commit(host.agent_id, stored.epoch, seq, state), lambda ok: self._settle(waiting, ok),
+                           inline=True)
         return None
 
     def _settle(self, waiting: _Waiting, ok: bool | None) -> None:

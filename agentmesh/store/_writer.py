@@ -55,6 +55,7 @@ class CommitWriter:
         self._queued: dict[tuple[str, int], _Queued] = {}
         self._outstanding = 0           # submits not yet written or refused
         self._closing = self._abandoned = False
+        self._writing = False           # a transaction is being written (by the writer, or inline by a submitter)
         #: counters, for metrics: submits taken, rows written, submits folded into a newer one, transactions
         #: committed, commits refused, failed attempts
         self.submitted = self.commits = self.coalesced = self.transactions = self.refused = self.failures = 0
@@ -62,8 +63,12 @@ class CommitWriter:
         self._thread.start()
 
     # -- the caller's side -------------------------------------------------------------------------------
-    def submit(self, commit: Commit, done: Optional[Done] = None) -> None:
-        """Queue ``commit``; ``done(bool)`` is called on the writer thread once it is written or refused."""
+    def submit(self, commit: Commit, done: Optional[Done] = None, inline: bool = False) -> None:
+        """Queue ``commit``; ``done(bool)`` is called on the writer thread once it is written or refused.
+
+        inline: when nothing is queued or being written, write it on the calling thread now (``done`` called
+        here): a lone caller's commit skips the hop to the writer thread and back; under load commits queue
+        and are grouped as before. A failed inline write is queued for the writer's retries."""
         if not isinstance(commit.state, (bytes, bytearray, memoryview)) or not isinstance(commit.seq, int) \
                 or not isinstance(commit.epoch, int) or not isinstance(commit.agent_id, str):
             raise TypeError(f"a commit needs a str agent_id, int epoch and seq, and bytes state (got "
@@ -73,6 +78,15 @@ class CommitWriter:
         with self._cond:
             if self._closing:
                 raise StoreError(f"the commit writer of {self.store.url} is closed")
+            direct = inline and not self._queued and not self._writing
+            if direct:
+                self._writing = True
+                self.submitted += 1
+                self._outstanding += 1
+        if direct:
+            self._write_inline(_Queued(commit, done))
+            return
+        with self._cond:
             queued = self._queued.get(key)
             if queued is None:
                 self._queued[key] = _Queued(commit, done)
@@ -86,6 +100,23 @@ class CommitWriter:
             self.submitted += 1
             self._outstanding += 1
             self._cond.notify()
+
+    def _write_inline(self, queued: _Queued) -> None:
+        try:
+            refused = self.store.commit([queued.commit])
+        except Exception as exc:  # the store is down or failing: the writer retries it, in order
+            if not isinstance(exc, StoreError):
+                log.exception("state store %s: unexpected error writing a commit", self.store.url)
+            with self._cond:
+                self.failures += 1
+                self._writing = False
+                merged = {(queued.commit.agent_id, queued.commit.epoch): queued}
+                self._merge_into(merged)
+                self._cond.notify_all()
+            log.warning("state store %s: cannot write a commit (%s); keeping it queued and retrying", self.store.url,
+                        exc)
+            return
+        self._answer([queued], refused)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submit so far has been answered; whether it was within ``timeout`` s."""
@@ -118,14 +149,24 @@ class CommitWriter:
 
     # -- the writer thread -------------------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:   # nothing more is written: say so loudly (replies waiting on commits time out)
+            log.critical("state store %s: its commit writer stopped on an error; nothing more is committed",
+                         self.store.url, exc_info=True)
+            raise
+
+    def _loop(self) -> None:
         """Take, write, answer; on a failure put the batch back in front and wait a growing delay."""
         backoff, attempts = self._min_backoff, 0
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queued or self._closing)
+                self._cond.wait_for(lambda: (self._queued and not self._writing) or self._closing)
                 if self._abandoned or not self._queued:
                     return
+                self._cond.wait_for(lambda: not self._writing or self._abandoned)   # an inline write ends first
                 batch = self._take()
+                self._writing = True
             try:
                 refused = self.store.commit([q.commit for q in batch])
             except Exception as exc:  # the store is down or failing: keep everything, try again later
@@ -156,24 +197,29 @@ class CommitWriter:
         """Queue a failed batch again ahead of what came since (a newer commit of the same key wins)."""
         with self._cond:
             self.failures += 1
-            merged = {(q.commit.agent_id, q.commit.epoch): q for q in batch}
-            for key, newer in self._queued.items():
-                older = merged.get(key)
-                if older is None:
-                    merged[key] = newer
-                    continue
-                if newer.commit.seq >= older.commit.seq:
-                    older.commit = newer.commit
-                older.dones.extend(newer.dones)
-                older.submits += newer.submits
-                self.coalesced += 1
-            self._queued = merged
+            self._writing = False
+            self._merge_into({(q.commit.agent_id, q.commit.epoch): q for q in batch})
             if attempts == 1:
                 log.warning("state store %s: cannot write %d commit(s), keeping them queued and retrying: %s",
-                            self.store.url, len(merged), exc)
+                            self.store.url, len(self._queued), exc)
             else:
                 log.debug("state store %s still failing (%s); retry in %.2f s", self.store.url, exc, backoff)
             self._cond.wait_for(lambda: self._abandoned, timeout=backoff)
+
+    def _merge_into(self, merged: dict[tuple[str, int], _Queued]) -> None:
+        """Make merged (what failed) the queue, ahead of what came since; a newer commit of the same key wins.
+        Under the lock."""
+        for key, newer in self._queued.items():
+            older = merged.get(key)
+            if older is None:
+                merged[key] = newer
+                continue
+            if newer.commit.seq >= older.commit.seq:
+                older.commit = newer.commit
+            older.dones.extend(newer.dones)
+            older.submits += newer.submits
+            self.coalesced += 1
+        self._queued = merged
 
     def _answer(self, batch: list[_Queued], refused: set[str]) -> None:
         """Count the transaction and call every callback of the batch (outside the lock)."""
@@ -185,6 +231,7 @@ class CommitWriter:
                 except Exception:
                     log.exception("a commit callback of agent %s failed", queued.commit.agent_id)
         with self._cond:
+            self._writing = False
             self.transactions += 1
             self.refused += sum(1 for q in batch if q.commit.agent_id in refused)
             self.commits += sum(1 for q in batch if q.commit.agent_id not in refused)
