@@ -103,16 +103,12 @@ def _pipelined(url: str, sz: dict) -> dict:
 
 
 def _store_bytes(url: str) -> int:
-    """The store's size on disk: the SQLite file and its WAL, or the PostgreSQL table with its TOAST and indexes."""
-    if url.startswith("sqlite"):
-        path = url[len("sqlite://"):].split("?")[0]
-        return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    """The store's size on disk (StateStore.size)."""
     from agentmesh.store import open_store
+
     store = open_store(url)
     try:
-        with store._read() as cur:
-            cur.execute("SELECT pg_total_relation_size('agentmesh_agents')")
-            return int(cur.fetchone()[0])
+        return store.size()
     finally:
         store.close()
 

@@ -2,7 +2,6 @@
 store's size on disk."""
 from __future__ import annotations
 
-import os
 import time
 
 from agentmesh import AgentBase
@@ -54,14 +53,9 @@ def rss_kb(pid: int) -> int:
 
 
 def store_bytes(url: str) -> int:
-    """The store's size on disk: the SQLite file and its WAL, or the PostgreSQL table with TOAST and indexes."""
-    if url.startswith("sqlite"):
-        path = url[len("sqlite://"):].split("?")[0]
-        return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal") if os.path.exists(path + suffix))
+    """The store's size on disk (StateStore.size)."""
     store = open_store(url)
     try:
-        with store._read() as cur:
-            cur.execute("SELECT pg_total_relation_size('agentmesh_agents')")
-            return int(cur.fetchone()[0])
+        return store.size()
     finally:
         store.close()

@@ -295,8 +295,8 @@ def test_a_server_s_store_shows_in_its_metrics(servers, tmp_path):
 
 
 def test_a_thousand_agents_of_10_kb_stay_bounded_in_the_store_and_the_server(store_url, servers):
-    """1,000 durable agents with states of ~10 KB, 20 calls each: the store holds a row per agent, rewritten (its
-    size flat from 5 calls each to 20), and the server's memory does not grow with the calls."""
+    """1,000 durable agents with states of ~10 KB, 20 calls each: the store holds a row per agent, rewritten (a
+    SQLite file's size flat from 5 calls each to 20), and the server's memory does not grow with the calls."""
     from durable_agents import Ballast, rss_kb, store_bytes
 
     url, _ = store_url
@@ -313,7 +313,9 @@ def test_a_thousand_agents_of_10_kb_stay_bounded_in_the_store_and_the_server(sto
         (size5, rss5), (size20, rss20) = marks
         print(f"1,000 agents x 10 KB: store {size5 / 2**20:.1f} -> {size20 / 2**20:.1f} MB, server RSS "
               f"{rss5 / 1024:.0f} -> {rss20 / 1024:.0f} MB", file=sys.stderr)
-        assert size20 <= 1.5 * size5 + 4 * 2**20 and size20 <= 30 * 2**20
+        assert size20 <= 30 * 2**20                      # three times the states' 10 MB, after 20,000 commits
+        if url.startswith("sqlite"):                     # PostgreSQL keeps dead row versions until autovacuum
+            assert size20 <= 1.5 * size5 + 4 * 2**20
         assert rss20 <= rss5 + 64 * 1024
         assert all(a.peek() == 20 for a in agents[::97])
     finally:

@@ -323,3 +323,9 @@ def test_reads_on_one_thread_see_every_later_commit(place, store):
             assert store.get("r").seq == seq and store.by_name("ns", "n").state == b"s%d" % seq
     finally:
         writer.close()
+
+
+def test_a_store_says_its_size_on_disk(place, store):
+    before = store.size()
+    store.create("big", "ns", None, "m:C", "owned", state=bytes(range(256)) * 800)
+    assert before > 0 and store.size() >= before

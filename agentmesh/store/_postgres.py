@@ -180,6 +180,12 @@ class PostgresStore(SqlStore):
                      len(refused))
         return refused
 
+    def size(self) -> int:
+        """The agents table's bytes with its TOAST and indexes."""
+        with self._read() as cur:
+            cur.execute(f"SELECT pg_total_relation_size('{AGENTS}')")
+            return int(cur.fetchone()[0])
+
     def _write(self, cur: Any, batch: Sequence[Commit], now: float) -> set[str]:
         """The batch's updates sent at once (one round trip, pipelined), each returning the id it wrote."""
         cur.executemany(f"UPDATE {AGENTS} SET state = %s, seq = %s, version = version + 1, updated_at = %s "

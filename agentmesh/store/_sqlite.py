@@ -1,8 +1,8 @@
 """The SQLite store: one file (WAL mode) that every server of one machine shares; stdlib sqlite3 only.
 
-Each thread uses a connection of its own (sqlite3 connections are not safe
-to share); writers take the file's write lock at ``BEGIN IMMEDIATE`` and wait
-for it up to the busy timeout. ``synchronous=NORMAL`` by default: a committed
+A store uses one connection, one thread at a time (its lock); writers take
+the file's write lock at ``BEGIN IMMEDIATE`` and wait for it up to the busy
+timeout. ``synchronous=NORMAL`` by default: a committed
 state survives the death of any process (it is in the WAL before the commit
 returns), a power cut may lose the last commits but never corrupts the file;
 ``?synchronous=full`` in the URL survives a power cut too, at the cost of an
@@ -39,9 +39,8 @@ class SqliteStore(SqlStore):
         self.synchronous = synchronous.upper()
         self.url = f"sqlite://{self.path}" + ("?synchronous=full" if self.synchronous == "FULL" else "")
         self.busy_timeout = float(busy_timeout)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()   # one user of the connection at a time (SQLite has one writer anyway)
         self._closed = False
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
@@ -78,28 +77,28 @@ class SqliteStore(SqlStore):
                 log.info("state store %s: schema migrated to version %d", self.url, migration.version)
 
     def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
+        """The store's one connection, opened on first use; the caller holds the lock. One, not one per thread:
+        commits are written from many worker threads, and each connection has its own page cache (2 MiB)."""
         if self._closed:
             raise StoreError(f"state store {self.url} is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"state store {self.url} is closed")
-            try:
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"state store {self.url} cannot be opened ({exc})") from None
-            self._connections.append(conn)
-        self._local.conn = conn
-        with self._mapped():
-            mode = self._wal(conn)
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        if self._conn is not None:
+            return self._conn
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"state store {self.url} cannot be opened ({exc})") from None
+        try:
+            with self._mapped():
+                mode = self._wal(conn)
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            conn.close()
+            raise
         if str(mode).lower() != "wal":
             log.warning("state store %s: WAL mode refused (journal mode %s); writers will block readers",
                         self.url, mode)
+        self._conn = conn
         return conn
 
     def _wal(self, conn: sqlite3.Connection) -> str:
@@ -114,6 +113,10 @@ class SqliteStore(SqlStore):
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
+
+    def size(self) -> int:
+        """The file's bytes and its WAL's."""
+        return sum(os.path.getsize(self.path + suffix) for suffix in ("", "-wal") if os.path.exists(self.path + suffix))
 
     @contextlib.contextmanager
     def _mapped(self) -> Iterator[None]:
@@ -130,35 +133,36 @@ class SqliteStore(SqlStore):
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Any]:
         """A cursor in a ``BEGIN IMMEDIATE`` transaction (the write lock taken at once, waited for)."""
-        conn = self._connection()
-        with self._mapped():
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn.cursor()
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock:
+            conn = self._connection()
+            with self._mapped():
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn.cursor()
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Any]:
         """A cursor outside any transaction: each statement reads the last committed data. It is closed after
         use: a statement left unfinished (fetchone) would hold its read snapshot open, so later reads on this
         thread saw old data and the WAL could not be checkpointed."""
-        conn = self._connection()
-        cur = conn.cursor()
-        try:
-            with self._mapped():
-                yield cur
-        finally:
-            cur.close()
+        with self._lock:
+            cur = self._connection().cursor()
+            try:
+                with self._mapped():
+                    yield cur
+            finally:
+                cur.close()
 
     def close(self) -> None:
-        """Close every thread's connection; the store cannot be used afterwards."""
+        """Close the connection; the store cannot be used afterwards."""
         with self._lock:
             self._closed = True
-            connections, self._connections = self._connections, []
-        for conn in connections:
+            conn, self._conn = self._conn, None
+        if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()

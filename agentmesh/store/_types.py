@@ -86,6 +86,10 @@ class StateStore(Protocol):
     def list(self, namespace: str) -> list[Row]:
         """The namespace's agents ordered by id, without their state bytes."""
 
+    def size(self) -> int:
+        """The bytes the agents' rows take on disk (SQLite: the file and its WAL; PostgreSQL: the table with its
+        TOAST and indexes)."""
+
     def schema_version(self) -> int:
         """The schema version the store is at."""
 
