@@ -323,3 +323,45 @@ def test_a_thousand_agents_of_10_kb_stay_bounded_in_the_store_and_the_server(sto
     finally:
         agentmesh.shutdown()
         agentmesh.init(state_store="")
+
+
+class _Plain:
+    """An agent's state for the commit-order test: a plain object."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def test_a_reply_that_changed_nothing_waits_for_the_commit_before_it(tmp_path):
+    """Call 1 changes the state and its commit is held up; call 2 changes nothing (a read): its reply shows call
+    1's state, so it is released only after that commit, never before; a refused commit takes it along."""
+    from agentmesh.server._durable import Durable
+    from agentmesh.server._host import AgentHost
+    from store_helpers import GatedStore
+
+    store = open_store(f"sqlite://{tmp_path}/order.db")
+    store.create("f", "ns", None, "m:C", "detached")
+    gated = GatedStore(store)
+    durable = Durable(gated, "srv")
+    try:
+        host = AgentHost("f", _Plain(), "m:C", 1)
+        durable.activate(host, b"", 0)
+        order: list = []
+        host.agent.count = 1
+        gated.gate.clear()
+        first = threading.Thread(target=durable.commit, args=(host, "c1", None, lambda ok: order.append(("c1", ok))))
+        first.start()
+        assert gated.entered.wait(10)
+        assert durable.commit(host, "c2", None, lambda ok: order.append(("c2", ok))) is None
+        assert order == []                                   # held behind call 1's commit
+        gated.gate.set()
+        first.join(10)
+        assert order == [("c1", True), ("c2", True)] and store.get("f").seq == 1
+        store.activate("f")                                  # another activation: this copy's next commit is refused
+        host.agent.count = 2
+        durable.commit(host, "c3", None, lambda ok: order.append(("c3", ok)))
+        durable.commit(host, "c4", None, lambda ok: order.append(("c4", ok)))
+        wait_until(lambda: len(order) == 4)
+        assert order[2:] == [("c3", False), ("c4", False)]
+    finally:
+        durable.close()

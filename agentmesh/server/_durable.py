@@ -35,11 +35,13 @@ class Stored:
     """What a durable agent's host keeps about its row: the activation epoch, the digest of the last state
     handed to the store (an unchanged state writes nothing)."""
 
-    __slots__ = ("epoch", "digest")
+    __slots__ = ("epoch", "digest", "pending", "refused")
 
     def __init__(self, epoch: int = 0, digest: bytes = b"") -> None:
         self.epoch = epoch
         self.digest = digest
+        self.pending: _Waiting | None = None   # the latest commit handed to the store, until it is settled
+        self.refused = False                   # the store refused a commit: this copy is stale for good
 
 
 def _digest(state: bytes) -> bytes:
@@ -47,14 +49,17 @@ def _digest(state: bytes) -> bytes:
 
 
 class _Waiting:
-    """A reply held until its commit is written (or refused, or its wait runs out)."""
+    """A reply held until its commit is written (or refused, or its wait runs out), and the replies of later
+    calls that changed nothing (followers): they show the state that commit holds, so they wait for it too."""
 
-    __slots__ = ("release", "since", "settled")
+    __slots__ = ("release", "stored", "since", "settled", "followers")
 
-    def __init__(self, release: Callable[[bool | None], None]) -> None:
+    def __init__(self, release: Callable[[bool | None], None], stored: Stored) -> None:
         self.release = release
+        self.stored = stored
         self.since = time.monotonic()
         self.settled = False
+        self.followers: list[Callable[[bool | None], None]] = []
 
 
 class Durable:
@@ -108,6 +113,9 @@ class Durable:
         reply waits for that, or the reply to send at once instead: an error when the state cannot be pickled.
         When nothing changed, release(True) is called here."""
         stored = host.stored
+        if stored.refused:        # a newer activation owns the row: nothing this copy says may go out
+            release(False)
+            return None
         if owned is not None and owned.state:
             state, seq = owned.state, owned.seq
         else:
@@ -122,13 +130,19 @@ class Durable:
                 host.checkpoint_seq += 1
                 seq = host.checkpoint_seq
         digest = _digest(state)
-        if digest == stored.digest:
+        if digest == stored.digest:     # nothing to write; but a reply must not show a state not yet committed
+            with self._lock:
+                pending = stored.pending
+                if pending is not None and not pending.settled:
+                    pending.followers.append(release)
+                    return None
             release(True)
             return None
         stored.digest = digest
-        waiting = _Waiting(release)
+        waiting = _Waiting(release, stored)
         with self._lock:
             self._waiting.add(waiting)
+            stored.pending = waiting
         self.writer.submit(Commit(host.agent_id, stored.epoch, seq, state), lambda ok: self._settle(waiting, ok),
                            inline=True)
         return None
@@ -139,7 +153,11 @@ class Durable:
                 return
             waiting.settled = True
             self._waiting.discard(waiting)
+            if ok is False:
+                waiting.stored.refused = True
         waiting.release(ok)
+        for follower in waiting.followers:   # refused: they showed the refused copy's state, so they go too
+            follower(ok)
 
     def _sweep(self) -> None:
         """Fail the replies whose commit has waited longer than commit_wait (the store is down)."""
