@@ -365,3 +365,18 @@ def test_a_reply_that_changed_nothing_waits_for_the_commit_before_it(tmp_path):
         assert order[2:] == [("c3", False), ("c4", False)]
     finally:
         durable.close()
+
+
+def test_a_named_agent_that_cannot_be_placed_leaves_its_name_free(tmp_path, runtime):
+    from agentmesh.testing.etcd import free_port
+
+    url = f"sqlite://{tmp_path}/free.db"
+    runtime.configure(state_store=url, connect_timeout=1.0)
+    dead = free_port()                                       # nothing listens there
+    with pytest.raises(agentmesh.errors.ServerUnavailableError):
+        Echo("x").to_dist(host="127.0.0.1", port=dead, name="unplaced", lifetime="detached")
+    check = open_store(url)
+    try:
+        assert check.by_name(runtime.settings.namespace, "unplaced") is None
+    finally:
+        check.close()

@@ -103,6 +103,16 @@ def store_new(runtime: Runtime, cls: type, agent_id: str, init_blob: bytes, opti
         named.owned.add(agent_id)
 
 
+def forget_new(runtime: Runtime, agent_id: str) -> None:
+    """Undo store_new: the agent could not be placed (best effort; a store error is logged)."""
+    named = NamedAgents.of(runtime)
+    named.owned.discard(agent_id)
+    try:
+        named.store("to_dist()").delete(agent_id)
+    except Exception as exc:  # noqa: BLE001 - the placement's error is the one to raise
+        log.info("could not remove the row of agent %s, which could not be placed: %s", agent_id, exc)
+
+
 def _import_class(qualified: str) -> type:
     module, _, qualname = qualified.partition(":")
     try:

@@ -16,7 +16,7 @@ from ..relocation import AgentSpec, Binding, Relocation, choose, counted
 from ..v1 import agent_server_pb2 as pb
 from ..store import NameTakenError
 from ._methods import CallMode, method_table
-from ._named import bind_named, durable_options, store_new
+from ._named import bind_named, durable_options, forget_new, store_new
 from .retry_strategy import RetryBase, retry_strategy_of
 from .rpc_client import RpcClient
 from .._ids import new_id
@@ -289,11 +289,16 @@ def create_proxy(cls: type, args: tuple, kwargs: dict, host: str | None = None,
             if not get_if_exists:
                 raise
             return get_agent(name, options.get("namespace"), runtime)  # type: ignore[arg-type]
-    if host is not None and port not in (None, "", -1, "-1"):
-        conn, relocatable = runtime.pool.connect(format_address(host, port)), False
-        counted(runtime, "explicit")
-    else:
-        conn, relocatable = choose(runtime, cls, options), True
+    try:
+        if host is not None and port not in (None, "", -1, "-1"):
+            conn, relocatable = runtime.pool.connect(format_address(host, port)), False
+            counted(runtime, "explicit")
+        else:
+            conn, relocatable = choose(runtime, cls, options), True
+    except BaseException:
+        if options.get("durable"):    # nothing was placed: its row goes, so its name is free again
+            forget_new(runtime, agent_id)
+        raise
     binding = Binding(runtime, agent_id=agent_id, cls_name=class_name(cls), address=conn.address,
                       server_id=conn.server_id, name=_name_from(args, kwargs),
                       spec=AgentSpec(cls, agent_id, init_blob, options), relocatable=relocatable)

@@ -13,7 +13,7 @@ import time
 from typing import Any, Iterator, Sequence
 
 from ._errors import StoreError, StoreUnavailableError, StoreUrlError
-from ._schema import AGENTS, NAME_CONSTRAINT, PG_MIGRATION_LOCK, SCHEMA, SCHEMA_TABLE, check_version, pending
+from ._schema import AGENTS, NAME_CONSTRAINT, PG_MIGRATION_LOCK
 from ._sql import DuplicateKey, SqlStore
 from ._types import Commit
 from ._urls import StoreUrl, parse_store_url
@@ -69,16 +69,7 @@ class PostgresStore(SqlStore):
         """Bring the schema up to date in one transaction, under an advisory lock that concurrent openers share."""
         with self._transaction() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
-            cur.execute(SCHEMA_TABLE["postgres"])
-            cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {SCHEMA}")
-            found = int(cur.fetchone()[0])
-            check_version(found, self.url)
-            for migration in pending(found):
-                for statement in migration.postgres:
-                    cur.execute(statement)
-                cur.execute(f"INSERT INTO {SCHEMA} (version, applied_at) VALUES (%s, %s)",
-                            (migration.version, time.time()))
-                log.info("state store %s: schema migrated to version %d", self.url, migration.version)
+            self._migrate_in(cur, "postgres")
 
     def _connection(self) -> Any:
         """The open connection, (re)connecting first when there is none; the caller holds the lock."""

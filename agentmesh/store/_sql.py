@@ -11,7 +11,7 @@ import time
 from typing import Any, Sequence
 
 from ._errors import NameTakenError, NoSuchAgentError, StoreError
-from ._schema import AGENTS, COLUMNS, SCHEMA
+from ._schema import AGENTS, COLUMNS, SCHEMA, SCHEMA_TABLE, check_version, pending
 from ._types import LIFETIMES, Commit, Row
 
 log = logging.getLogger("agentmesh.store")
@@ -47,6 +47,20 @@ class SqlStore:
     def _sql(self, text: str) -> str:
         """A statement written with ``?`` placeholders, in the driver's style."""
         return text if self._mark == "?" else text.replace("?", self._mark)
+
+    def _migrate_in(self, cur: Any, dialect: str) -> None:
+        """Inside the caller's transaction: make the schema table, refuse a newer schema, apply what is pending
+        in dialect ("sqlite" or "postgres")."""
+        cur.execute(SCHEMA_TABLE[dialect])
+        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {SCHEMA}")
+        found = int(cur.fetchone()[0])
+        check_version(found, self.url)
+        for migration in pending(found):
+            for statement in getattr(migration, dialect):
+                cur.execute(statement)
+            cur.execute(self._sql(f"INSERT INTO {SCHEMA} (version, applied_at) VALUES (?, ?)"),
+                        (migration.version, time.time()))
+            log.info("state store %s: schema migrated to version %d", self.url, migration.version)
 
     # -- the protocol -------------------------------------------------------------------------------------
     def create(self, agent_id: str, namespace: str, name: str | None, cls: str, lifetime: str,

@@ -19,7 +19,7 @@ import time
 from typing import Any, Iterator
 
 from ._errors import StoreError, StoreUnavailableError
-from ._schema import AGENTS, NAME_CONSTRAINT, SCHEMA, SCHEMA_TABLE, check_version, pending
+from ._schema import AGENTS, NAME_CONSTRAINT
 from ._sql import DuplicateKey, SqlStore
 
 log = logging.getLogger("agentmesh.store")
@@ -65,16 +65,7 @@ class SqliteStore(SqlStore):
     def _migrate(self) -> None:
         """Bring the schema up to date in one transaction; concurrent openers wait on the write lock."""
         with self._transaction() as cur:
-            cur.execute(SCHEMA_TABLE["sqlite"])
-            cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM {SCHEMA}")
-            found = int(cur.fetchone()[0])
-            check_version(found, self.url)
-            for migration in pending(found):
-                for statement in migration.sqlite:
-                    cur.execute(statement)
-                cur.execute(f"INSERT INTO {SCHEMA} (version, applied_at) VALUES (?, ?)",
-                            (migration.version, time.time()))
-                log.info("state store %s: schema migrated to version %d", self.url, migration.version)
+            self._migrate_in(cur, "sqlite")
 
     def _connection(self) -> sqlite3.Connection:
         """The store's one connection, opened on first use; the caller holds the lock. One, not one per thread:

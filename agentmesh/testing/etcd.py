@@ -27,6 +27,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from ._reap import end_process
+
 log = logging.getLogger("agentmesh.etcd")
 
 _INSTALL_HINT = (
@@ -244,18 +246,7 @@ class EtcdProcess:
     def _terminate(self, sig: int, grace: float) -> None:
         """Signal the process, SIGKILL it after ``grace`` s, and always reap it."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            try:
-                if proc.poll() is None:
-                    os.kill(proc.pid, sig)
-                    try:
-                        proc.wait(timeout=grace)
-                    except subprocess.TimeoutExpired:
-                        os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            finally:
-                proc.wait()
+        end_process(proc, sig, grace)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

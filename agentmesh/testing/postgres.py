@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import time
 
+from ._reap import end_process
 from .etcd import free_port
 
 log = logging.getLogger("agentmesh.testing")
@@ -202,18 +203,7 @@ class PostgresProcess:
     def halt(self, grace: float = 20.0) -> None:
         """Shut the server down (fast shutdown: SIGINT, then SIGKILL after ``grace`` s), keeping its data and port."""
         proc, self._proc = self._proc, None
-        if proc is not None:
-            try:
-                if proc.poll() is None:
-                    os.kill(proc.pid, signal.SIGINT)
-                    try:
-                        proc.wait(timeout=grace)
-                    except subprocess.TimeoutExpired:
-                        os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            finally:
-                proc.wait()
+        end_process(proc, signal.SIGINT, grace)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
