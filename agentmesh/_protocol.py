@@ -56,9 +56,16 @@ def size_options(max_message_size: int) -> list[tuple[str, Any]]:
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
 
 
+#: Each channel dials with subchannels of its own. gRPC otherwise shares them across the process by address and
+#: options: a channel left dialling an address in reconnect backoff (a dead server's, still being closed) made a
+#: new channel to a server now listening there fail at once with the old "Connection refused", for up to the
+#: backoff (1-120 s); a server restarted on its port, or a port the kernel hands out again, hit it.
+OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
+
 def channel_options(max_message_size: int) -> list[tuple[str, Any]]:
     """Options of every channel to an agent server."""
-    return [*size_options(max_message_size), *CLIENT_KEEPALIVE_OPTIONS]
+    return [*size_options(max_message_size), *CLIENT_KEEPALIVE_OPTIONS, OWN_SUBCHANNELS]
 
 
 #: What one connection may hold on a server. Streams beyond max_concurrent_streams are refused

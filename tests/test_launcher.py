@@ -14,15 +14,18 @@ from sample_agents import Echo
 
 
 def test_in_process_launch_serves_and_shuts_down():
+    before = signal.getsignal(signal.SIGTERM)
     launcher = RpcAgentServerLauncher(host="127.0.0.1", capacity=4, custom_agent_classes=[Echo])
     launcher.launch(in_subprocess=False)
     try:
         assert launcher.port
+        assert signal.getsignal(signal.SIGTERM) is not before     # SIGTERM drains the server while it runs
         agent = Echo("E").to_dist(host="127.0.0.1", port=launcher.port)
         assert agent.reply(Msg("u", 1)).content["count"] == 1
     finally:
         launcher.shutdown()
     launcher.wait_until_terminate()  # returns at once: the server has stopped
+    assert signal.getsignal(signal.SIGTERM) is before            # and is given back once it has stopped
     # A deliberate shutdown without a registry: the agent ended with its server, and says so.
     with pytest.raises(agentmesh.errors.ServerUnavailableError,
                        match=f"ended with agent server 127.0.0.1:{launcher.port}, which was shut down"):
@@ -107,3 +110,35 @@ def test_cli_bad_agent_class(procs):
                  stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode != 0 and "no_such_module" in err
+
+
+def test_a_channel_in_reconnect_backoff_elsewhere_in_the_process_does_not_fail_a_new_dial(servers):
+    """Another channel of this process keeps dialling a port where nothing listens (in reconnect backoff, as a
+    dead server's channel is until it is closed); a server then starts on that port: a proxy to it must work at
+    once. gRPC shares subchannels between channels of the same address and options, so the new dial failed
+    with the old "Connection refused" (one suite run in nine, when the kernel handed out a port again)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from agentmesh import _protocol
+    from agentmesh._runtime import default_runtime
+    from agentmesh.testing.etcd import free_port
+
+    runtime = default_runtime()
+    port = free_port()
+
+    async def dial_nothing() -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}",
+                                            options=_protocol.channel_options(runtime.settings.max_message_size))
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError):
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        return channel
+
+    stale = runtime.run(dial_nothing())
+    try:
+        server = servers(capacity=4, port=port)
+        agent = Echo("E").to_dist(host="127.0.0.1", port=server.port)
+        assert agent.reply(Msg("u", 1)).content["count"] == 1
+    finally:
+        runtime.run(stale.close())

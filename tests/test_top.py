@@ -14,8 +14,8 @@ from sample_agents import Echo
 
 def _busy(proxy, stop: threading.Event) -> threading.Thread:
     def run() -> None:
-        while not stop.is_set():
-            proxy.reply(Msg("u", "x"))
+        while not stop.is_set():     # each reply read: calls sent without waiting pile up by the thousand
+            proxy.reply(Msg("u", "x")).result()
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread

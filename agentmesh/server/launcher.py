@@ -216,6 +216,9 @@ class RpcAgentServerLauncher:
         self.metrics_port: int | None = None
         self._server: AgentServer | None = None
         self._process: ServerProcess | None = None
+        #: an in-process server's SIGTERM handler, and the one it replaced (given back once the server stops)
+        self._on_sigterm: Any = None
+        self._sigterm_before: Any = None
 
     # -- its settings as given, read from its config (the attributes of earlier versions) -------------------
     @property
@@ -275,8 +278,9 @@ class RpcAgentServerLauncher:
         self.port = self._runtime.run(self._server.start())
         self.server_id = self._server.server_id
         self.metrics_port = self._server.metrics_port
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self._stop_async())
+        if threading.current_thread() is threading.main_thread():   # SIGTERM drains it, until it has stopped
+            self._on_sigterm = lambda *_: self._stop_async()
+            self._sigterm_before = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _own_calls(self) -> OwnCalls:
         """How a server process makes its own calls: as this process does, with the server's token (checked)."""
@@ -302,6 +306,7 @@ class RpcAgentServerLauncher:
         elif self._server is not None:
             while not self._server.finished.wait(0.5):
                 pass
+            self._restore_sigterm()
 
     def shutdown(self) -> None:
         """Stop the server: running calls finish (up to the grace period), then it exits."""
@@ -309,3 +314,11 @@ class RpcAgentServerLauncher:
             self._process.stop(timeout=self.grace + 5)
         elif self._server is not None:
             self._runtime.run(self._server.stop(self.grace))
+            self._restore_sigterm()
+
+    def _restore_sigterm(self) -> None:
+        """Give SIGTERM back to whoever had it before launch(), once this in-process server has stopped."""
+        if self._on_sigterm is not None and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGTERM) is self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._sigterm_before)
+        self._on_sigterm = None
