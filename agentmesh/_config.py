@@ -50,6 +50,9 @@ DEFAULT_MAX_CONCURRENT_STREAMS = 2 * DEFAULT_MAX_FETCH_WAITERS
 DEFAULT_CONNECTION_IDLE_S = 300.0
 #: worker threads that run a server's agents' calls, at most
 DEFAULT_MAX_WORKERS = 512
+#: how long a durable agent's reply waits for its commit while the state store does not answer, before the
+#: call fails with StoreUnavailableError (s); what was written is kept, and the state is committed later
+DEFAULT_STATE_STORE_WAIT = 30.0
 
 #: Settings field -> the environment variable that gives its default
 ENVIRONMENT = {
@@ -308,7 +311,11 @@ class ServerConfig:
     own_calls: OwnCalls | None = None       # how a server process makes its own calls (in-process: unused)
     state_store: str | None = None          # the URL of its state store (checked where it is built); None: none
     state_store_password_file: str | None = None   # a file holding the store's password (never the password)
+    state_store_wait: float = DEFAULT_STATE_STORE_WAIT   # how long a reply waits for its commit (store away)
 
     def __post_init__(self) -> None:
+        if not 0 < self.state_store_wait <= 86_400:
+            raise ValueError(f"agentmesh: state_store_wait must be between 0 and 86400 seconds, not "
+                             f"{self.state_store_wait!r}")
         mutual = self.tls is not None and self.tls.mutual
         object.__setattr__(self, "token", server_token(self.token, self.bind_host, mutual, self.registry))

@@ -380,3 +380,4 @@ def test_a_named_agent_that_cannot_be_placed_leaves_its_name_free(tmp_path, runt
         assert check.by_name(runtime.settings.namespace, "unplaced") is None
     finally:
         check.close()
+

@@ -20,7 +20,7 @@ import pytest
 from agentmesh.errors import AgentMeshError
 from agentmesh.store import (SCHEMA_VERSION, Commit, NameTakenError, NoSuchAgentError, PostgresStore, Row,
                              SchemaVersionError, SqliteStore, StoreError, StoreUnavailableError, StoreUrlError,
-                             open_store)
+                             open_store, store_identity)
 from agentmesh.testing import free_port
 from conftest import ROOT
 from store_helpers import place, run_python, store  # noqa: F401  (fixtures)
@@ -329,3 +329,21 @@ def test_a_store_says_its_size_on_disk(place, store):
     before = store.size()
     store.create("big", "ns", None, "m:C", "owned", state=bytes(range(256)) * 800)
     assert before > 0 and store.size() >= before
+
+
+def test_a_stores_identity_is_the_same_from_every_url_that_reaches_it(tmp_path, monkeypatch):
+    """What servers publish so durable agents are placed only where their rows are: one file (however it is
+    written) or one PostgreSQL database (whichever user) is one identity; another file or database is not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "sub")
+    same = {store_identity(u) for u in (f"sqlite://{tmp_path}/sub/s.db", "sqlite:sub/s.db", "sqlite:link/s.db",
+                                        f"sqlite:///{tmp_path}/sub/../sub/s.db")}
+    assert len(same) == 1 and "" not in same
+    assert store_identity(f"sqlite://{tmp_path}/sub/t.db") not in same
+    pg = store_identity("postgresql://agent@DB.example:5432/state")
+    assert pg == store_identity("postgresql://other@db.example/state?sslmode=require")
+    assert pg not in {store_identity("postgresql://agent@db.example:5433/state"),
+                      store_identity("postgresql://agent@db.example/state2")}
+    assert len(pg) == 16 and "db.example" not in pg
+    assert store_identity(None) == store_identity("") == store_identity("redis://x") == ""

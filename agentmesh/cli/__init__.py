@@ -10,8 +10,8 @@ import sys
 from typing import Sequence
 
 from .. import _tls
-from .._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, ENV_LOG_LEVEL, ENV_STATE_STORE_PASSWORD_FILE,
-                       ENV_TLS_CLIENT_CA, ENVIRONMENT, env)
+from .._config import (DEFAULT_CAPACITY, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_STATE_STORE_WAIT, ENV_LOG_LEVEL,
+                       ENV_STATE_STORE_PASSWORD_FILE, ENV_TLS_CLIENT_CA, ENVIRONMENT, env)
 from .._runtime import Runtime, check_state_store, set_default_runtime
 from .._tokens import new_token
 from .._version import __version__
@@ -20,7 +20,7 @@ from ..server import OwnCalls, ServerConfig, classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ..store import StoreError, parse_store_url
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
-                    _metrics_port_arg, _port_arg, _settings, command_error)
+                    _metrics_port_arg, _port_arg, _positive_seconds, _settings, command_error)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
 from ._top import cmd_top
 
@@ -105,6 +105,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                           registry=args.registry, registry_ttl=args.ttl, labels=args.labels,
                           agent_classes=tuple(classes), file_dir=args.file_dir, metrics_port=args.metrics_port,
                           grace=args.grace, max_message_size=args.max_message_size, own_calls=own_calls, **store,
+                          state_store_wait=args.state_store_wait,
                           **({"server_id": args.server_id} if args.server_id else {}))
     try:
         return serve_forever(config)
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--state-store-password-file", default=None, metavar="FILE",
                         help="file holding the PostgreSQL store's password on one line, mode 0600 "
                              "(default: AGENTMESH_STATE_STORE_PASSWORD_FILE)")
+    server.add_argument("--state-store-wait", type=_positive_seconds, default=DEFAULT_STATE_STORE_WAIT,
+                        metavar="SECONDS", help="how long a durable agent's reply waits for its commit while the "
+                                                f"store does not answer, before the call fails (default: "
+                                                f"{DEFAULT_STATE_STORE_WAIT:g})")
     server.add_argument("--grace", type=float, default=5.0, help="seconds running calls get to finish on stop")
     server.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE)
     server.set_defaults(func=cmd_server)

@@ -124,14 +124,14 @@ class ServerView:
             asyncio.ensure_future(self._on_server_gone(server_id))
 
     def _fitting(self, labels: dict[str, str] | None, cls_name: str | None,
-                 exclude: set[str] | frozenset) -> Iterator[tuple[int, ServerRecord]]:
+                 exclude: set[str] | frozenset, store: str = "") -> Iterator[tuple[int, ServerRecord]]:
         """(free room, record) of each fresh server that serves, fits and has room, and is not excluded (by id
         or address); the room counts the agents we placed there that its record does not show yet."""
         agents = self._agents
         for record in self.current():
             if record.status != "SERVING" or (exclude and (record.server_id in exclude or record.address in exclude)):
                 continue
-            if record.python != _protocol.PYTHON_VERSION or not record.fits(labels, cls_name):
+            if record.python != _protocol.PYTHON_VERSION or not record.fits(labels, cls_name, store):
                 continue
             free = record.capacity - agents.get(record.server_id, record.agents)
             if free > 0:
@@ -150,17 +150,19 @@ class ServerView:
         return fresh
 
     def candidates(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
-                   exclude: set[str] | frozenset = frozenset()) -> list[ServerRecord]:
-        """Servers that fit, with room, most free capacity first (ties at random); exclude: ids or addresses."""
-        fits = [(free, random.random(), record) for free, record in self._fitting(labels, cls_name, exclude)]
+                   exclude: set[str] | frozenset = frozenset(), store: str = "") -> list[ServerRecord]:
+        """Servers that fit, with room, most free capacity first (ties at random); exclude: ids or addresses;
+        store: only servers with that state store (a durable agent's)."""
+        fits = [(free, random.random(), record) for free, record in self._fitting(labels, cls_name, exclude, store)]
         fits.sort(key=lambda f: (-f[0], f[1]))
         return [record if record.capacity - free == record.agents
                 else dataclasses.replace(record, agents=record.capacity - free) for free, _, record in fits]
 
-    def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None) -> ServerRecord | None:
+    def best(self, labels: dict[str, str] | None = None, cls_name: str | None = None,
+             store: str = "") -> ServerRecord | None:
         """The first of candidates() in one pass, without sorting (a placement per to_dist() asks this)."""
         best, most, ties = None, 0, 0
-        for free, record in self._fitting(labels, cls_name, frozenset()):
+        for free, record in self._fitting(labels, cls_name, frozenset(), store):
             if free > most:
                 best, most, ties = record, free, 1
             elif free == most:

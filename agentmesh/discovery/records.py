@@ -132,7 +132,7 @@ SERVER_FIELDS: dict[str, _Check] = {
     "version": _text, "python": _name, "classes": _names, "ship_classes": _flag, "epoch": _count,
     "status": _status, "updated_at": _time, SIGNED_AT_FIELD: _time,
 }
-SERVER_OPTIONAL: dict[str, _Check] = {"metrics": _name}
+SERVER_OPTIONAL: dict[str, _Check] = {"metrics": _name, "store": _name}
 AGENT_FIELDS: dict[str, _Check] = {"agent_id": _name, "name": _string, "class": _name, "server_id": _name,
                                    "address": _name}
 
@@ -200,6 +200,7 @@ class ServerRecord:
     updated_at: float
     signed_at: float
     metrics: str = ""       # host:port of its /metrics, when it serves them
+    store: str = ""         # the identity of its state store (store.StoreUrl.identity), when it has one
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> ServerRecord:
@@ -211,16 +212,19 @@ class ServerRecord:
                    version=record["version"], python=record["python"], classes=tuple(record["classes"]),
                    ship_classes=record["ship_classes"], epoch=record["epoch"], status=record["status"],
                    updated_at=record["updated_at"], signed_at=record[SIGNED_AT_FIELD],
-                   metrics=record.get("metrics", ""))
+                   metrics=record.get("metrics", ""), store=record.get("store", ""))
 
     @property
     def free(self) -> int:
         """Room for more agents: capacity less the agents it holds (the one formula placement spreads by)."""
         return self.capacity - self.agents
 
-    def fits(self, labels: Mapping[str, str] | None, cls_name: str | None) -> bool:
-        """Whether it carries labels and can host cls_name (by value, or among its classes)."""
+    def fits(self, labels: Mapping[str, str] | None, cls_name: str | None, store: str = "") -> bool:
+        """Whether it carries labels, can host cls_name (by value, or among its classes) and commits to the
+        state store store (a durable agent's: its row is there; "" for any agent else)."""
         if labels and any(str(self.labels.get(k)) != str(v) for k, v in labels.items()):
+            return False
+        if store and self.store != store:
             return False
         return not cls_name or self.ship_classes or cls_name in self.classes
 

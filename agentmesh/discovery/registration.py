@@ -24,6 +24,7 @@ from .._address import advertised_host
 from .._config import ServerConfig
 from .._version import __version__
 from ..etcd import EtcdAuthDisabled, EtcdAuthError, EtcdClient, EtcdError, Lease, Watch, parse_registry_url, redact_url
+from ..store import store_identity
 from . import keys
 from .records import REFRESH_EVERY, agent_record, check_labels, printable
 
@@ -72,6 +73,8 @@ class Registration:
         self.url = url = config.registry
         self.namespace = config.namespace
         self.labels = check_labels(config.labels)
+        #: its state store's identity, published so durable agents are placed only where their rows are
+        self.store = store_identity(config.state_store)
         self.ttl = config.registry_ttl
         self.min_interval = min_interval
         self.host = config.advertise_host or advertised_host(config.bind_host)
@@ -143,6 +146,7 @@ class Registration:
             "ship_classes": self.config.allow_shipped_classes, "epoch": load.epoch,
             "status": "DRAINING" if load.draining else "SERVING", "updated_at": time.time(),
             **({"metrics": f"{self.host}:{metrics}"} if metrics else {}),
+            **({"store": self.store} if self.store else {}),
         }
 
     async def start(self, wait: float | None = None) -> None:

@@ -22,6 +22,7 @@ from .._client.slot import Transport
 from .._runtime import Runtime
 from ..discovery import ServerRecord, ServerView
 from ..etcd import EtcdError, redact_url
+from ..store import store_identity
 from ..v1 import agent_server_pb2 as pb
 from ._creation import AgentSpec, create_on
 from ._state import Relocation
@@ -76,7 +77,7 @@ def _at_once(runtime: Runtime, url: str, namespace: str, cls: type, options: dic
     view = runtime.started_view(url, namespace)
     if view is None:
         return None
-    record = view.best(options.get("labels"), class_name(cls))
+    record = view.best(options.get("labels"), class_name(cls), store_of(runtime, options))
     if record is None:
         return None
     conn = runtime.pool.session_of(record.address)
@@ -100,7 +101,7 @@ def place(runtime: Runtime, cls_name: str, options: Mapping[str, Any], count: in
     placed: dict[int, Placed] = {}
     if url:
         placed, reason = runtime.run(_by_registry(runtime, url, namespace, cls_name, options.get("labels"), count,
-                                                  set(exclude), specs))
+                                                  set(exclude), specs, store_of(runtime, options)))
         if len(placed) < count:
             _fallback(runtime, reason)
     where = "child_fallback" if url else "child"
@@ -110,8 +111,15 @@ def place(runtime: Runtime, cls_name: str, options: Mapping[str, Any], count: in
     return [placed[i] for i in range(count)]
 
 
+def store_of(runtime: Runtime, options: Mapping[str, Any]) -> str:
+    """The state store a server must commit to for an agent with these options: this process's, for a durable
+    agent (its row is there); "" (any server) for the others."""
+    return store_identity(runtime.settings.state_store) if options.get("durable") else ""
+
+
 async def _by_registry(runtime: Runtime, url: str, namespace: str, cls_name: str, labels: dict[str, str] | None,
-                       count: int, exclude: set[str], specs: Sequence[AgentSpec]) -> tuple[dict[int, Placed], str]:
+                       count: int, exclude: set[str], specs: Sequence[AgentSpec],
+                       store: str = "") -> tuple[dict[int, Placed], str]:
     """The agents (by index) the registered servers that fit took, spread by free room; and why not the rest."""
     view = runtime.view(url, namespace)
     if not view.ready:
@@ -124,7 +132,7 @@ async def _by_registry(runtime: Runtime, url: str, namespace: str, cls_name: str
     placed: dict[int, Placed] = {}
     waiting, refusals = list(range(count)), []
     while waiting:
-        shares = _spread(view.candidates(labels, cls_name, exclude), waiting)
+        shares = _spread(view.candidates(labels, cls_name, exclude, store), waiting)
         if not shares:
             break
         given = {i for _, share in shares for i in share}
@@ -137,7 +145,7 @@ async def _by_registry(runtime: Runtime, url: str, namespace: str, cls_name: str
                 exclude.add(record.server_id)
                 refusals.append(refusal)
                 waiting.extend(back)
-    wanted = f" with labels {labels}" if labels else ""
+    wanted = (f" with labels {labels}" if labels else "") + (" with this process's state store" if store else "")
     detail = f" ({'; '.join(refusals)})" if refusals else ""
     return placed, f"no server registered in namespace {namespace!r}{wanted} has room for {cls_name}{detail}"
 

@@ -19,14 +19,13 @@ import time
 from typing import Any, Callable
 
 from .. import _checkpoint, _status
+from .._config import DEFAULT_STATE_STORE_WAIT
 from ..store import Commit, CommitWriter, NoSuchAgentError, Row, StateStore, StoreError
 from ..v1 import agent_server_pb2 as pb
 from ._host import AgentHost
 
 log = logging.getLogger("agentmesh.server")
 
-#: how long a reply waits for its commit while the store does not answer, before the call fails (s)
-DEFAULT_COMMIT_WAIT = 30.0
 #: how often replies waiting on commits are checked against that bound (s)
 _SWEEP_EVERY = 0.25
 
@@ -65,7 +64,7 @@ class _Waiting:
 class Durable:
     """The store of one server, its group-commit writer, and the replies waiting on their commits."""
 
-    def __init__(self, store: StateStore, server_id: str, commit_wait: float = DEFAULT_COMMIT_WAIT) -> None:
+    def __init__(self, store: StateStore, server_id: str, commit_wait: float = DEFAULT_STATE_STORE_WAIT) -> None:
         self.store = store
         self.server_id = server_id
         self.commit_wait = commit_wait

@@ -78,7 +78,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         if config.state_store:   # refused here, naming what is wrong, before the server serves anything
             store = await asyncio.get_running_loop().run_in_executor(
                 None, open_store, config.state_store, config.state_store_password_file)
-            self.hosting.use_store(Durable(store, self.server_id))
+            self.hosting.use_store(Durable(store, self.server_id, commit_wait=config.state_store_wait))
             log.info("agent server %s commits durable agents to state store %s", self.server_id, store.url)
         server = grpc.aio.server(interceptors=[Gate(self.credentials, self.open_health)],
                                  options=_protocol.server_options(config.max_message_size))

@@ -25,7 +25,7 @@ log = logging.getLogger("agentmesh.server")
 _SERVER_OPTIONS = ("max_pending_calls", "result_ttl", "max_results", "max_result_bytes", "session_backlog_bytes",
                    "max_fetch_waiters", "max_classes", "max_class_bytes", "max_workers", "server_id",
                    "allow_shipped_classes", "registry_ttl", "advertise_host", "fence_after", "file_dir", "agent_dir",
-                   "metrics_port")
+                   "metrics_port", "state_store_wait")
 
 
 def check_exposure(bind_host: str, token: str | None, tls: bool, insecure: bool,

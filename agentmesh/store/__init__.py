@@ -24,7 +24,7 @@ from ._postgres import PostgresStore
 from ._schema import MIGRATIONS, SCHEMA_VERSION, Migration
 from ._sqlite import SqliteStore
 from ._types import LIFETIMES, Commit, Row, StateStore
-from ._urls import StoreUrl, parse_store_url, redact_store_url
+from ._urls import StoreUrl, parse_store_url, redact_store_url, store_identity
 from ._writer import CommitWriter
 
 __all__ = [
@@ -47,5 +47,5 @@ __all__ = [
     "StoreUrlError",
     "open_store",
     "parse_store_url",
-    "redact_store_url",
+    "redact_store_url", "store_identity",
 ]

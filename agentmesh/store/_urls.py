@@ -7,7 +7,9 @@ echoing it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import socket
 import re
 import urllib.parse
 
@@ -38,6 +40,17 @@ class StoreUrl:
     options: tuple[tuple[str, str], ...] = ()
 
     @property
+    def identity(self) -> str:
+        """Which store this is, the same from every process that opens it (a SQLite file: this machine and the
+        file's real path; PostgreSQL: host, port and database), as a short digest: servers publish it in their
+        registry records, so a durable agent is placed only where its row is."""
+        if self.kind == "sqlite":
+            where = f"sqlite\0{socket.gethostname()}\0{os.path.realpath(self.path)}"
+        else:
+            where = f"postgresql\0{self.host.lower()}\0{self.port}\0{self.dbname}"
+        return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+    @property
     def shown(self) -> str:
         """The URL for messages and logs: it never holds a secret."""
         if self.kind == "sqlite":
@@ -46,6 +59,16 @@ class StoreUrl:
         user = f"{urllib.parse.quote(self.user, safe='')}@" if self.user else ""
         query = "?" + urllib.parse.urlencode(self.options) if self.options else ""
         return f"postgresql://{user}{host}:{self.port}/{urllib.parse.quote(self.dbname, safe='')}{query}"
+
+
+def store_identity(url: str | None) -> str:
+    """StoreUrl.identity of url; "" for no store, or a URL that does not parse (nothing matches it)."""
+    if not url:
+        return ""
+    try:
+        return parse_store_url(url).identity
+    except StoreUrlError:
+        return ""
 
 
 def redact_store_url(url: str) -> str:
