@@ -169,6 +169,8 @@ class RpcAgentServerLauncher:
     naming what is wrong. The PostgreSQL password comes from the file
     ``state_store_password_file`` names (default: the server's
     ``AGENTMESH_STATE_STORE_PASSWORD_FILE``), never from the URL.
+    ``state_store_wait`` (s, default 30) bounds how long a durable agent's
+    reply waits for its commit while the store does not answer.
 
     The arguments are checked and built once into ``config``, a ``ServerConfig``.
     """

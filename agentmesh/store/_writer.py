@@ -56,6 +56,7 @@ class CommitWriter:
         self._outstanding = 0           # submits not yet written or refused
         self._closing = self._abandoned = False
         self._writing = False           # a transaction is being written (by the writer, or inline by a submitter)
+        self._flushers = 0              # threads in flush(), waiting for every submit to be answered
         #: counters, for metrics: submits taken, rows written, submits folded into a newer one, transactions
         #: committed, commits refused, failed attempts
         self.submitted = self.commits = self.coalesced = self.transactions = self.refused = self.failures = 0
@@ -121,7 +122,11 @@ class CommitWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every submit so far has been answered; whether it was within ``timeout`` s."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._outstanding, timeout)
+            self._flushers += 1
+            try:
+                return self._cond.wait_for(lambda: not self._outstanding, timeout)
+            finally:
+                self._flushers -= 1
 
     def counters(self) -> dict[str, int]:
         """The counters, and how many commits are queued now."""
@@ -236,7 +241,11 @@ class CommitWriter:
             self.refused += sum(1 for q in batch if q.commit.agent_id in refused)
             self.commits += sum(1 for q in batch if q.commit.agent_id not in refused)
             self._outstanding -= sum(q.submits for q in batch)
-            self._cond.notify_all()
+            # wake only whoever can go on: the writer (commits queued meanwhile), flush() (all answered), close().
+            # A lone caller's inline commit wakes nobody: waking the idle writer thread for each one cost every
+            # durable reply a thread switch
+            if self._queued or self._closing or (self._flushers and not self._outstanding):
+                self._cond.notify_all()
 
     def __repr__(self) -> str:
         return f"<CommitWriter {self.store.url} queued={len(self._queued)} transactions={self.transactions}>"
