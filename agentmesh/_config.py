@@ -77,6 +77,13 @@ ENV_TLS_CLIENT_CA = "AGENTMESH_TLS_CLIENT_CA"
 ENV_LOG_LEVEL = "AGENTMESH_LOG_LEVEL"
 
 
+def check_state_store_wait(seconds: object, what: str = "state_store_wait") -> float:
+    """How long a durable agent's reply may wait for its commit, checked: more than 0 and at most a day."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86_400:
+        raise ValueError(f"{what} must be more than 0 and at most 86400 seconds, not {seconds!r}")
+    return float(seconds)
+
+
 def check_capacity(capacity: object, what: str = "capacity") -> int:
     """The number of agents a server accepts, checked: a positive int, else a ValueError naming the value."""
     if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
@@ -314,8 +321,6 @@ class ServerConfig:
     state_store_wait: float = DEFAULT_STATE_STORE_WAIT   # how long a reply waits for its commit (store away)
 
     def __post_init__(self) -> None:
-        if not 0 < self.state_store_wait <= 86_400:
-            raise ValueError(f"agentmesh: state_store_wait must be between 0 and 86400 seconds, not "
-                             f"{self.state_store_wait!r}")
+        check_state_store_wait(self.state_store_wait, "agentmesh: state_store_wait")
         mutual = self.tls is not None and self.tls.mutual
         object.__setattr__(self, "token", server_token(self.token, self.bind_host, mutual, self.registry))

@@ -33,6 +33,13 @@ import sys
 _TESTED = {(1, 85), (1, 86), (1, 87)}
 _EXPERIMENTS = "-event_engine_client,-event_engine_listener,-event_engine_for_all_other_endpoints"
 
+#: A channel option of every agentmesh channel (to agent servers and to etcd): each dials with subchannels of
+#: its own. gRPC otherwise shares them across the process by address and options: a channel left dialling an
+#: address in reconnect backoff (a dead server's, still being closed) made a new channel to a server now
+#: listening there fail at once with the old "Connection refused", for up to the backoff (1-120 s); a server
+#: restarted on its port, or a port the kernel hands out again, hit it.
+OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
+
 
 def _grpcio_version() -> tuple[int, int] | None:
     """grpcio's version, read from its metadata file without importing grpc."""

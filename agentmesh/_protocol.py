@@ -7,6 +7,7 @@ from typing import Any
 import cloudpickle
 
 from ._config import DEFAULT_CONNECTION_IDLE_S, DEFAULT_MAX_CONCURRENT_STREAMS
+from ._grpc_tuning import OWN_SUBCHANNELS
 
 PROTOCOL_VERSION = "2"
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -54,13 +55,6 @@ def size_options(max_message_size: int) -> list[tuple[str, Any]]:
     """gRPC's send and receive limits for messages of up to max_message_size bytes of payload."""
     limit = max_message_size + ENVELOPE
     return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
-
-
-#: Each channel dials with subchannels of its own. gRPC otherwise shares them across the process by address and
-#: options: a channel left dialling an address in reconnect backoff (a dead server's, still being closed) made a
-#: new channel to a server now listening there fail at once with the old "Connection refused", for up to the
-#: backoff (1-120 s); a server restarted on its port, or a port the kernel hands out again, hit it.
-OWN_SUBCHANNELS = ("grpc.use_local_subchannel_pool", 1)
 
 
 def channel_options(max_message_size: int) -> list[tuple[str, Any]]:

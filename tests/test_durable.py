@@ -316,9 +316,10 @@ def test_a_thousand_agents_of_10_kb_stay_bounded_in_the_store_and_the_server(sto
         assert size35 <= 30 * 2**20                      # three times the states' 10 MB, after 35,000 commits
         if url.startswith("sqlite"):                     # PostgreSQL keeps dead row versions until autovacuum
             assert size35 <= 1.5 * size5 + 4 * 2**20
-        # a server that kept every commit's 10 KB would grow by 150 MB per 15 calls each and never shrink; what
-        # it does hold varies with the calls in flight and the allocator (figures: benchmarks/workloads_durable)
-        assert min(rss20, rss35) <= rss5 + 150 * 1024
+        # a server that kept every commit's 10 KB would hold 143 MB more at the second mark and 286 MB more at the
+        # third, and never shrink; one sample swings by up to ~150 MB with the calls in flight and the allocator
+        # (175 -> 322 -> 211 MB), the smaller of the two stayed within 36 MB of the first in four runs
+        assert min(rss20, rss35) <= rss5 + 100 * 1024
         assert all(a.peek() == 35 for a in agents[::97])
     finally:
         agentmesh.shutdown()

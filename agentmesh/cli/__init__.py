@@ -20,7 +20,7 @@ from ..server import OwnCalls, ServerConfig, classes_in_folder
 from ..server.launcher import check_exposure, require_dial_ca, serve_forever
 from ..store import StoreError, parse_store_url
 from ._args import (TOKEN_NEEDED, _add_registry_args, _add_tls_client_args, _capacity_arg, _folder_arg, _labels,
-                    _metrics_port_arg, _port_arg, _positive_seconds, _settings, command_error)
+                    _metrics_port_arg, _port_arg, _settings, _state_store_wait_arg, command_error)
 from ._registry import cmd_agents, cmd_prometheus_targets, cmd_registry_up, cmd_servers
 from ._top import cmd_top
 
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--state-store-password-file", default=None, metavar="FILE",
                         help="file holding the PostgreSQL store's password on one line, mode 0600 "
                              "(default: AGENTMESH_STATE_STORE_PASSWORD_FILE)")
-    server.add_argument("--state-store-wait", type=_positive_seconds, default=DEFAULT_STATE_STORE_WAIT,
+    server.add_argument("--state-store-wait", type=_state_store_wait_arg, default=DEFAULT_STATE_STORE_WAIT,
                         metavar="SECONDS", help="how long a durable agent's reply waits for its commit while the "
                                                 f"store does not answer, before the call fails (default: "
                                                 f"{DEFAULT_STATE_STORE_WAIT:g})")

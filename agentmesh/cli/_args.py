@@ -8,7 +8,7 @@ import re
 from typing import Sequence
 
 from .._address import check_port
-from .._config import ENVIRONMENT, Settings, check_capacity, env
+from .._config import ENVIRONMENT, Settings, check_capacity, check_state_store_wait, env
 from ..discovery.records import check_labels, printable
 from ..etcd import parse_registry_url, redact_url
 
@@ -52,14 +52,15 @@ def _capacity_arg(value: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_seconds(value: str) -> float:
+def _state_store_wait_arg(value: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"a number of seconds, not {value!r}") from None
-    if not 0 < seconds <= 86_400:
-        raise argparse.ArgumentTypeError(f"more than 0 and at most 86400 seconds, not {value}")
-    return seconds
+    try:
+        return check_state_store_wait(seconds, "--state-store-wait")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _folder_arg(value: str) -> str:

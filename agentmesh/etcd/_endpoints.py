@@ -14,6 +14,7 @@ import grpc
 
 from agentmesh.etcdv3 import etcd_pb2 as pb
 
+from .._grpc_tuning import OWN_SUBCHANNELS
 from ._errors import TRANSIENT, EtcdUnavailable, StreamBroken, is_token_error, short, translate
 
 log = logging.getLogger("agentmesh.etcd")
@@ -57,8 +58,7 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
-    # Subchannels of its own: one shared with another channel still in backoff fails a restarted member at once.
-    ("grpc.use_local_subchannel_pool", 1),
+    OWN_SUBCHANNELS,   # one shared with another channel still in backoff fails a restarted member at once
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
 )
 

@@ -219,7 +219,7 @@ class RpcAgentServerLauncher:
         self._server: AgentServer | None = None
         self._process: ServerProcess | None = None
         #: an in-process server's SIGTERM handler, and the one it replaced (given back once the server stops)
-        self._on_sigterm: Any = None
+        self._on_sigterm: Callable[..., None] | None = None
         self._sigterm_before: Any = None
 
     # -- its settings as given, read from its config (the attributes of earlier versions) -------------------

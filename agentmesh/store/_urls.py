@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import socket
 import re
+import socket
 import urllib.parse
 
 from .._address import redact_userinfo
