@@ -13,6 +13,8 @@ PROTOCOL_VERSION = "2"
 PYTHON_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CLOUDPICKLE_MAJOR = cloudpickle.__version__.split(".")[0]
 SERVICE_NAME = "agentmesh.v1.AgentServer"
+#: the call path's stream, whose frames both ends encode by hand (_frames)
+SESSION_METHOD = f"/{SERVICE_NAME}/Session"
 
 MD_PROTOCOL = "x-agentmesh-protocol"
 MD_PYTHON = "x-agentmesh-python"

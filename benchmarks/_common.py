@@ -25,6 +25,29 @@ RESULT_MARK = "@@RESULT "
 #: the payload of the payload workload: 100 KB
 PAYLOAD_BYTES = 100 * 1024
 
+#: the payload workload's echoes: (metric, bytes, share of payload_calls made at that size)
+PAYLOADS = (("rtt", PAYLOAD_BYTES, 1.0), ("rtt_1mb", 1024 * 1024, 0.2), ("rtt_10mb", 10 * 1024 * 1024, 0.04))
+
+
+def echo_sizes(echo: Callable[[bytes], Any], sz: dict) -> dict:
+    """The payload workload, the same for every system: echo(data) of 100 KB, 1 MB and 10 MB of random bytes,
+    one after another; the round trip of each size. A size the system refuses is a note, not a failure."""
+    metrics: dict = {}
+    notes: list[str] = []
+    for metric, size, share in PAYLOADS:
+        data = os.urandom(size)
+        try:
+            assert echo(data) == data
+        except Exception as exc:  # noqa: BLE001 - its limit: say what it does
+            notes.append(f"echo of {size // 1024} KB: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
+        time_loop(lambda: echo(data), max(1, int(sz["payload_warmup"] * share)))
+        lat, wall = time_loop(lambda: echo(data), max(3, int(sz["payload_calls"] * share)))
+        metrics[metric] = dist(lat, 1e6)
+        if metric == "rtt":
+            metrics["rate"] = round(len(lat) / wall, 1)
+    return {"metrics": metrics, "notes": notes}
+
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)

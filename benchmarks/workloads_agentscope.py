@@ -196,11 +196,7 @@ def payload(sz: dict) -> dict:
     servers = launch(1)
     try:
         agent = Noop("n").to_dist(host=HOST, port=servers[0].port)
-        data = os.urandom(C.PAYLOAD_BYTES)
-        assert agent.echo(data) == data
-        C.time_loop(lambda: agent.echo(data), sz["payload_warmup"])
-        lat, wall = C.time_loop(lambda: agent.echo(data), sz["payload_calls"])
-        return {"metrics": C.sync_metrics(lat, wall)}
+        return C.echo_sizes(agent.echo, sz)
     finally:
         shutdown(servers)
 

@@ -183,11 +183,7 @@ def payload(sz: dict) -> dict:
     start()
     try:
         a = Noop.remote()
-        data = os.urandom(C.PAYLOAD_BYTES)
-        assert ray.get(a.echo.remote(data)) == data
-        C.time_loop(lambda: ray.get(a.echo.remote(data)), sz["payload_warmup"])
-        lat, wall = C.time_loop(lambda: ray.get(a.echo.remote(data)), sz["payload_calls"])
-        return {"metrics": C.sync_metrics(lat, wall)}
+        return C.echo_sizes(lambda data: ray.get(a.echo.remote(data)), sz)
     finally:
         stop()
 

@@ -24,6 +24,8 @@ REQUIRED_ROWS = [
     "n:n calls/s (4 callers × 8 agents, 2 servers)",
     "agent creation on running servers",
     "100 KB payload round trip",
+    "1 MB payload round trip",
+    "10 MB payload round trip",
     "memory per idle agent (server RSS)",
     "registry-resolved to_dist(), per agent",
     "SIGKILL of a server -> its registry key gone",

@@ -26,7 +26,7 @@ _REFUSED = (pb.CAPACITY, pb.CLASS_NOT_FOUND, pb.CLASS_NOT_SENT)
 
 
 def _call_cost(slot: CallSlot) -> int:
-    return len(slot.call.payload)
+    return slot.size
 
 
 def fail(loop: IoLoop, slot: CallSlot, status: int, message: str) -> None:
@@ -86,7 +86,10 @@ class Connection:
             await self._channel.close()
             raise
         self.server_id = answer.server_id
-        self._stream = self._stub.Session(metadata=self._metadata, wait_for_ready=False)
+        # frames go out encoded by hand (_frames.client_frame), so a large payload is never copied into a message
+        self._stream = self._channel.stream_stream(
+            _protocol.SESSION_METHOD, request_serializer=None, response_deserializer=pb.ServerFrame.FromString,
+            _registered_method=True)(metadata=self._metadata, wait_for_ready=False)
         try:
             first = await asyncio.wait_for(self._stream.read(), timeout)
         except grpc.aio.AioRpcError as exc:
@@ -117,8 +120,8 @@ class Connection:
                 self._lost_one(slot, "the connection is closed")
             return
         call, limit = slot.call, self.max_message_size
-        if len(call.payload) > limit:
-            fail(self._loop, slot, pb.TOO_LARGE, f"{call.method}() on agent {call.agent_id} is {len(call.payload)} "
+        if slot.size > limit:
+            fail(self._loop, slot, pb.TOO_LARGE, f"{call.method}() on agent {call.agent_id} is {slot.size} "
                  f"bytes, over the limit of {limit} bytes (max_message_size) of agent server {self.address}; not sent")
             return
         slot.conn = self
@@ -193,10 +196,10 @@ class Connection:
                 outbox = self._outbox
                 while outbox:
                     batch = _frames.take_batch(outbox, _call_cost, budget)
-                    await self._stream.write(pb.ClientFrame(calls=[slot.call for slot in batch]))
+                    await self._stream.write(_frames.client_frame(batch))
                 if self._cancels:     # after the calls they cancel, which may have been in the same batch
                     cancels, self._cancels = self._cancels, []
-                    await self._stream.write(pb.ClientFrame(cancels=cancels))
+                    await self._stream.write(pb.ClientFrame(cancels=cancels).SerializeToString())
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
             log.debug("session writer to %s ended: %s", self.address, exc)
             await self._on_lost(f"write failed: {exc}")

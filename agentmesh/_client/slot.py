@@ -116,10 +116,16 @@ class CallSlot:
     cross-thread wait CPython offers; every waiter passes it on.
     """
 
-    __slots__ = ("call", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock", "sent", "span")
+    __slots__ = ("call", "payload", "size", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock",
+                 "sent", "span")
 
-    def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None) -> None:
+    def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None,
+                 payload: Sequence[bytes] = ()) -> None:
         self.call = call
+        #: the call's arguments, pickled, as parts sent one after another: kept beside call (its payload field
+        #: stays empty), so that a large one is never copied into a protobuf message (see _frames.client_frame)
+        self.payload = payload
+        self.size = sum(map(len, payload)) + len(call.payload)   # the payload's bytes, wherever they are
         self.owner = owner          # who made the call (failover replays through it)
         self.conn = conn            # the connection it was last sent on
         self._lock = threading.Lock()

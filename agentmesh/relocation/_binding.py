@@ -101,7 +101,8 @@ class Binding:
             self._refuse(str(exc), [slot])
             return
         classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
-        slot.call.payload = request.SerializeToString()
+        slot.payload = (request.SerializeToString(),)
+        slot.size = len(slot.payload[0])
         conn.submit(slot)
 
     def send(self, slot: CallSlot, conn: Transport) -> None:

@@ -174,18 +174,18 @@ class RpcObject:
         binding = self._binding
         conn = binding.session()
         try:
-            payload = _codec.dumps_plain_first((args, kwargs)) if args or kwargs else b""
+            payload = _codec.dumps_parts((args, kwargs)) if args or kwargs else ()
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises
             raise errors.PayloadError(
                 f"arguments of {method}() for {errors.agent_label(self.agent_id, self._binding.name)} cannot be "
                 f"pickled: "
                 f"{type(exc).__name__}: {exc}", agent_id=self.agent_id, method=method) from exc
-        if len(payload) > conn.max_message_size:
-            raise errors.MessageTooLargeError(
-                f"arguments of {method}() are {len(payload)} bytes, over the limit of "
-                f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         slot = CallSlot(pb.Call(call_id=binding.runtime.next_call_id(), agent_id=self.agent_id, method=method,
-                                payload=payload, epoch=binding.epoch, notify=notify), binding)
+                                epoch=binding.epoch, notify=notify), binding, payload=payload)
+        if slot.size > conn.max_message_size:
+            raise errors.MessageTooLargeError(
+                f"arguments of {method}() are {slot.size} bytes, over the limit of "
+                f"{conn.max_message_size} bytes (max_message_size)", agent_id=self.agent_id, method=method)
         tracing = binding.runtime.tracing
         if tracing is not None:
             slot.span = tracing.start_call(binding.cls_name, method, self.agent_id, binding.name, slot.call.trace)

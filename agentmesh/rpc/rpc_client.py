@@ -139,8 +139,8 @@ class RpcClient:
     # -- calls on the session ----------------------------------------------------
     def _send(self, agent_id: str, method: str, args: tuple[tuple, dict], timeout: float | None) -> CallSlot:
         conn = self._session()
-        slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=agent_id, method=method,
-                                payload=_codec.dumps(args) if args != ((), {}) else b""))
+        slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=agent_id, method=method),
+                        payload=(_codec.dumps(args),) if args != ((), {}) else ())
         conn.submit(slot)
         slot.wait(timeout)
         return slot

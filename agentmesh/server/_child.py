@@ -18,8 +18,11 @@ def child_main() -> None:
     ready = os.fdopen(ready_fd, "w")
 
     def announce(port: int, server_id: str, metrics_port: int = 0) -> None:
-        ready.write(f"{READY_PREFIX} {port} {server_id} {metrics_port}\n")
-        ready.close()
+        try:
+            ready.write(f"{READY_PREFIX} {port} {server_id} {metrics_port}\n")
+            ready.close()
+        except BrokenPipeError:   # the parent exited while this server started: nobody to serve
+            os._exit(0)
 
     def watch_lifeline(stop: Any) -> None:
         stdin.read()  # returns at EOF: the parent closed the pipe or died; nobody is left to drain for

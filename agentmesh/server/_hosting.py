@@ -198,17 +198,17 @@ class Hosting:
             self._refused(outbox, call, pb.OVERLOADED, f"agent {call.agent_id} has {host.queued} "
                           f"calls pending (limit {self.max_pending_calls})")
             return
-        if len(call.payload) > self.max_message_size:
-            self._refused(outbox, call, pb.TOO_LARGE, f"arguments of {call.method}() are "
-                          f"{len(call.payload)} bytes, over the limit of "
-                          f"{self.max_message_size} bytes")
+        payload = call.payload   # each read of the field is a copy: read once
+        if len(payload) > self.max_message_size:
+            self._refused(outbox, call, pb.TOO_LARGE, f"arguments of {call.method}() are {len(payload)} bytes, "
+                          f"over the limit of {self.max_message_size} bytes")
             return
         if call.method.startswith("_") and call.method not in ("__call__", "__getattr__"):
             self._refused(outbox, call, pb.UNKNOWN_METHOD, f"{call.method} is private to "
                           f"{host.cls_name}; only public methods can be called")
             return
         try:
-            (args, kwargs), placeholders = (loads_collecting(call.payload, self.runtime) if call.payload
+            (args, kwargs), placeholders = (loads_collecting(payload, self.runtime) if payload
                                             else (((), {}), []))
         except Exception as exc:  # noqa: BLE001 - anything a bad pickle raises
             self._refused(outbox, call, pb.BAD_PAYLOAD, f"arguments of {call.method}() on agent "

@@ -29,6 +29,7 @@ from ._auth import Credentials, Gate
 from ._classes import HostedClasses, classes_in_folder
 from ._durable import Durable
 from ._files import FileRoot
+from ._handlers import add_service
 from ._hosting import Hosting, Refusal
 from ._open_health import OpenHealth
 from ._outbox import ClientSession, entry_cost
@@ -82,7 +83,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
             log.info("agent server %s commits durable agents to state store %s", self.server_id, store.url)
         server = grpc.aio.server(interceptors=[Gate(self.credentials, self.open_health)],
                                  options=_protocol.server_options(config.max_message_size))
-        pb_grpc.add_AgentServerServicer_to_server(self, server)
+        add_service(self, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             address = format_address(config.bind_host, config.port)
@@ -281,7 +282,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
         self.credentials.session_opened(ticket)   # the caller's other RPCs ride on it while the session lasts
         await context.write(pb.ServerFrame(hello=pb.Hello(
             server_id=self.server_id, epoch=self.hosting.epoch, max_message_size=self.config.max_message_size,
-            file_dir=self.files.path if self.files else "")))
+            file_dir=self.files.path if self.files else "")).SerializeToString())
         reader = asyncio.ensure_future(self._read_session(request_iterator, session))
         reader.add_done_callback(lambda _: session.wake.set())
         wake = session.wake
@@ -296,7 +297,7 @@ class AgentServer(pb_grpc.AgentServerServicer):
                 wake.clear()
                 while outbox:
                     batch = _frames.take_batch(outbox, entry_cost, budget)
-                    await context.write(pb.ServerFrame(replies=[reply for reply, _ in batch]))
+                    await context.write(_frames.server_frame([reply for reply, _ in batch]))
                     session.written(sum(cost for _, cost in batch))
                     if session.pushes:
                         self._check_pause()   # written during a stop that just ended: hold the releases
@@ -328,4 +329,3 @@ class AgentServer(pb_grpc.AgentServerServicer):
             pass
         except Exception:  # noqa: BLE001 - one bad stream must not hurt the server
             log.warning("session ended by an error", exc_info=True)
-
