@@ -41,6 +41,18 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def is_agent_server(pid: int) -> bool:
+    """Whether pid is an agent server process: a fresh one (``-m agentmesh.server``) or a fork (named so)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"agentmesh.server" in f.read():
+                return True
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().strip() == b"agentmesh-srv"
+    except OSError:
+        return False
+
+
 def kill_pid(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)

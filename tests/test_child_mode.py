@@ -16,7 +16,7 @@ from agentmesh import Msg
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
-from conftest import PYTHON, kill_pid, pid_alive, wait_until
+from conftest import PYTHON, is_agent_server, kill_pid, pid_alive, wait_until
 from wire_helpers import ticket_made_with
 from sample_agents import Echo
 
@@ -72,14 +72,6 @@ def socket_inodes(pid: int) -> set[int]:
         if target.startswith("socket:["):
             inodes.add(int(target[8:-1]))
     return inodes
-
-
-def is_agent_server(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"agentmesh.server" in f.read()
-    except OSError:
-        return False
 
 
 def test_child_servers_listen_on_loopback_only():
@@ -251,3 +243,35 @@ def test_a_roster_left_by_a_killed_process_is_removed_by_the_next():
         for path in (stale, live):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+@pytest.mark.parametrize("fork", ["", "0"])
+def test_a_process_with_one_thread_forks_its_children_else_starts_fresh_interpreters(fork, procs):
+    """A fork has the parent's modules (a class of __main__ included) and no import to wait for; with
+    AGENTMESH_CHILD_FORK=0, or once the process runs threads, children are fresh interpreters."""
+    script = textwrap.dedent("""
+        import os
+        import agentmesh
+        from agentmesh import AgentBase
+
+        class Here(AgentBase):
+            def where(self):
+                with open("/proc/self/comm") as comm, open("/proc/self/cmdline", "rb") as cmdline:
+                    name, argv = comm.read().strip(), cmdline.read().split(b"\\0")
+                return os.getppid(), name, argv[1:3] == [b"-m", b"agentmesh.server"]
+
+        first = Here("first").to_dist()
+        print(os.getpid(), *first.where(), flush=True)
+        agentmesh.shutdown()
+    """)
+    proc = procs([PYTHON, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 env=dict(CLEAN_ENV, AGENTMESH_CHILD_FORK=fork), text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    parent, its_parent, comm, fresh = out.split()
+    assert its_parent == parent
+    if fork == "0":
+        assert fresh == "True"
+    else:
+        assert (comm, fresh) == ("agentmesh-srv", "False")
+    assert "Traceback" not in err, err

@@ -16,7 +16,7 @@ import pytest
 from agentmesh.testing import wire as _wire
 from agentmesh.v1 import agent_server_pb2 as pb
 from agentmesh.v1 import agent_server_pb2_grpc as pb_grpc
-from conftest import PYTHON, kill_pid, pid_alive, wait_until
+from conftest import PYTHON, is_agent_server, kill_pid, pid_alive, wait_until
 
 TOKEN = "local-Hy6Qp2Wn9Xe4Rt7Uc1Mb5Zk8Ls3Dv0Fa"
 #: subprocesses get no registry and no shared token from the environment
@@ -101,14 +101,6 @@ def test_links_inside_the_root_are_refused_and_plain_paths_still_served(servers,
 
 
 # -- 7. child mode survives whatever lies in the temp folder and the per-user folder ------------------
-def _is_agent_server(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"agentmesh.server" in f.read()
-    except OSError:
-        return False
-
-
 def _dead_pid() -> int:
     dead = subprocess.Popen([PYTHON, "-c", "pass"])
     dead.wait()
@@ -139,7 +131,7 @@ def _run_child_mode(procs, env: dict[str, str]) -> dict[str, str]:
         return lines
     finally:
         for pid in lines.get("PIDS", "").split():
-            if pid_alive(int(pid)) and _is_agent_server(int(pid)):
+            if pid_alive(int(pid)) and is_agent_server(int(pid)):
                 kill_pid(int(pid))
 
 

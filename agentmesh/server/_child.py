@@ -1,20 +1,48 @@
-"""The entry of a server process started by this package (``python -m agentmesh.server``)."""
+"""The entry of a server process started by this package: ``python -m agentmesh.server``, or a fork (_process)."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 from typing import Any
 
-from .._config import ENV_LOG_LEVEL, env
+from .._config import ENV_LOG_LEVEL, ServerConfig, env
 from .._process import ERROR_PREFIX, READY_PREFIX, read_config
+from .._runtime import set_default_runtime
 from .launcher import serve_forever
 
 
 def child_main() -> None:
-    """Entry of a server process: read config from stdin, serve, exit when told or orphaned."""
+    """Entry of a fresh server process: read config from stdin, serve, exit when told or orphaned."""
     stdin = sys.stdin.buffer
     config, ready_fd = read_config(stdin)
+    _serve(config, ready_fd, stdin)
+
+
+def forked_main(config: ServerConfig, ready_fd: int, lifeline_fd: int) -> None:
+    """Entry of a server process forked from its parent (see _process): a runtime of its own, then serve."""
+    asyncio.events._set_running_loop(None)   # a loop the parent ran in this thread is not ours
+    _name_process(PROCESS_NAME)
+    set_default_runtime(None)   # the parent's runtime is a copy of another process's: a fresh one serves
+    _serve(config, ready_fd, os.fdopen(lifeline_fd, "rb"))
+
+
+#: what ps and /proc/PID/comm show for a forked server (its command line is its parent's)
+PROCESS_NAME = b"agentmesh-srv"
+
+
+def _name_process(name: bytes) -> None:
+    """Set this process's name (Linux prctl PR_SET_NAME, 15 bytes at most); nothing elsewhere."""
+    try:
+        import ctypes   # here: only a fork pays for it
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _serve(config: ServerConfig, ready_fd: int, lifeline: Any) -> None:
+    """Serve until told to stop or orphaned (the lifeline reaches EOF), then exit with the server's code."""
     ready = os.fdopen(ready_fd, "w")
 
     def announce(port: int, server_id: str, metrics_port: int = 0) -> None:
@@ -25,7 +53,7 @@ def child_main() -> None:
             os._exit(0)
 
     def watch_lifeline(stop: Any) -> None:
-        stdin.read()  # returns at EOF: the parent closed the pipe or died; nobody is left to drain for
+        lifeline.read()  # returns at EOF: the parent closed the pipe or died; nobody is left to drain for
         stop("the parent process exited", grace=0.5)
 
     logging.basicConfig(level=env(ENV_LOG_LEVEL, "WARNING"),
@@ -40,4 +68,3 @@ def child_main() -> None:
     logging.shutdown()
     sys.stdout.flush()
     os._exit(code)  # skip interpreter teardown: gRPC's can take seconds
-
