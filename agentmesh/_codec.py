@@ -31,11 +31,17 @@ class _ByValue(Exception):
     """Raised by _PlainPickler for what cloudpickle must ship by value."""
 
 
-class _Parts(list):
-    """A pickle as the pickler writes it: its own chunks, and each large bytes object by reference (the pickler
-    hands those to write() as they are instead of copying them into its buffer)."""
+class _Sink:
+    """Where a pickler writes: its own chunks, and each large bytes object by reference (the pickler hands those to
+    write() as they are instead of copying them into its buffer)."""
 
-    write = list.append
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: list = []
+
+    def write(self, data: Any) -> None:
+        self.parts.append(data)
 
 
 class _PlainPickler(pickle.Pickler):
@@ -52,6 +58,27 @@ class _PlainPickler(pickle.Pickler):
         return NotImplemented
 
 
+#: a _PlainPickler per thread, kept between calls (making one costs more than a small pickle)
+_reusable = threading.local()
+
+
+def _plain_parts(obj: Any) -> list:
+    """obj pickled by this thread's _PlainPickler (a new one when a pickle in progress called us)."""
+    pickler = getattr(_reusable, "pickler", None)
+    if pickler is None:
+        sink = _Sink()
+        pickler = _PlainPickler(sink, protocol=5)
+        pickler.sink = sink
+    _reusable.pickler = None    # in use: a pickle made while this one runs gets a pickler of its own
+    sink = pickler.sink
+    sink.parts = parts = []
+    pickler.dump(obj)           # raises: the pickler is dropped, its state after a failure is not trusted
+    pickler.clear_memo()        # it held every object pickled
+    sink.parts = []
+    _reusable.pickler = pickler
+    return parts
+
+
 def dumps_parts(obj: Any) -> list:
     """Pickle obj as a list of bytes objects to send one after another: large bytes in obj are parts of their own,
     not copied. The C pickler when its output is cloudpickle's (3x faster), else cloudpickle.
@@ -60,9 +87,8 @@ def dumps_parts(obj: Any) -> list:
     ship by value: objects of __main__ (and modules registered by value, while a class is being shipped).
     """
     if not (_by_value_lock.locked() or _BY_VALUE_MODULES):
-        parts = _Parts()
         try:
-            _PlainPickler(parts, protocol=5).dump(obj)
+            parts = _plain_parts(obj)
         except Exception:  # noqa: BLE001 - __main__, lambdas, local classes...: cloudpickle's job
             pass
         else:

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_simulation.py                         # N = 1,000, 10,000 and 100,000
     python benchmarks/bench_simulation.py --sizes 1000,10000      # quicker
+    python benchmarks/bench_simulation.py --one-round 1000000     # one round of a million (issue 27)
 
 For each N: a real etcd and 4 registered server processes (fresh ones per N),
 the participants placed through the registry; measured are set-up (placing
@@ -77,6 +78,46 @@ def one_size(n: int) -> dict[str, str]:
             "answers": len(answers), "rounds_played": sorted(played)}
 
 
+def _etcd_db_mb(etcd: EtcdProcess) -> float:
+    """The size of etcd's database file (its backend, bbolt), MB."""
+    path = os.path.join(etcd.data_dir or "", "member", "snap", "db")
+    return round(os.path.getsize(path) / 2**20, 1) if os.path.exists(path) else 0.0
+
+
+def one_round_at(n: int) -> dict:
+    """The game at a size one machine should hold (issue 27: 1,000,000): place N participants through the
+    registry over 4 servers, measure the servers with every participant idle, play one round."""
+    namespace = f"big{n}"
+    with EtcdProcess(name=f"agentmesh-bench-big-{n}") as etcd:
+        servers = []
+        try:
+            launch(SERVERS, classes=(Participant,), into=servers, capacity=n, registry=etcd.url,
+                   namespace=namespace, token=TOKEN)
+            agentmesh.init(registry=etcd.url, namespace=namespace, token=TOKEN)
+            Participant("warm-up", 0).to_dist().rounds_played()
+            rss0, client0 = {s.pid: C.rss_kb(s.pid) for s in servers}, C.rss_kb(os.getpid())
+            t = time.perf_counter()
+            participants = setup(n)
+            assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
+            set_up = time.perf_counter() - t
+            idle = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+            client_idle = (C.rss_kb(os.getpid()) - client0) / n
+            t = time.perf_counter()
+            average = play_round(participants, 1, 50.0)
+            round_s = time.perf_counter() - t
+            after = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+            client_after = (C.rss_kb(os.getpid()) - client0) / n
+            assert 0.0 <= average <= 100.0 and participants[n // 2].rounds_played() == 1
+            db = _etcd_db_mb(etcd)
+            agentmesh.shutdown()
+        finally:
+            default_runtime().configure(registry=None)
+            kill_servers(servers)
+    return {"n": n, "setup_s": round(set_up, 2), "round_s": round(round_s, 2), "server_idle_kb": round(idle, 2),
+            "server_after_round_kb": round(after, 2), "client_kb": round(client_idle, 2),
+            "client_after_round_kb": round(client_after, 2), "etcd_db_mb": db}
+
+
 def rows_of(m: dict) -> dict[str, str]:
     """one_size()'s numbers as {what: value} for the table."""
     n = m["n"]
@@ -91,7 +132,12 @@ def rows_of(m: dict) -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--one-round", type=int, default=0, metavar="N",
+                        help="instead: N participants (issue 27: 1000000), one round, memory and etcd size")
     args = parser.parse_args()
+    if args.one_round:
+        print(one_round_at(args.one_round), flush=True)
+        return
     sizes = [int(x) for x in args.sizes.split(",")]
     results = {n: rows_of(one_size(n)) for n in sizes}
     names = list(next(iter(results.values())))

@@ -76,14 +76,26 @@ def tutorial(sz: dict) -> dict:
 
 # -- calls ----------------------------------------------------------------------
 def sync_call(sz: dict) -> dict:
+    """The sync round trip, then (agentmesh only) the floor under it in the same run: bench_transport's bare
+    gRPC ping-pong designs that answer inline (aio and thread-per-stream servers, aio and sync clients, with
+    agentmesh's gRPC options); the floor is the best of them."""
     servers = launch(1)
     try:
         agent = Noop("n").to_dist(host=HOST, port=servers[0].port)
         C.time_loop(agent.ping, sz["sync_warmup"])
         lat, wall = C.time_loop(agent.ping, sz["sync_calls"])
-        return {"metrics": C.sync_metrics(lat, wall)}
+        metrics = C.sync_metrics(lat, wall)
     finally:
         shutdown(servers)
+    import bench_transport
+
+    bench_transport.OPTIONS["on"] = True
+    designs = {f"{server}/{client}": bench_transport.measure(server, client, sz["sync_calls"])
+               for server in ("aio", "sync") for client in ("aio", "sync")}
+    floor = min(designs.values())
+    metrics.update(floor=round(floor, 1), over_floor=round(metrics["rtt"]["median"] / floor, 2))
+    return {"metrics": metrics, "notes": ["bare gRPC designs (server/client, median µs): " + ", ".join(
+        f"{name} {value:.0f}" for name, value in designs.items())]}
 
 
 def pipelined(sz: dict) -> dict:

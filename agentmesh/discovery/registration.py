@@ -29,6 +29,9 @@ from . import keys
 from .records import REFRESH_EVERY, agent_record, check_labels, printable
 
 log = logging.getLogger("agentmesh.discovery")
+
+#: agent records signed and written at once, between which the I/O loop runs (lease renewals, calls)
+WRITE_SLICE = 500
 #: how long a stopping server waits for its registration task to wind down before it revokes its lease
 STOP_WAIT = 1.0
 
@@ -249,19 +252,24 @@ class Registration:
         return self.load.fence(f"{why}, their registry records named another server", moved) if moved else 0
 
     async def _write(self, agents: dict[str, dict | None]) -> None:
+        """Write our record and those of agents (None: delete it), signed WRITE_SLICE at a time: a server of
+        250,000 agents registering again signs for ~2 s, and its lease must be renewed meanwhile."""
         lease_id = self.lease.id if self.lease else 0
         sign = self.signing_key
         own = _trust.sign_record(sign, self.key, self.record(), lease_id)
         self._written.append(own)
-        puts = [(self.key, own, lease_id)]
-        deletes = []
-        for agent_id, rec in agents.items():
-            path = keys.agent_key(self.namespace, agent_id)
-            if rec is None:
-                deletes.append(path)
-            else:
-                puts.append((path, _trust.sign_record(sign, path, rec, lease_id), lease_id))
-        self.revision = max(self.revision, await self.client.put_many(puts, deletes))
+        puts: list[tuple[str, bytes, int]] = [(self.key, own, lease_id)]
+        items = list(agents.items())
+        for start in range(0, max(1, len(items)), WRITE_SLICE):
+            deletes = []
+            for agent_id, rec in items[start:start + WRITE_SLICE]:
+                path = keys.agent_key(self.namespace, agent_id)
+                if rec is None:
+                    deletes.append(path)
+                else:
+                    puts.append((path, _trust.sign_record(sign, path, rec, lease_id), lease_id))
+            self.revision = max(self.revision, await self.client.put_many(puts, deletes))
+            puts = []
         self._signed_at = time.monotonic()
         for agent_id in agents:
             self._unwritten.pop(agent_id, None)

@@ -160,9 +160,7 @@ class RpcObject:
         mode = self._methods.get(name)
         if mode is None:   # a public attribute: read its value from the server
             return self._call("__getattr__", (name,), {}, CallMode.SYNC)
-        bound = _RemoteMethod(self, name, mode)
-        self.__dict__[name] = bound
-        return bound
+        return _RemoteMethod(self, name, mode)   # not kept: a million proxies would hold a million of them
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         result = self._call("__call__", args, kwargs, self._methods.get("__call__", CallMode.ASYNC))
