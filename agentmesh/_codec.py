@@ -79,8 +79,8 @@ def _plain_parts(obj: Any) -> list:
     return parts
 
 
-def dumps_parts(obj: Any) -> list:
-    """Pickle obj as a list of bytes objects to send one after another: large bytes in obj are parts of their own,
+def dumps_parts(obj: Any) -> tuple:
+    """Pickle obj as a tuple of bytes objects to send one after another: large bytes in obj are parts of their own,
     not copied. The C pickler when its output is cloudpickle's (3x faster), else cloudpickle.
 
     The standard pickler differs from cloudpickle only for what it refers to by name that cloudpickle would
@@ -92,8 +92,8 @@ def dumps_parts(obj: Any) -> list:
         except Exception:  # noqa: BLE001 - __main__, lambdas, local classes...: cloudpickle's job
             pass
         else:
-            return [part if type(part) is bytes else bytes(part) for part in parts]   # a bytearray may change
-    return [cloudpickle.dumps(obj, protocol=5)]
+            return tuple(part if type(part) is bytes else bytes(part) for part in parts)   # a bytearray may change
+    return (cloudpickle.dumps(obj, protocol=5),)
 
 
 def dumps_plain_first(obj: Any) -> bytes:

@@ -79,8 +79,8 @@ def test_objects_of_main_are_pickled_by_cloudpickle_by_value():
     Local.__module__ = "__main__"
     Local.__qualname__ = "Local"
     for obj in (Local, Local(), [1, {"a": (Local(),)}]):
-        assert _codec.dumps_parts(obj) == [cloudpickle.dumps(obj, protocol=5)]
-    assert _codec.dumps_parts([1, "__main__", b"__main__"]) == [pickle.dumps([1, "__main__", b"__main__"], 5)]
+        assert _codec.dumps_parts(obj) == (cloudpickle.dumps(obj, protocol=5),)
+    assert _codec.dumps_parts([1, "__main__", b"__main__"]) == (pickle.dumps([1, "__main__", b"__main__"], 5),)
 
 
 def test_large_arguments_results_and_state_cross_a_real_server_and_a_failover(server):

@@ -13,6 +13,9 @@ from .. import _codec, _status, _tracing, errors
 from ..v1 import agent_server_pb2 as pb
 
 _MISSING = object()
+#: held while a reply is decoded, so that it is decoded once (one lock for all: a lock per call was a third of
+#: the objects a pending call keeps for the garbage collector to walk)
+_DECODING = threading.Lock()
 
 
 class ResultRef(NamedTuple):
@@ -116,8 +119,7 @@ class CallSlot:
     cross-thread wait CPython offers; every waiter passes it on.
     """
 
-    __slots__ = ("call", "payload", "size", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "_value_lock",
-                 "sent", "span")
+    __slots__ = ("call", "payload", "size", "owner", "conn", "_lock", "reply", "_callbacks", "_value", "sent", "span")
 
     def __init__(self, call: pb.Call, owner: CallOwner | None = None, conn: Transport | None = None,
                  payload: Sequence[bytes] = ()) -> None:
@@ -133,7 +135,6 @@ class CallSlot:
         self.reply: pb.Reply | None = None
         self._callbacks: list[Callable[[pb.Reply], None]] | None = None
         self._value: Any = _MISSING
-        self._value_lock = threading.Lock()
         self.sent = 0.0             # when it was sent (set only while metrics are on)
         self.span: Any = None       # the caller's trace span (tracing on), ended with the reply
 
@@ -207,7 +208,7 @@ class CallSlot:
     def value(self) -> Any:
         """The unpickled result (decoded once), or a wrapped error (see raised())."""
         if self._value is _MISSING:
-            with self._value_lock:
+            with _DECODING:
                 if self._value is _MISSING:
                     self._value = decode_reply(self.reply, self.call.agent_id,  # type: ignore[arg-type]
                                                self.call.method, getattr(self.owner, "name", ""))
