@@ -67,6 +67,7 @@ FULL = {
     "failover_rounds": 5,
     "ckpt_calls": 3000,
     "scale_agents": 10_000, "scale_idle_agents": 100_000, "sim_sizes": [1_000, 10_000, 100_000],
+    "million": 1_000_000,
     "aio_calls": 3000, "aio_batch": 100, "stream_items": 20_000, "async_agents": 10_000, "async_wait": 2.0,
     "durable_calls": 2000, "durable_agents": 1000, "durable_pipe_calls": 20, "durable_detached": 10_000,
 }
@@ -82,6 +83,7 @@ QUICK = {
     "failover_rounds": 1,
     "ckpt_calls": 100,
     "scale_agents": 100, "scale_idle_agents": 300, "sim_sizes": [50, 100, 200],
+    "million": 300,
     "aio_calls": 20, "aio_batch": 10, "stream_items": 100, "async_agents": 50, "async_wait": 0.2,
     "durable_calls": 100, "durable_agents": 20, "durable_pipe_calls": 3, "durable_detached": 50,
 }

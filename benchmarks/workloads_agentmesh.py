@@ -323,7 +323,7 @@ def scale(sz: dict) -> dict:
 def simulation(sz: dict) -> dict:
     """examples/simulation's game at three sizes (bench_simulation.one_size)."""
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples", "simulation"))
-    from bench_simulation import one_size
+    from bench_simulation import one_round_at, one_size
 
     metrics, notes = {}, []
     for i, n in enumerate(sz["sim_sizes"]):
@@ -332,6 +332,11 @@ def simulation(sz: dict) -> dict:
                         f"kill{i}": m["kill_round_s"]})
         notes.append(f"N = {n:,}: {m['moved']:,} participants moved in the SIGKILL round, {m['answers']:,} "
                      f"answers")
+    big = one_round_at(sz["million"])
+    metrics.update(m_setup=big["setup_s"], m_round=big["round_s"], m_idle_kb=big["server_idle_kb"],
+                   m_client_kb=big["client_kb"], m_etcd_mb=big["etcd_db_mb"])
+    notes.append(f"{sz['million']:,} participants: server memory per participant after the round "
+                 f"{big['server_after_round_kb']} KB, client per proxy {big['client_after_round_kb']} KB")
     return {"metrics": metrics, "notes": notes}
 
 
