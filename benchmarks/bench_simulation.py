@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import signal
 import statistics
 import sys
 import time
+from typing import Iterator
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -39,40 +41,47 @@ TOKEN = "bench-sim-Ux7Qz3Wn9Xr5Tc1Vm8Kb4Jh2Lp6Gf0Ds"
 SERVERS = 4
 
 
-def one_size(n: int) -> dict[str, str]:
-    namespace = f"sim{n}"
-    with EtcdProcess(name=f"agentmesh-bench-sim-{n}") as etcd:
-        servers = []
+@contextlib.contextmanager
+def _game(n: int, namespace: str) -> Iterator[tuple[EtcdProcess, list]]:
+    """A real etcd and SERVERS registered server processes with room for n participants, this process placing
+    through them; every process stopped afterwards."""
+    with EtcdProcess(name=f"agentmesh-bench-{namespace}") as etcd:
+        servers: list = []
         try:
             launch(SERVERS, classes=(Participant,), into=servers, capacity=n, registry=etcd.url,
                    namespace=namespace, token=TOKEN)
-            by_port = {s.port: s for s in servers}
             agentmesh.init(registry=etcd.url, namespace=namespace, token=TOKEN)
             Participant("warm-up", 0).to_dist().rounds_played()
-            rss0 = {s.pid: C.rss_kb(s.pid) for s in servers}
-            t = time.perf_counter()
-            participants = setup(n)
-            assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
-            set_up = time.perf_counter() - t
-            average, times = 50.0, []
-            for round_no in range(1, 4):
-                t = time.perf_counter()
-                average = play_round(participants, round_no, average)
-                times.append(time.perf_counter() - t)
-            memory = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
-            placed = collections.Counter(p.server for p in participants)
-            victim_address, hosted = placed.most_common(1)[0]
-            victim = by_port[int(victim_address.rsplit(":", 1)[1])]
-            t = time.perf_counter()
-            pending = [p.guess(4, average) for p in participants]
-            os.kill(victim.pid, signal.SIGKILL)
-            answers = [a.result() for a in pending]
-            recovered = time.perf_counter() - t
-            played = {participants[i].rounds_played() for i in range(0, n, max(1, n // 200))}
-            agentmesh.shutdown()
+            yield etcd, servers
         finally:
             default_runtime().configure(registry=None)
             kill_servers(servers)
+
+
+def one_size(n: int) -> dict[str, str]:
+    with _game(n, f"sim{n}") as (_, servers):
+        by_port = {s.port: s for s in servers}
+        rss0 = {s.pid: C.rss_kb(s.pid) for s in servers}
+        t = time.perf_counter()
+        participants = setup(n)
+        assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
+        set_up = time.perf_counter() - t
+        average, times = 50.0, []
+        for round_no in range(1, 4):
+            t = time.perf_counter()
+            average = play_round(participants, round_no, average)
+            times.append(time.perf_counter() - t)
+        memory = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+        placed = collections.Counter(p.server for p in participants)
+        victim_address, hosted = placed.most_common(1)[0]
+        victim = by_port[int(victim_address.rsplit(":", 1)[1])]
+        t = time.perf_counter()
+        pending = [p.guess(4, average) for p in participants]
+        os.kill(victim.pid, signal.SIGKILL)
+        answers = [a.result() for a in pending]
+        recovered = time.perf_counter() - t
+        played = {participants[i].rounds_played() for i in range(0, n, max(1, n // 200))}
+        agentmesh.shutdown()
     return {"n": n, "setup_s": round(set_up, 3), "round_s": round(statistics.median(times), 3),
             "server_kb": round(memory, 2), "kill_round_s": round(recovered, 3), "moved": hosted,
             "answers": len(answers), "rounds_played": sorted(played)}
@@ -87,32 +96,22 @@ def _etcd_db_mb(etcd: EtcdProcess) -> float:
 def one_round_at(n: int) -> dict:
     """The game at a size one machine should hold (issue 27: 1,000,000): place N participants through the
     registry over 4 servers, measure the servers with every participant idle, play one round."""
-    namespace = f"big{n}"
-    with EtcdProcess(name=f"agentmesh-bench-big-{n}") as etcd:
-        servers = []
-        try:
-            launch(SERVERS, classes=(Participant,), into=servers, capacity=n, registry=etcd.url,
-                   namespace=namespace, token=TOKEN)
-            agentmesh.init(registry=etcd.url, namespace=namespace, token=TOKEN)
-            Participant("warm-up", 0).to_dist().rounds_played()
-            rss0, client0 = {s.pid: C.rss_kb(s.pid) for s in servers}, C.rss_kb(os.getpid())
-            t = time.perf_counter()
-            participants = setup(n)
-            assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
-            set_up = time.perf_counter() - t
-            idle = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
-            client_idle = (C.rss_kb(os.getpid()) - client0) / n
-            t = time.perf_counter()
-            average = play_round(participants, 1, 50.0)
-            round_s = time.perf_counter() - t
-            after = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
-            client_after = (C.rss_kb(os.getpid()) - client0) / n
-            assert 0.0 <= average <= 100.0 and participants[n // 2].rounds_played() == 1
-            db = _etcd_db_mb(etcd)
-            agentmesh.shutdown()
-        finally:
-            default_runtime().configure(registry=None)
-            kill_servers(servers)
+    with _game(n, f"big{n}") as (etcd, servers):
+        rss0, client0 = {s.pid: C.rss_kb(s.pid) for s in servers}, C.rss_kb(os.getpid())
+        t = time.perf_counter()
+        participants = setup(n)
+        assert all(p.rounds_played() == 0 for p in (participants[0], participants[-1]))
+        set_up = time.perf_counter() - t
+        idle = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+        client_idle = (C.rss_kb(os.getpid()) - client0) / n
+        t = time.perf_counter()
+        average = play_round(participants, 1, 50.0)
+        round_s = time.perf_counter() - t
+        after = sum(C.rss_kb(s.pid) - rss0[s.pid] for s in servers) / n
+        client_after = (C.rss_kb(os.getpid()) - client0) / n
+        assert 0.0 <= average <= 100.0 and participants[n // 2].rounds_played() == 1
+        db = _etcd_db_mb(etcd)
+        agentmesh.shutdown()
     return {"n": n, "setup_s": round(set_up, 2), "round_s": round(round_s, 2), "server_idle_kb": round(idle, 2),
             "server_after_round_kb": round(after, 2), "client_kb": round(client_idle, 2),
             "client_after_round_kb": round(client_after, 2), "etcd_db_mb": db}
