@@ -1,10 +1,11 @@
 """Agent server processes started by this process: child mode and ``launch(in_subprocess=True)``.
 
-A server process is a fork of this one while this process runs a single
+A child-mode server is a fork of this one while this process runs a single
 thread (no gRPC core and no I/O loop yet, so the copy is consistent; it has
 agentmesh and the caller's modules imported already: ~15 ms instead of ~300 ms
-of imports), else a fresh interpreter that reads its configuration from a
-pipe on stdin. Either keeps a pipe from its parent as a lifeline: when the
+of imports); any other server process (``launch(in_subprocess=True)``, whose
+parent may be large and long-lived) is a fresh interpreter that reads its
+configuration from a pipe on stdin. Either keeps a pipe from its parent as a lifeline: when the
 parent exits, even by SIGKILL, the pipe closes and the server stops. Nothing
 secret travels in argv or the environment. ``AGENTMESH_CHILD_FORK=0`` always
 starts fresh interpreters.
@@ -145,7 +146,8 @@ def _serve_forked(config: ServerConfig, ready_w: int, lifeline_r: int) -> None:
 class ServerProcess:
     """An agent server running in a child process of this one (a fork or a fresh interpreter), as config says."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, fork: bool = False) -> None:
+        """fork: a fork of this process when it runs a single thread (child mode), else a fresh interpreter."""
         self.config = config
         self.port: int | None = None
         self.server_id = ""
@@ -158,7 +160,8 @@ class ServerProcess:
         # so whatever its agents print shows up and can never fill a pipe nobody reads.
         ready_r, ready_w = os.pipe()
         try:
-            self.proc = self._fork(config, ready_r, ready_w) if _may_fork() else self._spawn(config, ready_w)
+            self.proc = (self._fork(config, ready_r, ready_w) if fork and _may_fork()
+                         else self._spawn(config, ready_w))
         finally:
             os.close(ready_w)
         self._ready_pipe = os.fdopen(ready_r, "rb")

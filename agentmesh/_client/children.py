@@ -122,7 +122,7 @@ class ChildPool:
 
     def _start(self, n: int) -> None:
         for _ in range(n):
-            child = ServerProcess(self._config())
+            child = ServerProcess(self._config(), fork=True)
             self._children.append(child)
             self._placed[child] = 0
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ def child_main() -> None:
 def forked_main(config: ServerConfig, ready_fd: int, lifeline_fd: int) -> None:
     """Entry of a server process forked from its parent (see _process): a runtime of its own, then serve."""
     asyncio.events._set_running_loop(None)   # a loop the parent ran in this thread is not ours
+    gc.freeze()   # the parent's objects: never walked by this process's collector, so their pages stay shared
     _name_process(PROCESS_NAME)
     set_default_runtime(None)   # the parent's runtime is a copy of another process's: a fresh one serves
     _serve(config, ready_fd, os.fdopen(lifeline_fd, "rb"))
