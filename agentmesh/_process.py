@@ -5,10 +5,10 @@ thread (no gRPC core and no I/O loop yet, so the copy is consistent; it has
 agentmesh and the caller's modules imported already: ~15 ms instead of ~300 ms
 of imports); any other server process (``launch(in_subprocess=True)``, whose
 parent may be large and long-lived) is a fresh interpreter that reads its
-configuration from a pipe on stdin. Either keeps a pipe from its parent as a lifeline: when the
-parent exits, even by SIGKILL, the pipe closes and the server stops. Nothing
-secret travels in argv or the environment. ``AGENTMESH_CHILD_FORK=0`` always
-starts fresh interpreters.
+configuration from a pipe on stdin. Either keeps a pipe from its parent as a
+lifeline: when the parent exits, even by SIGKILL, the pipe closes and the
+server stops. Nothing secret travels in argv or the environment.
+``AGENTMESH_CHILD_FORK=0`` always starts fresh interpreters.
 """
 from __future__ import annotations
 
