@@ -65,13 +65,14 @@ def varint(n: int) -> bytes:
 
 
 def client_frame(slots: list) -> bytes:
-    """The ClientFrame carrying the calls of slots (CallSlots): each call's message, then its payload parts."""
+    """The ClientFrame carrying the calls of slots (CallSlots): each call's message, then its payload parts (the
+    call's own payload field stays empty: a slot's payload is the call's)."""
     parts: list = []
     for slot in slots:
         head = slot.call.SerializeToString()
         payload = slot.payload
         if payload:
-            size = sum(map(len, payload))
+            size = slot.size
             tail = varint(size)
             parts += (CLIENT_FRAME_CALLS, varint(len(head) + 1 + len(tail) + size), head, CALL_PAYLOAD, tail)
             parts += payload

@@ -61,7 +61,7 @@ class Handover:
 _OUR_ENDS: set[int] = set()
 
 
-def one_thread() -> bool:
+def _one_thread() -> bool:
     """True while this process runs a single thread: a fork of it is then a consistent copy."""
     try:
         return len(os.listdir("/proc/self/task")) == 1
@@ -70,7 +70,7 @@ def one_thread() -> bool:
 
 
 def _may_fork() -> bool:
-    return hasattr(os, "fork") and os.environ.get("AGENTMESH_CHILD_FORK", "") != "0" and one_thread()
+    return hasattr(os, "fork") and os.environ.get("AGENTMESH_CHILD_FORK", "") != "0" and _one_thread()
 
 
 class _Forked:

@@ -127,7 +127,7 @@ class CallSlot:
         #: the call's arguments, pickled, as parts sent one after another: kept beside call (its payload field
         #: stays empty), so that a large one is never copied into a protobuf message (see _frames.client_frame)
         self.payload = payload
-        self.size = sum(map(len, payload)) + len(call.payload)   # the payload's bytes, wherever they are
+        self.size = sum(map(len, payload))
         self.owner = owner          # who made the call (failover replays through it)
         self.conn = conn            # the connection it was last sent on
         self._lock = threading.Lock()

@@ -93,7 +93,7 @@ class Binding:
         ref = classes.ref(spec.cls, conn.server_id)
         request = creation_request(spec, ref)
         slot = CallSlot(pb.Call(call_id=self.runtime.next_call_id(), agent_id=self.agent_id, method="__create__"),
-                        self)
+                        self, payload=(request.SerializeToString(),))
         self.creation = slot
         try:
             check_size(request, conn)
@@ -101,8 +101,6 @@ class Binding:
             self._refuse(str(exc), [slot])
             return
         classes.mark_shipped(conn.server_id, ref.digest)   # the session is ordered
-        slot.payload = (request.SerializeToString(),)
-        slot.size = len(slot.payload[0])
         conn.submit(slot)
 
     def send(self, slot: CallSlot, conn: Transport) -> None:
